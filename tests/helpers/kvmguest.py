@@ -167,6 +167,8 @@ def kvm_available() -> "str | None":
         return f"cannot open /dev/kvm: {e.strerror}"
     try:
         version = fcntl.ioctl(fd, KVM_GET_API_VERSION)
+    except OSError as e:
+        return f"/dev/kvm is not a KVM device (KVM_GET_API_VERSION: {e.strerror})"
     finally:
         os.close(fd)
     if version != 12:
