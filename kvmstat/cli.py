@@ -1,0 +1,273 @@
+"""The ``kvm_stat`` command line: options, validation, choosing the mode.
+
+:func:`main` is the only place in kvmstat that decides an exit status; every
+error reaches the user as one ``Error: ...`` line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence
+
+from . import __version__
+from .errors import Error, InvalidArgument
+from .fields import FieldFilter
+from .paths import Paths
+
+__all__ = ["build_parser", "parse_options", "Options", "main", "console_main"]
+
+MIN_DELAY = 0.1
+MAX_DELAY = 25.5
+DEFAULT_DELAY = 3.0
+
+
+@dataclass
+class Options:
+    """Validated command-line options."""
+
+    mode: str = "tui"                 # tui, batch, log, serve, check, fields-help
+    providers: List[str] = field(default_factory=lambda: ["tracepoints"])
+    fields: Optional[str] = None      # -f regex (None: all)
+    pid: Optional[int] = None
+    guest: Optional[str] = None
+    delay: float = DEFAULT_DELAY
+    log_file: Optional[str] = None
+    csv: bool = False
+    skip_zero: bool = False
+    include_past: bool = False
+    json: bool = False
+    by_guest: bool = False
+    serve: Optional[str] = None
+    engine: str = "auto"
+
+
+def parse_delay(text: str) -> float:
+    """Parse a ``-s`` value: a finite number of seconds from 0.1 to 25.5."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise InvalidArgument(f"'{text}' is not a number of seconds") from None
+    if not math.isfinite(value):
+        raise InvalidArgument(f"delay must be a finite number of seconds, not '{text}'")
+    if not MIN_DELAY <= value <= MAX_DELAY:
+        raise InvalidArgument(f"delay must be between {MIN_DELAY} and {MAX_DELAY} seconds, not '{text}'")
+    return value
+
+
+def parse_pid(text: str) -> int:
+    """Parse a ``-p`` value: a positive process id."""
+    try:
+        value = int(text, 10)
+    except (TypeError, ValueError):
+        raise InvalidArgument(f"'{text}' is not a process id") from None
+    if value <= 0:
+        raise InvalidArgument(f"'{text}' is not a process id")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also the source of the man page)."""
+    parser = argparse.ArgumentParser(
+        prog="kvm_stat",
+        description="Show what KVM guests make the host do: VM exits by reason, exits "
+                    "to user space, I/O, interrupts, halt polling and every other KVM "
+                    "event, live (curses), in batch or log mode, or as a Prometheus exporter.",
+        epilog="Interactive keys: b by-guest view, c clear filters, f field filter, "
+               "g/p guest filter, h help, o sort order, q quit, r reset, "
+               "s refresh interval, x child events. Requires root (or CAP_PERFMON) and "
+               "tracefs for tracepoints, debugfs for -d.")
+    add = parser.add_argument
+    add("-1", "--once", "--batch", dest="once", action="store_true",
+        help="run in batch mode for one second")
+    add("-c", "--csv", action="store_true", help="log in CSV format (requires -l or -L)")
+    add("-d", "--debugfs", action="store_true", help="retrieve statistics from debugfs")
+    add("-f", "--fields", metavar="FIELDS",
+        help="fields to display (regex matched from the start of the name); "
+             "'-f help' lists the available fields")
+    add("-g", "--guest", metavar="GUEST", help="restrict statistics to the guest named GUEST")
+    add("-i", "--debugfs-include-past", dest="include_past", action="store_true",
+        help="debugfs values count from VM creation instead of from start-up")
+    add("-l", "--log", action="store_true", help="run in logging mode (like vmstat)")
+    add("-L", "--log-to-file", dest="log_file", metavar="FILE",
+        help="like -l, but append the log to FILE")
+    add("-p", "--pid", metavar="PID", help="restrict statistics to the VM process PID")
+    add("-s", "--set-delay", dest="delay", metavar="DELAY",
+        help=f"refresh interval in seconds, {MIN_DELAY} to {MAX_DELAY} (default {DEFAULT_DELAY:g})")
+    add("-t", "--tracepoints", action="store_true",
+        help="retrieve statistics from tracepoints (the default without -d)")
+    add("-z", "--skip-zero-records", dest="skip_zero", action="store_true",
+        help="omit log records whose values are all zero (requires -l or -L)")
+    add("--json", action="store_true",
+        help="with -1, -l or -L: print one JSON object per sample")
+    add("--by-guest", action="store_true",
+        help="with -1, -l or -L: one set of rows per VM instead of host totals")
+    add("--serve", metavar="[HOST:]PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (HOST defaults to 127.0.0.1)")
+    add("--binstats", action="store_true",
+        help="retrieve statistics from KVM's binary statistics file descriptors")
+    add("--check", action="store_true",
+        help="print which providers work on this host and why not, then exit")
+    add("--engine", choices=("auto", "bpf", "perf"), default="auto",
+        help="how tracepoints are counted: perf groups or BPF (default: auto)")
+    add("--version", action="version", version=f"%(prog)s (kvmstat) {__version__}")
+    return parser
+
+
+def parse_options(argv: Optional[Sequence[str]] = None) -> Options:
+    """Parse and validate *argv* without touching the kernel.
+
+    Raises :class:`InvalidArgument` for inconsistent options; argparse's own
+    usage errors raise SystemExit(2) as usual.
+    """
+    args = build_parser().parse_args(argv)
+    opts = Options()
+    logging = args.log or args.log_file is not None
+    if args.csv and not logging:
+        raise InvalidArgument("-c/--csv requires -l or -L")
+    if args.skip_zero and not logging:
+        raise InvalidArgument("-z/--skip-zero-records requires -l or -L")
+    if args.json and not (logging or args.once):
+        raise InvalidArgument("--json requires -1, -l or -L")
+    if args.json and args.csv:
+        raise InvalidArgument("--json and -c/--csv exclude each other")
+    if args.once and logging:
+        raise InvalidArgument("-1 and -l/-L exclude each other")
+    if args.log and args.log_file is not None:
+        raise InvalidArgument("-l and -L exclude each other")
+    if args.pid is not None and args.guest is not None:
+        raise InvalidArgument("-p and -g exclude each other")
+    if args.serve is not None and (logging or args.once or args.check):
+        raise InvalidArgument("--serve excludes -1, -l, -L and --check")
+
+    if args.check:
+        opts.mode = "check"
+    elif args.fields == "help":
+        opts.mode = "fields-help"
+    elif args.serve is not None:
+        opts.mode = "serve"
+    elif args.once:
+        opts.mode = "batch"
+    elif logging:
+        opts.mode = "log"
+    else:
+        opts.mode = "tui"
+
+    providers = []
+    if args.tracepoints or not (args.debugfs or args.binstats):
+        providers.append("tracepoints")
+    if args.debugfs:
+        providers.append("debugfs")
+    if args.binstats:
+        providers.append("binstats")
+    opts.providers = providers
+
+    if args.fields is not None and args.fields != "help":
+        FieldFilter(args.fields)  # raises InvalidArgument for a bad regex
+        opts.fields = args.fields
+    if args.delay is not None:
+        opts.delay = parse_delay(args.delay)
+    if args.pid is not None:
+        opts.pid = parse_pid(args.pid)
+    opts.guest = args.guest
+    opts.log_file = args.log_file
+    opts.csv = args.csv
+    opts.skip_zero = args.skip_zero
+    opts.include_past = args.include_past
+    opts.json = args.json
+    opts.by_guest = args.by_guest
+    opts.serve = args.serve
+    opts.engine = args.engine
+    return opts
+
+
+def _notify(message: str) -> None:
+    print(f"kvm_stat: {message}", file=sys.stderr)
+
+
+def _resolve_vm(opts: Options, paths: Paths) -> None:
+    """Check -p and turn -g into a pid (before any event is opened)."""
+    from .vms import find_vm, find_vm_by_name
+
+    if opts.guest is not None:
+        opts.pid = find_vm_by_name(opts.guest, paths.proc).pid
+    elif opts.pid is not None:
+        find_vm(opts.pid, paths.proc)
+
+
+def _not_built(what: str) -> int:
+    print(f"Error: {what} is not available in this version of kvm_stat yet", file=sys.stderr)
+    return 1
+
+
+def _run_fields_help(opts: Options, paths: Paths) -> int:
+    from .formats.text import field_help_lines
+    from .sources import list_fields
+
+    for line in field_help_lines(list_fields(opts.providers, paths, _notify)):
+        print(line)
+    return 0
+
+
+def _run_batch(opts: Options, paths: Paths) -> int:
+    from .formats.text import batch_lines
+    from .sources import open_sampler
+
+    with open_sampler(opts.providers, fields=opts.fields, pid=opts.pid, paths=paths,
+                      backend=None, notify=_notify) as sampler:
+        sampler.sample()
+        time.sleep(1)
+        sample = sampler.sample()
+    sys.stdout.write("".join(line + "\n" for line in batch_lines(sample)))
+    sys.stdout.flush()
+    return 0
+
+
+def run(opts: Options, paths: Optional[Paths] = None) -> int:
+    """Run the mode chosen by *opts*; returns the exit status."""
+    paths = paths or Paths()
+    unsupported = [p for p in opts.providers if p != "tracepoints"]
+    if unsupported:
+        return _not_built(f"the {unsupported[0]} provider")
+    if opts.engine == "bpf":
+        return _not_built("the BPF engine")
+    if opts.mode == "fields-help":
+        return _run_fields_help(opts, paths)
+    if opts.mode == "check":
+        return _not_built("--check")
+    if opts.json or opts.by_guest:
+        return _not_built("--json" if opts.json else "--by-guest")
+    _resolve_vm(opts, paths)
+    if opts.mode == "batch":
+        return _run_batch(opts, paths)
+    if opts.mode == "log":
+        return _not_built("log mode (-l/-L)")
+    if opts.mode == "serve":
+        return _not_built("--serve")
+    return _not_built("the interactive display (use -1)")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``kvm_stat``: returns the exit status."""
+    try:
+        opts = parse_options(argv)
+        return run(opts)
+    except Error as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader went away (kvm_stat -1 | head): not an error.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+def console_main() -> None:
+    """Console-script wrapper: ``sys.exit(main())``."""
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Output formats: pure functions from samples to text (no I/O)."""

@@ -1,0 +1,1 @@
+"""Data sources: tracepoints, debugfs, binary stats."""

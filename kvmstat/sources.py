@@ -1,0 +1,111 @@
+"""Choosing and opening providers.
+
+Opening is two steps so that ``-f`` can open only what it shows: a
+*catalog* lists the fields a provider could count (cheap, opens nothing),
+then :meth:`Catalog.open` opens the selected ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
+
+from .errors import InvalidArgument
+from .events import detect_vendor, load_events
+from .fields import FieldFilter
+from .paths import Paths
+from .providers.base import Provider
+from .providers.tracepoints import TracepointProvider, event_fields
+from .stats import Sampler
+from .vms import find_vm
+
+__all__ = ["PROVIDERS", "Catalog", "catalog", "list_fields", "open_providers", "open_sampler"]
+
+Notify = Optional[Callable[[str], None]]
+
+
+@dataclass
+class Catalog:
+    """The fields one provider can count on this host, and how to open it."""
+
+    name: str
+    fields: List[str]
+    _opener: Callable[..., Provider]
+
+    def open(self, fields: Iterable[str], *, pid: Optional[int] = None,
+             backend: Optional[str] = None) -> Provider:
+        """Open the provider for *fields*, host-wide or for VM process *pid*."""
+        return self._opener(list(fields), pid=pid, backend=backend)
+
+
+def _tracepoint_catalog(paths: Paths, notify: Notify) -> Catalog:
+    tracefs = paths.find_tracefs(notify=notify)
+    events = load_events(tracefs, detect_vendor(paths.sys, paths.proc))
+
+    def opener(fields, *, pid, backend):
+        return TracepointProvider(tracefs, fields=fields, pid=pid, events=events,
+                                  backend=backend, proc=paths.proc, sys=paths.sys)
+
+    return Catalog("tracepoints", event_fields(events), opener)
+
+
+#: provider name -> function(paths, notify) -> Catalog
+PROVIDERS: Dict[str, Callable[[Paths, Notify], Catalog]] = {
+    "tracepoints": _tracepoint_catalog,
+}
+
+
+def catalog(name: str, paths: Optional[Paths] = None, notify: Notify = None) -> Catalog:
+    """Return the :class:`Catalog` of provider *name* on this host."""
+    try:
+        make = PROVIDERS[name]
+    except KeyError:
+        raise InvalidArgument(f"unknown provider '{name}' (known: {', '.join(PROVIDERS)})") from None
+    return make(paths or Paths(), notify)
+
+
+def list_fields(providers: Sequence[str] = ("tracepoints",), paths: Optional[Paths] = None,
+                notify: Notify = None) -> List[str]:
+    """Every field the given providers can count on this host, sorted."""
+    names = set()
+    for name in providers:
+        names.update(catalog(name, paths, notify).fields)
+    return sorted(names)
+
+
+def open_providers(providers: Sequence[str] = ("tracepoints",), *,
+                   fields: Union[str, FieldFilter, None] = None, pid: Optional[int] = None,
+                   paths: Optional[Paths] = None, backend: Optional[str] = None,
+                   notify: Notify = None) -> List[Provider]:
+    """Open the named providers for the fields selected by *fields*.
+
+    *fields* is a ``-f`` regex or a :class:`FieldFilter`.  Only the selected
+    fields are opened.  Raises :class:`InvalidArgument` if nothing matches.
+    """
+    paths = paths or Paths()
+    field_filter = fields if isinstance(fields, FieldFilter) else FieldFilter(fields)
+    if pid is not None:
+        find_vm(pid, paths.proc)
+    catalogs = [catalog(name, paths, notify) for name in providers]
+    chosen = [(c, field_filter.select(c.fields)) for c in catalogs]
+    if not any(selected for _, selected in chosen):
+        raise InvalidArgument(f"no field matches '{field_filter.regex}' (see '-f help')")
+    opened: List[Provider] = []
+    try:
+        for cat, selected in chosen:
+            if selected:
+                opened.append(cat.open(selected, pid=pid, backend=backend))
+    except BaseException:
+        for provider in opened:
+            provider.close()
+        raise
+    return opened
+
+
+def open_sampler(providers: Sequence[str] = ("tracepoints",), *,
+                 fields: Union[str, FieldFilter, None] = None, pid: Optional[int] = None,
+                 by_vm: bool = False, paths: Optional[Paths] = None,
+                 backend: Optional[str] = None, notify: Notify = None) -> Sampler:
+    """Open providers (see :func:`open_providers`) and return a :class:`Sampler`."""
+    return Sampler(open_providers(providers, fields=fields, pid=pid, paths=paths,
+                                  backend=backend, notify=notify), by_vm=by_vm)

@@ -1,0 +1,90 @@
+"""A fake counting core with the interface of kvmstat.native.CounterSet.
+
+Tests set ``counts[(target, event_name)]``; reads sum them like the real core
+(retired groups keep their last counts).
+"""
+
+from __future__ import annotations
+
+import errno
+
+from kvmstat.errors import NativeError
+
+
+class FakeCounterSet:
+    def __init__(self, events, mode, gone=()):
+        self.events = tuple(events)
+        self.mode = mode
+        self.counts = {}
+        self.slots = {}          # slot -> (target, bucket)
+        self.retired = {}        # (bucket, event name) -> count
+        self.gone = set(gone)    # targets whose open fails with ESRCH
+        self.enabled = False
+        self.closed = False
+        self.reads = 0
+
+    def add(self, target, bucket=0):
+        if target in self.gone:
+            raise NativeError(f"thread {target} vanished", errno.ESRCH, target=target)
+        slot = len(self.slots) + len(self.retired)
+        self.slots[slot] = (target, bucket)
+        return slot
+
+    def retire(self, slot):
+        target, bucket = self.slots.pop(slot)
+        for event in self.events:
+            key = (bucket, event.name)
+            self.retired[key] = self.retired.get(key, 0) + self.counts.get((target, event.name), 0)
+
+    def enable(self):
+        self.enabled = True
+
+    def disable(self):
+        self.enabled = False
+
+    def reset(self):
+        self.counts.clear()
+        self.retired.clear()
+
+    @property
+    def groups(self):
+        return len(self.slots)
+
+    @property
+    def fds(self):
+        return len(self.slots) * len(self.events)
+
+    def read(self, nbuckets=0):
+        self.reads += 1
+        totals = []
+        flat = [0] * (nbuckets * len(self.events))
+        for index, event in enumerate(self.events):
+            total = 0
+            for target, bucket in self.slots.values():
+                value = self.counts.get((target, event.name), 0)
+                total += value
+                if bucket < nbuckets:
+                    flat[bucket * len(self.events) + index] += value
+            for (bucket, name), value in self.retired.items():
+                if name == event.name:
+                    total += value
+                    if bucket < nbuckets:
+                        flat[bucket * len(self.events) + index] += value
+            totals.append(total)
+        return totals, (flat if nbuckets else None)
+
+    def close(self):
+        self.closed = True
+
+
+def install(monkeypatch, gone=()):
+    """Make kvmstat.native.open_counter_set return FakeCounterSets; returns the list of them."""
+    created = []
+
+    def open_counter_set(events, mode, backend=None):
+        counter_set = FakeCounterSet(events, mode, gone)
+        created.append(counter_set)
+        return counter_set
+
+    monkeypatch.setattr("kvmstat.native.open_counter_set", open_counter_set)
+    return created

@@ -1,0 +1,28 @@
+"""Golden outputs of the batch format and the -f help listing."""
+
+from kvmstat.formats.text import batch_lines, field_help_lines
+from kvmstat.stats import Sample
+
+
+def test_batch_golden():
+    sample = Sample(0.0, 1.0, {
+        "kvm_userspace_exit(IO)": (1234, 56),
+        "kvm_pio": (1234, 56),
+        "kvm_userspace_exit": (2000, 60),
+        "kvm_exit": (0, 0),
+    })
+    assert "\n".join(batch_lines(sample)) + "\n" == (
+        "kvm_exit                                           0         0\n"
+        "kvm_pio                                         1234        56\n"
+        "kvm_userspace_exit                              2000        60\n"
+        "kvm_userspace_exit(IO)                          1234        56\n")
+
+
+def test_batch_row_width_is_upstreams():
+    sample = Sample(0.0, 1.0, {"x": (1, 2)})
+    assert len(batch_lines(sample)[0]) == 42 + 10 + 10
+
+
+def test_field_help_folds_children_sorts_and_indents():
+    assert field_help_lines(["kvm_pio", "kvm_exit(HLT)", "kvm_exit", "kvm_exit(IO)", "exits"]) == [
+        "  exits", "  kvm_exit", "  kvm_pio"]

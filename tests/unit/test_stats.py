@@ -1,0 +1,80 @@
+"""Samples: totals, deltas and intervals combined over providers."""
+
+from kvmstat.providers.base import Provider
+from kvmstat.stats import Sampler
+
+
+class ScriptedProvider(Provider):
+    """A provider whose cumulative counts come from a list of readings."""
+
+    name = "scripted"
+
+    def __init__(self, readings, by_vm=None):
+        self.readings = list(readings)
+        self.by_vm = list(by_vm or [])
+        self.closed = self.resets = 0
+
+    @property
+    def fields(self):
+        return sorted(self.readings[0])
+
+    def read(self):
+        return dict(self.readings.pop(0) if len(self.readings) > 1 else self.readings[0])
+
+    def read_by_vm(self):
+        return self.by_vm.pop(0) if self.by_vm else {}
+
+    def reset(self):
+        self.resets += 1
+
+    def close(self):
+        self.closed += 1
+
+
+class Clock:
+    def __init__(self, *times):
+        self.times = list(times)
+
+    def __call__(self):
+        return self.times.pop(0)
+
+
+def test_first_sample_counts_from_open_then_deltas():
+    provider = ScriptedProvider([{"a": 5, "b": 0}, {"a": 12, "b": 3}])
+    sampler = Sampler([provider], clock=Clock(10.0, 11.5), wallclock=lambda: 99.0)
+    first = sampler.sample()
+    assert first.values == {"a": (5, 5), "b": (0, 0)} and first.interval == 0.0
+    second = sampler.sample()
+    assert second.values == {"a": (12, 7), "b": (3, 3)}
+    assert second.interval == 1.5 and second.time == 99.0
+    assert second.rate("a") == 7 / 1.5
+
+
+def test_providers_are_merged_and_closed():
+    one = ScriptedProvider([{"a": 1}])
+    two = ScriptedProvider([{"exits": 4}])
+    with Sampler([one, two], clock=Clock(0.0)) as sampler:
+        assert sampler.fields == ["a", "exits"]
+        assert sampler.sample().values == {"a": (1, 1), "exits": (4, 4)}
+    assert one.closed == two.closed == 1
+
+
+def test_by_vm_deltas_and_new_vms_count_from_zero():
+    provider = ScriptedProvider([{"a": 3}, {"a": 9}],
+                                by_vm=[{10: {"a": 3}}, {10: {"a": 5}, 20: {"a": 4}}])
+    sampler = Sampler([provider], by_vm=True, names={10: "web", 20: None}.get,
+                      clock=Clock(0.0, 1.0))
+    sampler.sample()
+    second = sampler.sample()
+    assert second.by_vm == {10: {"a": (5, 2)}, 20: {"a": (4, 4)}}
+    assert second.vm_names == {10: "web", 20: None}
+
+
+def test_reset_restarts_the_interval():
+    provider = ScriptedProvider([{"a": 4}, {"a": 1}])
+    sampler = Sampler([provider], clock=Clock(0.0, 5.0))
+    sampler.sample()
+    sampler.reset()
+    after = sampler.sample()
+    assert provider.resets == 1
+    assert after.values == {"a": (1, 1)} and after.interval == 0.0
