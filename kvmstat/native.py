@@ -12,6 +12,7 @@ Two backends implement the same :class:`CounterSet`:
 
 from __future__ import annotations
 
+import importlib
 import os
 from typing import Sequence
 
@@ -27,8 +28,8 @@ BACKENDS = ("c", "python")
 
 def _import_native():
     """The cffi extension module, or ImportError when it was not built."""
-    from . import _native  # type: ignore[attr-defined]
-    return _native
+    # import_module honours sys.modules (a package attribute would not).
+    return importlib.import_module("kvmstat._native")
 
 
 def _load_native():
