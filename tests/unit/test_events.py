@@ -227,13 +227,20 @@ def test_userspace_children(tmp_path):
     assert ev["kvm_userspace_exit"].filter_field == "reason"
 
 
-def test_pvm_and_unknown_vendor_get_no_exit_children(tmp_path):
+def test_unknown_vendor_gets_no_exit_children(tmp_path):
     root = real_tracefs(tmp_path)
-    for vendor in ("pvm", None):
-        ev = by_name(load_events(root, vendor))
-        assert ev["kvm_exit"].children == ()
-        assert ev["kvm_exit"].filter_field is None
-        assert len(ev["kvm_userspace_exit"].children) == 31
+    ev = by_name(load_events(root, None))
+    assert ev["kvm_exit"].children == ()
+    assert ev["kvm_exit"].filter_field is None
+    assert len(ev["kvm_userspace_exit"].children) == 31
+
+
+def test_pvm_without_a_pvm_table_shows_the_vmx_table(tmp_path):
+    root = real_tracefs(tmp_path)
+    pvm = by_name(load_events(root, "pvm"))["kvm_exit"]
+    vmx = by_name(load_events(root, "vmx"))["kvm_exit"]
+    assert pvm.children == vmx.children
+    assert {"TDCALL", "MSR_READ_IMM", "HLT"} <= {c.reason for c in pvm.children}
 
 
 def test_pvm_table_used_when_kernel_has_one(tmp_path):
