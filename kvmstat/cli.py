@@ -18,6 +18,7 @@ from . import __version__
 from .errors import Error, InvalidArgument
 from .fields import FieldFilter
 from .paths import Paths
+from .teardown import release_in_background
 
 __all__ = ["build_parser", "parse_options", "Options", "main", "console_main"]
 
@@ -217,13 +218,16 @@ def _run_batch(opts: Options, paths: Paths) -> int:
     from .formats.text import batch_lines
     from .sources import open_sampler
 
-    with open_sampler(opts.providers, fields=opts.fields, pid=opts.pid, paths=paths,
-                      backend=None, notify=_notify) as sampler:
+    sampler = open_sampler(opts.providers, fields=opts.fields, pid=opts.pid, paths=paths,
+                           backend=None, notify=_notify)
+    try:
         sampler.sample()
         time.sleep(1)
         sample = sampler.sample()
-    sys.stdout.write("".join(line + "\n" for line in batch_lines(sample)))
-    sys.stdout.flush()
+        sys.stdout.write("".join(line + "\n" for line in batch_lines(sample)))
+        sys.stdout.flush()
+    finally:
+        release_in_background(sampler.close)
     return 0
 
 
