@@ -120,15 +120,7 @@ def test_bad_filter_is_reported_and_nothing_leaks(backend):
 
 
 def test_vanished_thread(backend):
-    from kvmstat.errors import NativeError
-    t = threading.Thread(target=lambda: None)
-    t.start()
-    tid = t.native_id
-    t.join()
-    # join() returns before the kernel has reaped the thread; wait for that.
-    deadline = time.monotonic() + 5
-    while os.path.exists(f"/proc/self/task/{tid}") and time.monotonic() < deadline:
-        time.sleep(0.001)
+    tid = _in_new_thread(lambda: None)
     with open_counter_set([_getppid_event()], PER_THREAD, backend) as cs:
         with pytest.raises(NativeError) as info:
             cs.add(tid)
@@ -261,6 +253,7 @@ def _in_new_thread(fn, *args) -> int:
     t.start()
     tid = t.native_id
     t.join()
+    # join() returns before the kernel has reaped the thread; wait for that.
     deadline = time.monotonic() + 5
     while os.path.exists(f"/proc/self/task/{tid}") and time.monotonic() < deadline:
         time.sleep(0.001)
