@@ -15,6 +15,7 @@ ffibuilder.cdef(
     """
     #define KVMSTAT_PER_CPU ...
     #define KVMSTAT_PER_THREAD ...
+    #define KVMSTAT_PER_THREAD_INHERIT ...
 
     struct kvmstat_event {
         uint64_t tracepoint_id;
@@ -37,6 +38,7 @@ ffibuilder.cdef(
     int kvmstat_set_enable(struct kvmstat_set *set);
     int kvmstat_set_disable(struct kvmstat_set *set);
     int kvmstat_set_reset(struct kvmstat_set *set);
+    int kvmstat_set_clear_bucket(struct kvmstat_set *set, unsigned int bucket);
     int kvmstat_set_groups(const struct kvmstat_set *set);
     int kvmstat_set_fds(const struct kvmstat_set *set);
     int kvmstat_set_read(struct kvmstat_set *set, uint64_t *totals,

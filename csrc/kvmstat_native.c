@@ -26,6 +26,7 @@ struct group {
 struct kvmstat_set {
     int mode;
     int enabled;
+    int inherit_thread;   /* PER_THREAD_INHERIT: kernel takes attr.inherit_thread */
     unsigned int nevents;
     uint64_t *tp_ids;     /* nevents tracepoint ids */
     char **filters;       /* nevents copies, NULL for none */
@@ -55,11 +56,33 @@ static int perf_open(const struct kvmstat_set *set, unsigned int i, int target,
     /* Only the leader starts disabled: members follow their leader's state. */
     attr.disabled = group_fd == -1;
 
-    int pid = set->mode == KVMSTAT_PER_THREAD ? target : -1;
-    int cpu = set->mode == KVMSTAT_PER_THREAD ? -1 : target;
+    int per_cpu = set->mode == KVMSTAT_PER_CPU;
+    int pid = per_cpu ? -1 : target;
+    int cpu = per_cpu ? target : -1;
+    if (set->mode == KVMSTAT_PER_THREAD_INHERIT) {
+        attr.inherit = 1;
+        attr.inherit_thread = set->inherit_thread;
+    }
     long fd = syscall(SYS_perf_event_open, &attr, pid, cpu, group_fd,
                       PERF_FLAG_FD_CLOEXEC);
     return fd < 0 ? -errno : (int)fd;
+}
+
+/* perf_open, except that a kernel older than 5.13, which rejects
+ * attr.inherit_thread with EINVAL, gets plain inherit (then processes
+ * forked by a target are counted too) for this and every later event. */
+static int perf_open_member(struct kvmstat_set *set, unsigned int i, int target,
+                            int group_fd)
+{
+    int fd = perf_open(set, i, target, group_fd);
+
+    if (fd == -EINVAL && set->inherit_thread) {
+        set->inherit_thread = 0;
+        fd = perf_open(set, i, target, group_fd);
+        if (fd < 0)
+            set->inherit_thread = 1;  /* not the reason: keep asking for it */
+    }
+    return fd;
 }
 
 static void close_fds(int *fds, unsigned int n)
@@ -95,7 +118,8 @@ int kvmstat_set_new(const struct kvmstat_event *events, unsigned int nevents,
     struct kvmstat_set *set;
 
     if (!out || !events || nevents == 0 ||
-        (mode != KVMSTAT_PER_CPU && mode != KVMSTAT_PER_THREAD))
+        (mode != KVMSTAT_PER_CPU && mode != KVMSTAT_PER_THREAD &&
+         mode != KVMSTAT_PER_THREAD_INHERIT))
         return -EINVAL;
     *out = NULL;
 
@@ -103,6 +127,7 @@ int kvmstat_set_new(const struct kvmstat_event *events, unsigned int nevents,
     if (!set)
         return -ENOMEM;
     set->mode = mode;
+    set->inherit_thread = mode == KVMSTAT_PER_THREAD_INHERIT;
     set->nevents = nevents;
     set->tp_ids = calloc(nevents, sizeof(*set->tp_ids));
     set->filters = calloc(nevents, sizeof(*set->filters));
@@ -174,7 +199,7 @@ int kvmstat_set_add(struct kvmstat_set *set, int target, unsigned int bucket,
     int rc = 0;
     unsigned int i;
     for (i = 0; i < set->nevents; i++) {
-        rc = perf_open(set, i, target, i == 0 ? -1 : fds[0]);
+        rc = perf_open_member(set, i, target, i == 0 ? -1 : fds[0]);
         if (rc < 0)
             break;
         fds[i] = rc;
@@ -282,15 +307,63 @@ int kvmstat_set_disable(struct kvmstat_set *set)
     return rc;
 }
 
+/*
+ * Reset does not use PERF_EVENT_IOC_RESET: that ioctl leaves what inherited
+ * events of ended threads gave back to their parent event in the count.
+ * Instead the retired sums become minus the current value of every live
+ * group (modulo 2^64), so every later read starts from zero.  New sums are
+ * built aside and swapped in: a failure leaves the set as it was.
+ */
 int kvmstat_set_reset(struct kvmstat_set *set)
 {
-    int rc = ioctl_all(set, PERF_EVENT_IOC_RESET);
-    if (rc < 0)
-        return rc;
-    memset(set->retired, 0, set->nevents * sizeof(*set->retired));
-    if (set->retired_b)
-        memset(set->retired_b, 0,
-               (size_t)set->retired_rows * set->nevents * sizeof(*set->retired_b));
+    if (!set)
+        return -EINVAL;
+    unsigned int ne = set->nevents, rows = set->retired_rows;
+
+    for (unsigned int s = 0; s < set->nslots; s++)
+        if (set->groups[s].fds && set->groups[s].bucket >= rows)
+            rows = set->groups[s].bucket + 1;
+    uint64_t *retired = calloc(ne, sizeof(*retired));
+    uint64_t *retired_b = rows ? calloc((size_t)rows * ne, sizeof(*retired_b)) : NULL;
+    if (!retired || (rows && !retired_b)) {
+        free(retired);
+        free(retired_b);
+        return -ENOMEM;
+    }
+    for (unsigned int s = 0; s < set->nslots; s++) {
+        const struct group *g = &set->groups[s];
+        if (!g->fds)
+            continue;
+        int rc = read_group(set, g);
+        if (rc < 0) {
+            free(retired);
+            free(retired_b);
+            return rc;
+        }
+        uint64_t *row = retired_b + (size_t)g->bucket * ne;
+        for (unsigned int i = 0; i < ne; i++) {
+            retired[i] -= set->readbuf[1 + i];
+            row[i] -= set->readbuf[1 + i];
+        }
+    }
+    free(set->retired);
+    free(set->retired_b);
+    set->retired = retired;
+    set->retired_b = retired_b;
+    set->retired_rows = rows;
+    return 0;
+}
+
+int kvmstat_set_clear_bucket(struct kvmstat_set *set, unsigned int bucket)
+{
+    if (!set)
+        return -EINVAL;
+    for (unsigned int s = 0; s < set->nslots; s++)
+        if (set->groups[s].fds && set->groups[s].bucket == bucket)
+            return -EBUSY;
+    if (bucket < set->retired_rows)
+        memset(set->retired_b + (size_t)bucket * set->nevents, 0,
+               set->nevents * sizeof(*set->retired_b));
     return 0;
 }
 

@@ -11,6 +11,14 @@
  * a retired group's last counts are kept in its bucket, so totals never go
  * backwards.
  *
+ * In KVMSTAT_PER_THREAD_INHERIT mode a group also counts every thread its
+ * target creates after the group was opened (perf "inherit", limited to
+ * CLONE_THREAD children where the kernel supports it), including threads
+ * that have ended since: a process is followed from the moment its threads
+ * are opened, without adding groups for new threads.  Retiring such a group
+ * stops the counting of its target's descendants too, so retire it only
+ * when none can be alive (e.g. the whole process has exited).
+ *
  * All functions return >= 0 on success and -errno on failure.  No global
  * state; a set must not be used from two threads at once, different sets may.
  */
@@ -21,6 +29,7 @@
 
 #define KVMSTAT_PER_CPU    0  /* targets are CPU numbers */
 #define KVMSTAT_PER_THREAD 1  /* targets are thread ids */
+#define KVMSTAT_PER_THREAD_INHERIT 2  /* thread ids, counting threads they create */
 
 struct kvmstat_event {
     uint64_t tracepoint_id;  /* <tracefs>/events/<sys>/<name>/id */
@@ -37,7 +46,7 @@ struct kvmstat_error {
 struct kvmstat_set;
 
 /* Create an empty set for these events (copied; the caller may free them).
- * mode is KVMSTAT_PER_CPU or KVMSTAT_PER_THREAD. */
+ * mode is KVMSTAT_PER_CPU, KVMSTAT_PER_THREAD or KVMSTAT_PER_THREAD_INHERIT. */
 int kvmstat_set_new(const struct kvmstat_event *events, unsigned int nevents,
                     int mode, struct kvmstat_set **out);
 
@@ -53,8 +62,13 @@ int kvmstat_set_retire(struct kvmstat_set *set, int slot);
 
 int kvmstat_set_enable(struct kvmstat_set *set);
 int kvmstat_set_disable(struct kvmstat_set *set);
-/* Zero all live counters and all retired sums. */
+/* Count from zero again: totals and every bucket read 0 right afterwards
+ * (live groups, retired sums, and what ended inherited threads counted). */
 int kvmstat_set_reset(struct kvmstat_set *set);
+
+/* Forget the retired sums of bucket, so that the bucket number can be given
+ * to new groups; totals keep them.  -EBUSY while a live group uses it. */
+int kvmstat_set_clear_bucket(struct kvmstat_set *set, unsigned int bucket);
 
 /* Number of live groups, and file descriptors held (groups x events). */
 int kvmstat_set_groups(const struct kvmstat_set *set);

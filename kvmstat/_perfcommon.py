@@ -18,6 +18,10 @@ from .errors import AccessDenied, Error, InvalidArgument, NativeError, TooManyEv
 
 PER_CPU = 0
 PER_THREAD = 1
+#: thread ids; each group also counts the threads its target creates later
+#: (perf inherit), even after they ended.  See csrc/kvmstat_native.h.
+PER_THREAD_INHERIT = 2
+MODES = (PER_CPU, PER_THREAD, PER_THREAD_INHERIT)
 PARANOID_PATH = "/proc/sys/kernel/perf_event_paranoid"
 
 # Slots and buckets travel through C ints / unsigned ints.
@@ -117,9 +121,10 @@ class CounterSet:
                 raise InvalidArgument(f"filter of {ev.name} must be a string")
             if ev.filter and "\0" in ev.filter:
                 raise InvalidArgument(f"filter of {ev.name} contains a NUL byte")
-        if mode not in (PER_CPU, PER_THREAD) or not _is_int(mode):
+        if mode not in MODES or not _is_int(mode):
             raise InvalidArgument(
-                f"bad counting mode {mode!r}: use PER_CPU (0) or PER_THREAD (1)")
+                f"bad counting mode {mode!r}: use PER_CPU (0), PER_THREAD (1) "
+                f"or PER_THREAD_INHERIT (2)")
         self.events: tuple[EventSpec, ...] = events
         self.mode: int = mode
         self._paranoid_path = paranoid_path
@@ -169,9 +174,18 @@ class CounterSet:
         self._do_ioctl("disable")
 
     def reset(self) -> None:
-        """Zero every live counter and every retired sum."""
+        """Count from zero again: totals and buckets read 0 right afterwards."""
         self._check_open()
-        self._do_ioctl("reset")
+        self._do_reset()
+
+    def clear_bucket(self, bucket: int) -> None:
+        """Forget the retired sums of *bucket* (totals keep them) so that the
+        bucket number can be given to new groups.  Raises NativeError (EBUSY)
+        while a live group uses the bucket."""
+        self._check_open()
+        if not _is_int(bucket) or not 0 <= bucket <= _INT_MAX:
+            raise InvalidArgument(f"bad bucket {bucket!r}: need an integer >= 0")
+        self._do_clear_bucket(bucket)
 
     def read(self, nbuckets: int = 0) -> tuple[list[int], list[int] | None]:
         """Totals per event, and a flat nbuckets x nevents list (row = bucket,
@@ -206,7 +220,7 @@ class CounterSet:
         self.close()
 
     def __repr__(self) -> str:
-        mode = "PER_CPU" if self.mode == PER_CPU else "PER_THREAD"
+        mode = ("PER_CPU", "PER_THREAD", "PER_THREAD_INHERIT")[self.mode]
         state = "closed" if self._closed else f"{self.groups} groups"
         return f"<{type(self).__name__} {len(self.events)} events {mode} {state}>"
 
@@ -218,6 +232,12 @@ class CounterSet:
         raise NotImplementedError
 
     def _do_ioctl(self, what: str) -> None:
+        raise NotImplementedError
+
+    def _do_reset(self) -> None:
+        raise NotImplementedError
+
+    def _do_clear_bucket(self, bucket: int) -> None:
         raise NotImplementedError
 
     def _do_read(self, nbuckets: int) -> tuple[list[int], list[int] | None]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
 from . import __version__
-from .errors import Error, InvalidArgument
+from .errors import Error, InvalidArgument, VMGone
 from .fields import FieldFilter
 from .paths import Paths
 from .teardown import release_in_background
@@ -136,6 +136,8 @@ def parse_options(argv: Optional[Sequence[str]] = None) -> Options:
         raise InvalidArgument("--json requires -1, -l or -L")
     if args.json and args.csv:
         raise InvalidArgument("--json and -c/--csv exclude each other")
+    if args.by_guest and not (logging or args.once):
+        raise InvalidArgument("--by-guest requires -1, -l or -L (in the display, press b)")
     if args.once and logging:
         raise InvalidArgument("-1 and -l/-L exclude each other")
     if args.log and args.log_file is not None:
@@ -215,16 +217,24 @@ def _run_fields_help(opts: Options, paths: Paths) -> int:
 
 
 def _run_batch(opts: Options, paths: Paths) -> int:
-    from .formats.text import batch_lines
+    from .formats.text import batch_lines, by_guest_batch_lines
     from .sources import open_sampler
 
     sampler = open_sampler(opts.providers, fields=opts.fields, pid=opts.pid, paths=paths,
-                           backend=None, notify=_notify)
+                           backend=None, notify=_notify, by_vm=opts.by_guest)
     try:
-        sampler.sample()
-        time.sleep(1)
-        sample = sampler.sample()
-        sys.stdout.write("".join(line + "\n" for line in batch_lines(sample)))
+        try:
+            sampler.sample()
+            time.sleep(1)
+            sample = sampler.sample()
+        except VMGone as exc:
+            # Its counts up to the exit are still there: print those.
+            _notify(f"{exc}: the counts end at its exit")
+            sample = sampler.sample(refresh=False)
+        lines = by_guest_batch_lines(sample) if opts.by_guest else batch_lines(sample)
+        if opts.by_guest and not lines:
+            _notify("no VM is running")
+        sys.stdout.write("".join(line + "\n" for line in lines))
         sys.stdout.flush()
     finally:
         release_in_background(sampler.close)
@@ -243,8 +253,10 @@ def run(opts: Options, paths: Optional[Paths] = None) -> int:
         return _run_fields_help(opts, paths)
     if opts.mode == "check":
         return _not_built("--check")
-    if opts.json or opts.by_guest:
-        return _not_built("--json" if opts.json else "--by-guest")
+    if opts.json:
+        return _not_built("--json")
+    if opts.by_guest and opts.mode != "batch":
+        return _not_built("--by-guest with -l/-L")
     _resolve_vm(opts, paths)
     if opts.mode == "batch":
         return _run_batch(opts, paths)

@@ -16,11 +16,11 @@ import importlib
 import os
 from typing import Sequence
 
-from ._perfcommon import (PARANOID_PATH, PER_CPU, PER_THREAD, CounterSet,
-                          EventSpec)
+from ._perfcommon import (PARANOID_PATH, PER_CPU, PER_THREAD, PER_THREAD_INHERIT,
+                          CounterSet, EventSpec)
 from .errors import InvalidArgument, NotAvailable
 
-__all__ = ["PER_CPU", "PER_THREAD", "EventSpec", "CounterSet",
+__all__ = ["PER_CPU", "PER_THREAD", "PER_THREAD_INHERIT", "EventSpec", "CounterSet",
            "open_counter_set", "available_backends"]
 
 BACKENDS = ("c", "python")
@@ -87,11 +87,20 @@ class _CCounterSet(CounterSet):
 
     def _do_ioctl(self, what: str) -> None:
         fn = {"enable": self._lib.kvmstat_set_enable,
-              "disable": self._lib.kvmstat_set_disable,
-              "reset": self._lib.kvmstat_set_reset}[what]
+              "disable": self._lib.kvmstat_set_disable}[what]
         rc = fn(self._set)
         if rc < 0:
             raise self._error(-rc, action=f"perf {what}")
+
+    def _do_reset(self) -> None:
+        rc = self._lib.kvmstat_set_reset(self._set)
+        if rc < 0:
+            raise self._error(-rc, action="resetting counters")
+
+    def _do_clear_bucket(self, bucket: int) -> None:
+        rc = self._lib.kvmstat_set_clear_bucket(self._set, bucket)
+        if rc < 0:
+            raise self._error(-rc, action=f"clearing bucket {bucket}")
 
     def _do_read(self, nbuckets: int) -> tuple[list[int], list[int] | None]:
         n = len(self.events)
@@ -130,7 +139,8 @@ def open_counter_set(events: Sequence[EventSpec], mode: int,
                      paranoid_path: str = PARANOID_PATH) -> CounterSet:
     """An empty, disabled counter set for these events.
 
-    ``mode`` is PER_CPU (targets are CPU numbers) or PER_THREAD (thread ids).
+    ``mode`` is PER_CPU (targets are CPU numbers), PER_THREAD (thread ids) or
+    PER_THREAD_INHERIT (thread ids, also counting the threads they create).
     ``backend`` is "c" or "python"; None means ``$KVMSTAT_BACKEND`` or "c".
     ``paranoid_path`` is where permission errors read perf_event_paranoid.
     """

@@ -16,7 +16,7 @@ import platform
 import struct
 from typing import Sequence
 
-from ._perfcommon import PARANOID_PATH, PER_THREAD, CounterSet, EventSpec
+from ._perfcommon import PARANOID_PATH, PER_CPU, PER_THREAD_INHERIT, CounterSet, EventSpec
 from .errors import NotAvailable
 
 __all__ = ["PyCounterSet"]
@@ -35,6 +35,8 @@ _PERF_FORMAT_GROUP = 1 << 3
 _PERF_FLAG_FD_CLOEXEC = 1 << 3
 _PERF_IOC_FLAG_GROUP = 1
 _ATTR_DISABLED = 1 << 0  # first bit of the flags bit-field
+_ATTR_INHERIT = 1 << 1
+_ATTR_INHERIT_THREAD = 1 << 35  # Linux 5.13+: only CLONE_THREAD children inherit
 
 # ioctl numbers: _IO('$', n) and _IOW('$', 6, char *) for SET_FILTER.  The
 # "write" direction bit differs on powerpc (and mips/sparc) from the generic one.
@@ -43,7 +45,6 @@ _IOC_DIRSHIFT = 29 if platform.machine().startswith("ppc") else 30
 _IOCTL = {
     "enable": 0x2400,
     "disable": 0x2401,
-    "reset": 0x2403,
 }
 _IOC_SET_FILTER = (_IOC_WRITE << _IOC_DIRSHIFT) | (ctypes.sizeof(ctypes.c_void_p) << 16) | 0x2406
 
@@ -76,10 +77,7 @@ class PyCounterSet(CounterSet):
         super().__init__(events, mode, paranoid_path)
         n = len(self.events)
         self._perf_event_open = _syscall()
-        self._attrs = [
-            _ATTR.pack(_PERF_TYPE_TRACEPOINT, _ATTR.size, ev.tracepoint_id, 0, 0,
-                       _PERF_FORMAT_GROUP, _ATTR_DISABLED if i == 0 else 0, 0, 0, 0)
-            for i, ev in enumerate(self.events)]
+        self._inherit_thread = mode == PER_THREAD_INHERIT
         self._filters = [ev.filter.encode() + b"\0" if ev.filter else None
                          for ev in self.events]
         self._slots: list[tuple[list[int], int] | None] = []  # (fds, bucket)
@@ -88,9 +86,23 @@ class PyCounterSet(CounterSet):
         self._retired_b: list[list[int]] = []  # one row per bucket
         self._group = struct.Struct(f"={1 + n}Q")  # nr, then one value per event
 
+    def _attr(self, i: int) -> bytes:
+        flags = _ATTR_DISABLED if i == 0 else 0  # members follow their leader
+        if self.mode == PER_THREAD_INHERIT:
+            flags |= _ATTR_INHERIT | (_ATTR_INHERIT_THREAD if self._inherit_thread else 0)
+        return _ATTR.pack(_PERF_TYPE_TRACEPOINT, _ATTR.size, self.events[i].tracepoint_id,
+                          0, 0, _PERF_FORMAT_GROUP, flags, 0, 0, 0)
+
     def _open_one(self, i: int, target: int, group_fd: int) -> int:
-        pid, cpu = (target, -1) if self.mode == PER_THREAD else (-1, target)
-        fd = self._perf_event_open(self._attrs[i], pid, cpu, group_fd)
+        pid, cpu = (-1, target) if self.mode == PER_CPU else (target, -1)
+        fd = self._perf_event_open(self._attr(i), pid, cpu, group_fd)
+        if fd < 0 and ctypes.get_errno() == _errno.EINVAL and self._inherit_thread:
+            # Kernels before 5.13 reject inherit_thread: fall back to plain
+            # inherit (forked processes are then counted too), as the C core.
+            self._inherit_thread = False
+            fd = self._perf_event_open(self._attr(i), pid, cpu, group_fd)
+            if fd < 0:
+                self._inherit_thread = True
         if fd < 0:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err))
@@ -152,12 +164,34 @@ class PyCounterSet(CounterSet):
                     fcntl.ioctl(entry[0][0], _IOCTL[what], _PERF_IOC_FLAG_GROUP)
         except OSError as exc:
             raise self._error(exc.errno or _errno.EIO, action=f"perf {what}") from None
-        if what == "reset":
-            n = len(self.events)
-            self._retired = [0] * n
-            self._retired_b = [[0] * n for _ in self._retired_b]
-        else:
-            self._enabled = what == "enable"
+        self._enabled = what == "enable"
+
+    def _do_reset(self) -> None:
+        # As the C core: no PERF_EVENT_IOC_RESET (it keeps what ended inherited
+        # threads counted); the retired sums become minus the live values.
+        n = len(self.events)
+        retired = [0] * n
+        rows = [[0] * n for _ in self._retired_b]
+        for entry in self._slots:
+            if entry is None:
+                continue
+            fds, bucket = entry
+            try:
+                values = self._read_group(fds[0])
+            except OSError as exc:
+                raise self._error(exc.errno or _errno.EIO, action="resetting counters") from None
+            while len(rows) <= bucket:
+                rows.append([0] * n)
+            for i, v in enumerate(values):
+                retired[i] -= v
+                rows[bucket][i] -= v
+        self._retired, self._retired_b = retired, rows
+
+    def _do_clear_bucket(self, bucket: int) -> None:
+        if any(entry is not None and entry[1] == bucket for entry in self._slots):
+            raise self._error(_errno.EBUSY, action=f"clearing bucket {bucket}")
+        if bucket < len(self._retired_b):
+            self._retired_b[bucket] = [0] * len(self.events)
 
     def _do_read(self, nbuckets: int) -> tuple[list[int], list[int] | None]:
         n = len(self.events)

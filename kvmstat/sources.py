@@ -10,14 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
 
-from .errors import InvalidArgument
+from .errors import Error, InvalidArgument
 from .events import detect_vendor, load_events
 from .fields import FieldFilter
 from .paths import Paths
 from .providers.base import Provider
 from .providers.tracepoints import TracepointProvider, event_fields
 from .stats import Sampler
-from .vms import find_vm
+from .vms import GuestNames, find_vm
 
 __all__ = ["PROVIDERS", "Catalog", "catalog", "list_fields", "open_providers", "open_sampler"]
 
@@ -33,18 +33,30 @@ class Catalog:
     _opener: Callable[..., Provider]
 
     def open(self, fields: Iterable[str], *, pid: Optional[int] = None,
-             backend: Optional[str] = None) -> Provider:
-        """Open the provider for *fields*, host-wide or for VM process *pid*."""
-        return self._opener(list(fields), pid=pid, backend=backend)
+             backend: Optional[str] = None, by_vm: bool = False) -> Provider:
+        """Open the provider for *fields*, host-wide or for VM process *pid*;
+        *by_vm* asks for a per-VM breakdown (:meth:`Provider.read_by_vm`)."""
+        return self._opener(list(fields), pid=pid, backend=backend, by_vm=by_vm)
+
+
+def _mounted_debugfs(paths: Paths) -> Optional[str]:
+    """The debugfs directory if it is mounted (never mounts it), else None."""
+    try:
+        return paths.find_debugfs(mount=False)
+    except Error:
+        return None
 
 
 def _tracepoint_catalog(paths: Paths, notify: Notify) -> Catalog:
     tracefs = paths.find_tracefs(notify=notify)
     events = load_events(tracefs, detect_vendor(paths.sys, paths.proc))
 
-    def opener(fields, *, pid, backend):
-        return TracepointProvider(tracefs, fields=fields, pid=pid, events=events,
-                                  backend=backend, proc=paths.proc, sys=paths.sys)
+    def opener(fields, *, pid, backend, by_vm):
+        # Per VM, debugfs (when mounted) makes finding new VMs cheap.
+        debugfs = _mounted_debugfs(paths) if by_vm and pid is None else None
+        return TracepointProvider(tracefs, fields=fields, pid=pid, by_vm=by_vm,
+                                  events=events, backend=backend, proc=paths.proc,
+                                  sys=paths.sys, debugfs=debugfs)
 
     return Catalog("tracepoints", event_fields(events), opener)
 
@@ -76,11 +88,13 @@ def list_fields(providers: Sequence[str] = ("tracepoints",), paths: Optional[Pat
 def open_providers(providers: Sequence[str] = ("tracepoints",), *,
                    fields: Union[str, FieldFilter, None] = None, pid: Optional[int] = None,
                    paths: Optional[Paths] = None, backend: Optional[str] = None,
-                   notify: Notify = None) -> List[Provider]:
+                   notify: Notify = None, by_vm: bool = False) -> List[Provider]:
     """Open the named providers for the fields selected by *fields*.
 
     *fields* is a ``-f`` regex or a :class:`FieldFilter`.  Only the selected
     fields are opened.  Raises :class:`InvalidArgument` if nothing matches.
+    *by_vm* opens them for a per-VM breakdown (for tracepoints: per-thread
+    counting of every VM process instead of per-CPU counting).
     """
     paths = paths or Paths()
     field_filter = fields if isinstance(fields, FieldFilter) else FieldFilter(fields)
@@ -94,7 +108,7 @@ def open_providers(providers: Sequence[str] = ("tracepoints",), *,
     try:
         for cat, selected in chosen:
             if selected:
-                opened.append(cat.open(selected, pid=pid, backend=backend))
+                opened.append(cat.open(selected, pid=pid, backend=backend, by_vm=by_vm))
     except BaseException:
         for provider in opened:
             provider.close()
@@ -106,6 +120,12 @@ def open_sampler(providers: Sequence[str] = ("tracepoints",), *,
                  fields: Union[str, FieldFilter, None] = None, pid: Optional[int] = None,
                  by_vm: bool = False, paths: Optional[Paths] = None,
                  backend: Optional[str] = None, notify: Notify = None) -> Sampler:
-    """Open providers (see :func:`open_providers`) and return a :class:`Sampler`."""
-    return Sampler(open_providers(providers, fields=fields, pid=pid, paths=paths,
-                                  backend=backend, notify=notify), by_vm=by_vm)
+    """Open providers (see :func:`open_providers`) and return a :class:`Sampler`.
+
+    With *by_vm*, samples carry ``by_vm`` (pid -> field values) and
+    ``vm_names`` (pid -> guest name) too.
+    """
+    paths = paths or Paths()
+    opened = open_providers(providers, fields=fields, pid=pid, paths=paths, backend=backend,
+                            notify=notify, by_vm=by_vm)
+    return Sampler(opened, by_vm=by_vm, names=GuestNames(paths.proc))

@@ -92,31 +92,42 @@ class Sampler:
             totals.update(provider.read())
         return totals
 
-    def _read_by_vm(self) -> Dict[int, Totals]:
+    def _read_with_vms(self) -> Tuple[Totals, Dict[int, Totals]]:
+        totals: Totals = {}
         merged: Dict[int, Totals] = {}
         for provider in self.providers:
-            for pid, totals in provider.read_by_vm().items():
-                merged.setdefault(pid, {}).update(totals)
-        return merged
+            provider_totals, per_vm = provider.read_all()
+            totals.update(provider_totals)
+            for pid, vm_totals in per_vm.items():
+                merged.setdefault(pid, {}).update(vm_totals)
+        return totals, merged
 
-    def sample(self) -> Sample:
-        """Read every provider once and return the new :class:`Sample`."""
-        for provider in self.providers:
-            provider.refresh()
+    def sample(self, refresh: bool = True) -> Sample:
+        """Read every provider once and return the new :class:`Sample`.
+
+        Providers first follow VMs that came or went (``refresh()``), which
+        raises :class:`~kvmstat.errors.VMGone` when the one VM watched has
+        exited; ``sample(refresh=False)`` then still reads the counts it
+        left (e.g. for a last row).
+        """
+        if refresh:
+            for provider in self.providers:
+                provider.refresh()
         now = self._clock()
-        totals = self._read()
-        interval = 0.0 if self._previous_time is None else now - self._previous_time
-        values = _with_deltas(totals, self._previous)
         by_vm = None
         vm_names: Dict[int, Optional[str]] = {}
         if self.by_vm:
-            per_vm = self._read_by_vm()
-            by_vm = {}
-            for pid, vm_totals in per_vm.items():
-                by_vm[pid] = _with_deltas(vm_totals, self._previous_vm.get(pid, {}))
-                if self._names is not None:
-                    vm_names[pid] = self._names(pid)
+            totals, per_vm = self._read_with_vms()
+            previous_vm = self._previous_vm
+            by_vm = {pid: _with_deltas(vm_totals, previous_vm.get(pid, {}))
+                     for pid, vm_totals in per_vm.items()}
+            if self._names is not None:
+                vm_names = {pid: self._names(pid) for pid in per_vm}
             self._previous_vm = per_vm
+        else:
+            totals = self._read()
+        interval = 0.0 if self._previous_time is None else now - self._previous_time
+        values = _with_deltas(totals, self._previous)
         self._previous = totals
         self._previous_time = now
         return Sample(self._wallclock(), interval, values, by_vm, vm_names)

@@ -1,21 +1,42 @@
-"""Plain-text formats: batch output (``-1``) and the ``-f help`` listing."""
+"""Plain-text formats: batch output (``-1``, also by guest) and the ``-f help`` listing."""
 
 from __future__ import annotations
 
-from typing import Iterable, List
+from typing import Iterable, List, Optional
 
 from ..fields import parent_of
-from ..stats import Sample
+from ..stats import FieldValues, Sample
 
-__all__ = ["batch_lines", "field_help_lines"]
+__all__ = ["batch_lines", "by_guest_batch_lines", "guest_heading", "field_help_lines"]
 
 BATCH_ROW = "%-42s%10d%10d"
 
 
+def _rows(values: FieldValues) -> List[str]:
+    return [BATCH_ROW % (name, values[name][0], values[name][1]) for name in sorted(values)]
+
+
 def batch_lines(sample: Sample) -> List[str]:
     """One ``name total delta`` line per field, sorted by name (SPEC §3.1)."""
-    values = sample.values
-    return [BATCH_ROW % (name, values[name][0], values[name][1]) for name in sorted(values)]
+    return _rows(sample.values)
+
+
+def guest_heading(pid: int, name: Optional[str]) -> str:
+    """``<name> (pid <pid>)``, or ``(pid <pid>)`` for a VM without a name."""
+    return f"{name} (pid {pid})" if name else f"(pid {pid})"
+
+
+def by_guest_batch_lines(sample: Sample) -> List[str]:
+    """Batch output per VM (``-1 --by-guest``): for each VM, by pid, a
+    heading line (:func:`guest_heading`) and its rows in the batch format;
+    an empty line between VMs.  No VM: no lines."""
+    lines: List[str] = []
+    for pid in sorted(sample.by_vm or {}):
+        if lines:
+            lines.append("")
+        lines.append(guest_heading(pid, sample.vm_names.get(pid)))
+        lines.extend(_rows(sample.by_vm[pid]))  # type: ignore[index]
+    return lines
 
 
 def field_help_lines(names: Iterable[str]) -> List[str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 __all__ = ["Provider", "Totals"]
 
@@ -37,6 +37,14 @@ class Provider(abc.ABC):
         Providers that cannot attribute events to VMs return ``{}``.
         """
         return {}
+
+    def read_all(self) -> Tuple[Totals, Dict[int, Totals]]:
+        """Return :meth:`read` and :meth:`read_by_vm` together.
+
+        Providers that can take both from one reading override this, so that
+        the breakdown and the totals describe the same instant.
+        """
+        return self.read(), self.read_by_vm()
 
     @property
     def supports_by_vm(self) -> bool:

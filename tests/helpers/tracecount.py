@@ -8,9 +8,9 @@ for kvmstat's own counts::
     assert tc.count("kvm_pio") == 100
 
 The instance is ``<tracefs>/instances/kvmstat-test-<pid>-<n>``, removed on exit.
-With ``pid`` set, only that task and the tasks (threads included) it creates
-afterwards are traced (``set_event_pid`` + ``options/event-fork``), so other
-VMs on the host do not disturb the counts.
+With ``pid`` set (one task id or several), only those tasks and the tasks
+(threads included) they create afterwards are traced (``set_event_pid`` +
+``options/event-fork``), so other VMs on the host do not disturb the counts.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def mount_tracefs() -> "str | None":
 
 
 class TraceCounter:
-    def __init__(self, tracefs: str, events, pid: "int | None" = None,
+    def __init__(self, tracefs: str, events, pid: "int | list[int] | None" = None,
                  buffer_kb: int = 4096, system: str = "kvm"):
         self.tracefs = tracefs
         self.events = list(events)
@@ -76,7 +76,8 @@ class TraceCounter:
             self._write("buffer_size_kb", self.buffer_kb)
             if self.pid is not None:
                 self._write("options/event-fork", 1)
-                self._write("set_event_pid", self.pid)
+                pids = [self.pid] if isinstance(self.pid, int) else list(self.pid)
+                self._write("set_event_pid", " ".join(str(p) for p in pids))
             for ev in self.events:
                 self._write(f"events/{self.system}/{ev}/enable", 1)
             self._write("trace", "")  # clear

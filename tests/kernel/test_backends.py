@@ -13,8 +13,9 @@ import time
 
 import pytest
 
-from kvmstat.native import (PER_CPU, PER_THREAD, EventSpec, available_backends,
-                            open_counter_set)
+from kvmstat.errors import NativeError
+from kvmstat.native import (PER_CPU, PER_THREAD, PER_THREAD_INHERIT, EventSpec,
+                            available_backends, open_counter_set)
 
 pytestmark = pytest.mark.kernel
 
@@ -119,15 +120,7 @@ def test_bad_filter_is_reported_and_nothing_leaks(backend):
 
 
 def test_vanished_thread(backend):
-    from kvmstat.errors import NativeError
-    t = threading.Thread(target=lambda: None)
-    t.start()
-    tid = t.native_id
-    t.join()
-    # join() returns before the kernel has reaped the thread; wait for that.
-    deadline = time.monotonic() + 5
-    while os.path.exists(f"/proc/self/task/{tid}") and time.monotonic() < deadline:
-        time.sleep(0.001)
+    tid = _in_new_thread(lambda: None)
     with open_counter_set([_getppid_event()], PER_THREAD, backend) as cs:
         with pytest.raises(NativeError) as info:
             cs.add(tid)
@@ -252,3 +245,85 @@ def test_backends_agree():
         py.disable()
         # Both sets saw the same system calls: identical numbers.
         assert c.read(2) == py.read(2) == ([2 * (N + 3)] * 2, [N + 3] * 4)
+
+
+def _in_new_thread(fn, *args) -> int:
+    """Run fn in a new thread, wait until the kernel has reaped it; its tid."""
+    t = threading.Thread(target=fn, args=args)
+    t.start()
+    tid = t.native_id
+    t.join()
+    # join() returns before the kernel has reaped the thread; wait for that.
+    deadline = time.monotonic() + 5
+    while os.path.exists(f"/proc/self/task/{tid}") and time.monotonic() < deadline:
+        time.sleep(0.001)
+    return tid
+
+
+def test_inherit_counts_threads_created_later_also_after_they_end(backend):
+    with open_counter_set([_getppid_event()], PER_THREAD_INHERIT, backend) as cs:
+        cs.add(threading.get_native_id(), 3)
+        cs.enable()
+        _in_new_thread(_work, 300)
+        # A thread started by a thread started after the group was opened.
+        _in_new_thread(_in_new_thread, _work, 40)
+        _work(5)
+        cs.disable()
+        assert cs.read(4) == ([345], [0, 0, 0, 345])
+        assert (cs.groups, cs.fds) == (1, 1)  # new threads cost no descriptors
+
+
+def test_plain_per_thread_does_not_count_new_threads(backend):
+    with _thread_set(backend) as cs:
+        cs.enable()
+        _in_new_thread(_work, 300)
+        _work(5)
+        assert cs.read()[0] == [5]
+
+
+def test_inherit_does_not_follow_forked_processes(backend):
+    with open_counter_set([_getppid_event()], PER_THREAD_INHERIT, backend) as cs:
+        cs.add(threading.get_native_id())
+        cs.enable()
+        pid = os.fork()
+        if pid == 0:  # child: counted only where the kernel lacks inherit_thread
+            _work(200)
+            os._exit(0)
+        os.waitpid(pid, 0)
+        _work(7)
+        cs.disable()
+        assert cs.read()[0] == [7]
+
+
+def test_reset_also_forgets_what_ended_inherited_threads_counted(backend):
+    with open_counter_set([_getppid_event()], PER_THREAD_INHERIT, backend) as cs:
+        cs.add(threading.get_native_id(), 1)
+        cs.enable()
+        _in_new_thread(_work, 100)
+        cs.reset()
+        assert cs.read(2) == ([0], [0, 0])
+        _in_new_thread(_work, 20)
+        _work(3)
+        assert cs.read(2) == ([23], [0, 23])
+        cs.reset()
+        cs.reset()  # twice in a row: still zero, never negative
+        assert cs.read(2) == ([0], [0, 0])
+
+
+def test_clear_bucket_forgets_retired_sums_but_not_totals(backend):
+    ev = _getppid_event()
+    with open_counter_set([ev], PER_THREAD, backend) as cs:
+        tid = threading.get_native_id()
+        slot = cs.add(tid, 1)
+        cs.enable()
+        _work(50)
+        with pytest.raises(NativeError, match="bucket 1"):
+            cs.clear_bucket(1)  # a live group still uses it
+        cs.retire(slot)
+        assert cs.read(2) == ([50], [0, 50])
+        cs.clear_bucket(1)
+        assert cs.read(2) == ([50], [0, 0])
+        cs.add(tid, 1)  # the bucket number serves a new group
+        _work(4)
+        cs.disable()
+        assert cs.read(2) == ([54], [0, 4])

@@ -8,12 +8,13 @@ import os
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
 import kvmstat
 from kvmstat.providers.tracepoints import TracepointProvider
+
+from helpers.batchwindow import start_batch
 
 BACKENDS = ["c", "python"]
 FIELDS = r"kvm_(pio|userspace_exit)"
@@ -75,10 +76,8 @@ def test_backends_agree_on_the_same_live_guest(guest_process):
 def test_kvm_stat_once_for_a_pid_reports_exact_counts(guest_process, backend):
     guest = guest_process("pio")
     env = dict(os.environ, KVMSTAT_BACKEND=backend)
-    proc = subprocess.Popen([sys.executable, "-m", "kvmstat", "-1", "-p", str(guest.pid)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    # Runs inside kvm_stat's one-second window: wait for its events to be open.
-    time.sleep(0.5)
+    # Runs inside kvm_stat's one-second window, once its events are open.
+    proc = start_batch(["-p", str(guest.pid)], env=env)
     guest.run(600)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err

@@ -7,6 +7,7 @@ Tests set ``counts[(target, event_name)]``; reads sum them like the real core
 from __future__ import annotations
 
 import errno
+import itertools
 
 from kvmstat.errors import NativeError
 
@@ -18,23 +19,33 @@ class FakeCounterSet:
         self.counts = {}
         self.slots = {}          # slot -> (target, bucket)
         self.retired = {}        # (bucket, event name) -> count
+        self.retired_totals = {} # event name -> count (kept by clear_bucket)
         self.gone = set(gone)    # targets whose open fails with ESRCH
         self.enabled = False
         self.closed = False
         self.reads = 0
+        self._next_slot = itertools.count()
 
     def add(self, target, bucket=0):
         if target in self.gone:
             raise NativeError(f"thread {target} vanished", errno.ESRCH, target=target)
-        slot = len(self.slots) + len(self.retired)
+        slot = next(self._next_slot)
         self.slots[slot] = (target, bucket)
         return slot
+
+    def clear_bucket(self, bucket):
+        if any(b == bucket for _, b in self.slots.values()):
+            raise NativeError(f"bucket {bucket} is in use", errno.EBUSY)
+        for key in [k for k in self.retired if k[0] == bucket]:
+            del self.retired[key]
 
     def retire(self, slot):
         target, bucket = self.slots.pop(slot)
         for event in self.events:
             key = (bucket, event.name)
-            self.retired[key] = self.retired.get(key, 0) + self.counts.get((target, event.name), 0)
+            value = self.counts.get((target, event.name), 0)
+            self.retired[key] = self.retired.get(key, 0) + value
+            self.retired_totals[event.name] = self.retired_totals.get(event.name, 0) + value
 
     def enable(self):
         self.enabled = True
@@ -45,6 +56,7 @@ class FakeCounterSet:
     def reset(self):
         self.counts.clear()
         self.retired.clear()
+        self.retired_totals.clear()
 
     @property
     def groups(self):
@@ -66,11 +78,9 @@ class FakeCounterSet:
                 if bucket < nbuckets:
                     flat[bucket * len(self.events) + index] += value
             for (bucket, name), value in self.retired.items():
-                if name == event.name:
-                    total += value
-                    if bucket < nbuckets:
-                        flat[bucket * len(self.events) + index] += value
-            totals.append(total)
+                if name == event.name and bucket < nbuckets:
+                    flat[bucket * len(self.events) + index] += value
+            totals.append(total + self.retired_totals.get(event.name, 0))
         return totals, (flat if nbuckets else None)
 
     def close(self):

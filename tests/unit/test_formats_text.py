@@ -26,3 +26,20 @@ def test_batch_row_width_is_upstreams():
 def test_field_help_folds_children_sorts_and_indents():
     assert field_help_lines(["kvm_pio", "kvm_exit(HLT)", "kvm_exit", "kvm_exit(IO)", "exits"]) == [
         "  exits", "  kvm_exit", "  kvm_pio"]
+
+
+def test_batch_by_guest_golden():
+    from kvmstat.formats.text import by_guest_batch_lines
+    sample = Sample(0.0, 1.0, {"kvm_pio": (30, 3)},
+                    by_vm={812: {"kvm_pio": (10, 1), "kvm_exit": (0, 0)},
+                           77: {"kvm_pio": (20, 2), "kvm_exit": (5, 0)}},
+                    vm_names={812: "web,1", 77: None})
+    assert "\n".join(by_guest_batch_lines(sample)) + "\n" == (
+        "(pid 77)\n"
+        "kvm_exit                                           5         0\n"
+        "kvm_pio                                           20         2\n"
+        "\n"
+        "web,1 (pid 812)\n"
+        "kvm_exit                                           0         0\n"
+        "kvm_pio                                           10         1\n")
+    assert by_guest_batch_lines(Sample(0.0, 1.0, {}, by_vm={})) == []

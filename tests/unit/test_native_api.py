@@ -28,7 +28,7 @@ def backend(request):
 
 
 def test_constants_and_spec():
-    assert (PER_CPU, PER_THREAD) == (0, 1)
+    assert (PER_CPU, PER_THREAD, native.PER_THREAD_INHERIT) == (0, 1, 2)
     spec = EventSpec("kvm_exit(HLT)", 7, "exit_reason==12")
     assert spec.filter == "exit_reason==12"
     assert EventSpec("x", 1).filter is None
@@ -49,7 +49,7 @@ def test_bad_events_rejected(backend, events):
         open_counter_set(events, PER_CPU, backend)
 
 
-@pytest.mark.parametrize("mode", [2, -1, None, "cpu", True])
+@pytest.mark.parametrize("mode", [3, -1, None, "cpu", True])
 def test_bad_mode_rejected(backend, mode):
     with pytest.raises(InvalidArgument):
         open_counter_set([EV], mode, backend)
@@ -82,6 +82,16 @@ def test_bad_retire_and_read_arguments(backend):
         for nb in (-1, 1.0, None):
             with pytest.raises(InvalidArgument):
                 cs.read(nb)
+        for bucket in (-1, 1.5, None, 2**31):
+            with pytest.raises(InvalidArgument):
+                cs.clear_bucket(bucket)
+
+
+def test_clear_bucket_without_groups(backend):
+    with open_counter_set([EV], native.PER_THREAD_INHERIT, backend) as cs:
+        cs.clear_bucket(0)
+        cs.clear_bucket(7)  # a bucket never used: nothing to forget
+        assert cs.read(8) == ([0], [0] * 8)
 
 
 def test_closed_set_refuses_use(backend):
@@ -90,7 +100,7 @@ def test_closed_set_refuses_use(backend):
     cs.close()  # idempotent
     assert cs.groups == 0 and cs.fds == 0
     for call in (cs.read, cs.enable, cs.disable, cs.reset, lambda: cs.add(0),
-                 lambda: cs.retire(0)):
+                 lambda: cs.retire(0), lambda: cs.clear_bucket(0)):
         with pytest.raises(InvalidArgument, match="closed"):
             call()
 

@@ -78,3 +78,35 @@ def test_reset_restarts_the_interval():
     after = sampler.sample()
     assert provider.resets == 1
     assert after.values == {"a": (1, 1)} and after.interval == 0.0
+
+
+class OneReadingProvider(ScriptedProvider):
+    """Gives totals and breakdown only together, as the tracepoint provider does."""
+
+    def __init__(self):
+        super().__init__([{"a": 0}])
+        self.refreshes = 0
+
+    def read(self):
+        raise AssertionError("read() called: the by-VM sampler must use read_all()")
+
+    def read_all(self):
+        return {"a": 7}, {10: {"a": 7}}
+
+    def refresh(self):
+        self.refreshes += 1
+
+
+def test_by_vm_sampler_takes_totals_and_breakdown_from_one_reading():
+    provider = OneReadingProvider()
+    sampler = Sampler([provider], by_vm=True, clock=Clock(0.0, 1.0))
+    sample = sampler.sample()
+    assert sample.values == {"a": (7, 7)} and sample.by_vm == {10: {"a": (7, 7)}}
+    assert provider.refreshes == 1
+    sampler.sample(refresh=False)  # e.g. the last reading after VMGone
+    assert provider.refreshes == 1
+
+
+def test_default_read_all_is_read_and_read_by_vm():
+    provider = ScriptedProvider([{"a": 3}], by_vm=[{10: {"a": 3}}])
+    assert provider.read_all() == ({"a": 3}, {10: {"a": 3}})

@@ -94,7 +94,7 @@ def test_per_thread_groups_and_vanished_threads(tmp_path, monkeypatch):
     provider = TracepointProvider(make_tracefs(tmp_path / "t"), pid=1000, proc=proc,
                                   sys=make_sys(tmp_path / "s"), vendor="vmx")
     counter_set = created[0]
-    assert counter_set.mode == native.PER_THREAD
+    assert counter_set.mode == native.PER_THREAD_INHERIT  # threads started later count too
     assert sorted(t for t, _ in counter_set.slots.values()) == [1000, 1001]
     provider.close()
 

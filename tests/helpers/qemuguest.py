@@ -1,0 +1,133 @@
+"""A real QEMU guest for tests: a 512-byte boot sector under qemu-system-x86_64.
+
+The boot sector loops forever on::
+
+    7c00: mov al, 0xa5    B0 A5
+    7c02: out 0xe9, al    E6 E9      QEMU's debugcon, in user space: kvm_pio
+    7c04: xor eax, eax    66 31 C0
+    7c07: cpuid           0F A2      handled in the kernel (kvm_cpuid)
+    7c09: sti             FB
+    7c0a: hlt             F4         woken by the BIOS's timer interrupt
+    7c0b: jmp 7c00        EB F3
+
+so every timer tick (the in-kernel PIT, run by the ``kvm-pit/<pid>`` kernel
+thread) makes one port write, one cpuid and one halt.  The debugcon output
+(a file) shows when the BIOS has handed over to the boot sector, which takes
+seconds where the BIOS runs emulated.  No kvmstat code here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+
+__all__ = ["BOOT_SECTOR", "QemuGuest"]
+
+_MARK = 0xA5
+_CODE = bytes([0xB0, _MARK, 0xE6, 0xE9, 0x66, 0x31, 0xC0, 0x0F, 0xA2, 0xFB, 0xF4, 0xEB, 0xF3])
+BOOT_SECTOR = _CODE + bytes(510 - len(_CODE)) + b"\x55\xAA"
+
+
+class QemuGuest:
+    """``qemu-system-x86_64 -accel kvm -name guest=NAME,debug-threads=on -smp VCPUS ...``
+
+    booting :data:`BOOT_SECTOR`.  :attr:`pid` is QEMU's process id; the
+    constructor returns once its vCPU threads (``CPU <n>/KVM``) and the
+    ``kvm-pit/<pid>`` kernel thread exist and the boot sector runs.
+    """
+
+    def __init__(self, name: str, vcpus: int = 2, timeout: float = 120.0):
+        self.name = name
+        self.vcpus = vcpus
+        self._dir = tempfile.mkdtemp(prefix="kvmstat-qemu-")
+        image = os.path.join(self._dir, "boot.img")
+        self._debugcon = os.path.join(self._dir, "debugcon.out")
+        with open(image, "wb") as f:
+            f.write(BOOT_SECTOR)
+        self.args = ["qemu-system-x86_64", "-accel", "kvm",
+                     "-name", f"guest={name},debug-threads=on", "-smp", str(vcpus),
+                     "-m", "64", "-display", "none", "-nodefaults", "-no-reboot",
+                     "-debugcon", f"file:{self._debugcon}",
+                     "-drive", f"file={image},format=raw,if=ide,snapshot=on"]
+        self._stderr = tempfile.TemporaryFile(mode="w+b")
+        self._proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.DEVNULL, stderr=self._stderr)
+        self.pid = self._proc.pid
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        wanted = {f"CPU {i}/KVM" for i in range(self.vcpus)}
+        while True:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"QEMU exited with status {self._proc.returncode}: "
+                                   f"{self.stderr_text()}")
+            if (self._boot_sector_runs() and wanted <= set(self.threads().values())
+                    and self.pit_thread() is not None):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"QEMU did not run the boot sector within {timeout}s: "
+                                   f"{self.stderr_text()}")
+            time.sleep(0.05)
+
+    def _boot_sector_runs(self) -> bool:
+        try:
+            with open(self._debugcon, "rb") as f:
+                return bytes([_MARK]) in f.read()
+        except OSError:
+            return False
+
+    def stderr_text(self) -> str:
+        self._stderr.seek(0)
+        return self._stderr.read().decode(errors="replace").strip()
+
+    def threads(self) -> "dict[int, str]":
+        """tid -> thread name of every thread of the QEMU process."""
+        names = {}
+        try:
+            tids = os.listdir(f"/proc/{self.pid}/task")
+        except OSError:
+            return {}
+        for tid in tids:
+            try:
+                with open(f"/proc/{self.pid}/task/{tid}/comm") as f:
+                    names[int(tid)] = f.read().rstrip("\n")
+            except OSError:
+                continue
+        return names
+
+    def pit_thread(self) -> "int | None":
+        """tid of the ``kvm-pit/<pid>`` kernel thread, if there is one."""
+        try:
+            with open("/proc/2/task/2/children") as f:
+                kthreads = f.read().split()
+        except OSError:
+            kthreads = [p for p in os.listdir("/proc") if p.isdigit()]
+        for tid in kthreads:
+            try:
+                with open(f"/proc/{tid}/comm") as f:
+                    if f.read().rstrip("\n") == f"kvm-pit/{self.pid}":
+                        return int(tid)
+            except OSError:
+                continue
+        return None
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+        self._stderr.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> "QemuGuest":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
