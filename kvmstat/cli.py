@@ -218,7 +218,8 @@ def _run_batch(opts: Options, paths: Paths) -> int:
     from .sources import open_sampler
 
     with open_sampler(opts.providers, fields=opts.fields, pid=opts.pid, paths=paths,
-                      backend=None, notify=_notify) as sampler:
+                      backend=None, include_past=opts.include_past,
+                      notify=_notify) as sampler:
         sampler.sample()
         time.sleep(1)
         sample = sampler.sample()
@@ -230,7 +231,7 @@ def _run_batch(opts: Options, paths: Paths) -> int:
 def run(opts: Options, paths: Optional[Paths] = None) -> int:
     """Run the mode chosen by *opts*; returns the exit status."""
     paths = paths or Paths()
-    unsupported = [p for p in opts.providers if p != "tracepoints"]
+    unsupported = [p for p in opts.providers if p not in ("tracepoints", "debugfs")]
     if unsupported:
         return _not_built(f"the {unsupported[0]} provider")
     if opts.engine == "bpf":

@@ -15,6 +15,7 @@ from .events import detect_vendor, load_events
 from .fields import FieldFilter
 from .paths import Paths
 from .providers.base import Provider
+from .providers.debugfs import DebugfsProvider, probe_debugfs
 from .providers.tracepoints import TracepointProvider, event_fields
 from .stats import Sampler
 from .vms import find_vm
@@ -33,25 +34,48 @@ class Catalog:
     _opener: Callable[..., Provider]
 
     def open(self, fields: Iterable[str], *, pid: Optional[int] = None,
-             backend: Optional[str] = None) -> Provider:
-        """Open the provider for *fields*, host-wide or for VM process *pid*."""
-        return self._opener(list(fields), pid=pid, backend=backend)
+             backend: Optional[str] = None, include_past: bool = False) -> Provider:
+        """Open the provider for *fields*, host-wide or for VM process *pid*.
+
+        *backend* concerns perf counting, *include_past* (count from VM
+        creation) the debugfs provider; other providers ignore them.
+        """
+        return self._opener(list(fields), pid=pid, backend=backend, include_past=include_past)
 
 
 def _tracepoint_catalog(paths: Paths, notify: Notify) -> Catalog:
     tracefs = paths.find_tracefs(notify=notify)
     events = load_events(tracefs, detect_vendor(paths.sys, paths.proc))
 
-    def opener(fields, *, pid, backend):
+    def opener(fields, *, pid, backend, include_past):
         return TracepointProvider(tracefs, fields=fields, pid=pid, events=events,
                                   backend=backend, proc=paths.proc, sys=paths.sys)
 
     return Catalog("tracepoints", event_fields(events), opener)
 
 
+def _debugfs_catalog(paths: Paths, notify: Notify) -> Catalog:
+    # The files left out (kernel lockdown, unusable contents) are reported
+    # here, once; with none readable at all, -d fails with that reason.
+    debugfs = paths.find_debugfs(notify=notify)
+    probe = probe_debugfs(debugfs, paths.sys)
+    if not probe.available:
+        raise probe.error()
+    if notify is not None:
+        for note in probe.notes():
+            notify(note)
+
+    def opener(fields, *, pid, backend, include_past):
+        return DebugfsProvider(debugfs, fields=fields, pid=pid, include_past=include_past,
+                               probe=probe, sys=paths.sys)
+
+    return Catalog("debugfs", probe.fields, opener)
+
+
 #: provider name -> function(paths, notify) -> Catalog
 PROVIDERS: Dict[str, Callable[[Paths, Notify], Catalog]] = {
     "tracepoints": _tracepoint_catalog,
+    "debugfs": _debugfs_catalog,
 }
 
 
@@ -76,11 +100,12 @@ def list_fields(providers: Sequence[str] = ("tracepoints",), paths: Optional[Pat
 def open_providers(providers: Sequence[str] = ("tracepoints",), *,
                    fields: Union[str, FieldFilter, None] = None, pid: Optional[int] = None,
                    paths: Optional[Paths] = None, backend: Optional[str] = None,
-                   notify: Notify = None) -> List[Provider]:
+                   include_past: bool = False, notify: Notify = None) -> List[Provider]:
     """Open the named providers for the fields selected by *fields*.
 
     *fields* is a ``-f`` regex or a :class:`FieldFilter`.  Only the selected
-    fields are opened.  Raises :class:`InvalidArgument` if nothing matches.
+    fields are opened.  *include_past* makes debugfs values count from VM
+    creation (``-i``).  Raises :class:`InvalidArgument` if nothing matches.
     """
     paths = paths or Paths()
     field_filter = fields if isinstance(fields, FieldFilter) else FieldFilter(fields)
@@ -94,7 +119,8 @@ def open_providers(providers: Sequence[str] = ("tracepoints",), *,
     try:
         for cat, selected in chosen:
             if selected:
-                opened.append(cat.open(selected, pid=pid, backend=backend))
+                opened.append(cat.open(selected, pid=pid, backend=backend,
+                                       include_past=include_past))
     except BaseException:
         for provider in opened:
             provider.close()
@@ -105,7 +131,9 @@ def open_providers(providers: Sequence[str] = ("tracepoints",), *,
 def open_sampler(providers: Sequence[str] = ("tracepoints",), *,
                  fields: Union[str, FieldFilter, None] = None, pid: Optional[int] = None,
                  by_vm: bool = False, paths: Optional[Paths] = None,
-                 backend: Optional[str] = None, notify: Notify = None) -> Sampler:
+                 backend: Optional[str] = None, include_past: bool = False,
+                 notify: Notify = None) -> Sampler:
     """Open providers (see :func:`open_providers`) and return a :class:`Sampler`."""
     return Sampler(open_providers(providers, fields=fields, pid=pid, paths=paths,
-                                  backend=backend, notify=notify), by_vm=by_vm)
+                                  backend=backend, include_past=include_past,
+                                  notify=notify), by_vm=by_vm)
