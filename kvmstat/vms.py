@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
-from .errors import NoSuchVM
+from .errors import AccessDenied, NoSuchVM
 
 __all__ = ["VM", "list_vms", "find_vm", "find_vm_by_name", "thread_ids",
            "guest_name", "is_vm_process"]
@@ -137,9 +137,13 @@ def list_vms(proc: str = "/proc") -> List[VM]:
 
 
 def find_vm(pid: int, proc: str = "/proc") -> VM:
-    """Return the VM of process *pid*; :class:`NoSuchVM` if it is not one."""
+    """Return the VM of process *pid*; :class:`NoSuchVM` if it is not one,
+    :class:`AccessDenied` if its descriptors cannot be listed (not root)."""
     if not os.path.isdir(f"{proc}/{pid}"):
         raise NoSuchVM(f"no process with pid {pid}")
+    if not os.access(f"{proc}/{pid}/fd", os.R_OK):
+        # Another user's process: its descriptors cannot be listed.
+        raise AccessDenied(f"cannot inspect process {pid} (Permission denied): run kvm_stat as root")
     fds = _vm_fds(pid, proc)
     if not fds:
         raise NoSuchVM(f"process {pid} is not a KVM VM (it holds no kvm-vm file descriptor)")
