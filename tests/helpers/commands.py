@@ -7,6 +7,7 @@ nobody); :func:`nobody_runner` prepares both once per session.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import shutil
@@ -51,6 +52,7 @@ class NobodyRunner:
 
 def _copy_package() -> str:
     root = tempfile.mkdtemp(prefix="kvmstat-nobody-")
+    atexit.register(shutil.rmtree, root, True)
     os.chmod(root, 0o755)
     shutil.copytree(os.path.join(PACKAGE_ROOT, "kvmstat"), os.path.join(root, "kvmstat"),
                     ignore=shutil.ignore_patterns("__pycache__"))
