@@ -11,7 +11,7 @@ from kvmstat.providers.debugfs import (COUNTER, HISTOGRAM, INSTANT, PEAK, TABLE,
                                        DebugfsProvider, list_vm_directories, parse_histogram,
                                        parse_value, probe_debugfs, stat_kind, vm_directory_pid)
 
-from fake_debugfs import lock_down, make_debugfs, set_value
+from fake_debugfs import HOST, lock_down, make_debugfs, set_value
 
 U64_MAX = 2 ** 64 - 1
 
@@ -130,7 +130,7 @@ def test_probe_names_the_lockdown_mode(tmp_path, monkeypatch):
 
 def test_nothing_readable_is_an_error(tmp_path, monkeypatch):
     debugfs = make_debugfs(tmp_path)
-    lock_down(monkeypatch, list(fake_host_names()))
+    lock_down(monkeypatch, HOST)
     probe = probe_debugfs(debugfs)
     assert not probe.available
     message = str(probe.error())
@@ -138,11 +138,6 @@ def test_nothing_readable_is_an_error(tmp_path, monkeypatch):
     assert "-t" in message and "--binstats" in message
     with pytest.raises(NotAvailable):
         DebugfsProvider(debugfs)
-
-
-def fake_host_names():
-    from fake_debugfs import HOST
-    return HOST.keys()
 
 
 def test_no_kvm_directory(tmp_path):
