@@ -221,7 +221,8 @@ def _run_batch(opts: Options, paths: Paths) -> int:
     from .sources import open_sampler
 
     sampler = open_sampler(opts.providers, fields=opts.fields, pid=opts.pid, paths=paths,
-                           backend=None, notify=_notify, by_vm=opts.by_guest)
+                           backend=None, include_past=opts.include_past,
+                           notify=_notify, by_vm=opts.by_guest)
     try:
         try:
             sampler.sample()
@@ -241,18 +242,27 @@ def _run_batch(opts: Options, paths: Paths) -> int:
     return 0
 
 
+def _run_check(opts: Options, paths: Paths) -> int:
+    from .check import check_host, format_check
+
+    result = check_host(paths)
+    sys.stdout.write("".join(line + "\n" for line in format_check(result)))
+    sys.stdout.flush()
+    return 0 if result.usable else 1
+
+
 def run(opts: Options, paths: Optional[Paths] = None) -> int:
     """Run the mode chosen by *opts*; returns the exit status."""
     paths = paths or Paths()
-    unsupported = [p for p in opts.providers if p != "tracepoints"]
+    if opts.mode == "check":
+        return _run_check(opts, paths)
+    unsupported = [p for p in opts.providers if p not in ("tracepoints", "debugfs")]
     if unsupported:
         return _not_built(f"the {unsupported[0]} provider")
     if opts.engine == "bpf":
         return _not_built("the BPF engine")
     if opts.mode == "fields-help":
         return _run_fields_help(opts, paths)
-    if opts.mode == "check":
-        return _not_built("--check")
     if opts.json:
         return _not_built("--json")
     if opts.by_guest and opts.mode != "batch":

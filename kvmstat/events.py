@@ -20,7 +20,8 @@ import re
 from dataclasses import dataclass, field as dc_field
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from .errors import InvalidArgument, NotAvailable
+from .errors import AccessDenied, InvalidArgument, NotAvailable
+from .privileges import permission_hint
 
 __all__ = [
     "FormatError",
@@ -740,11 +741,15 @@ def list_event_names(tracefs: str, subsystem: str = "kvm") -> List[str]:
     """Sorted names of the tracepoints under ``<tracefs>/events/<subsystem>/``.
 
     Only directories with an ``id`` file count.  Raises NotAvailable when
-    there are none (kvm module not loaded, or tracefs not the right path).
+    there are none (kvm module not loaded, or tracefs not the right path),
+    AccessDenied when the directory may not be read (not root).
     """
     base = os.path.join(tracefs, "events", subsystem)
     try:
         entries = os.listdir(base)
+    except PermissionError as exc:
+        # tracefs is readable by root only (mode 0700): the user is not root.
+        raise AccessDenied(f"cannot read {base} ({exc.strerror}): {permission_hint()}") from None
     except OSError:
         entries = []
     names = sorted(e for e in entries if os.path.isfile(os.path.join(base, e, "id")))

@@ -12,7 +12,7 @@ import errno
 import os
 import re
 from dataclasses import dataclass
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from .errors import AccessDenied, InvalidArgument, NotAvailable
 
@@ -32,21 +32,26 @@ def _unescape(field: str) -> str:
 
 
 def find_mounts(fstype: str, mounts_file: str = "/proc/self/mounts") -> List[str]:
-    """Mount points of every mount whose filesystem type is ``fstype``, in order.
+    """Mount points whose visible filesystem has type ``fstype``, in order.
 
-    An unreadable mounts file gives an empty list.
+    A mount point listed again later was mounted over: only its last (top)
+    mount is visible there, so a tmpfs or FUSE mount laid over the real
+    debugfs hides it and the mount point no longer counts as debugfs.  An
+    unreadable mounts file gives an empty list.
     """
     try:
         with open(mounts_file, encoding="latin-1") as f:
             lines = f.read().splitlines()
     except OSError:
         return []
-    found = []
+    top: Dict[str, str] = {}  # mount point -> type of its last-listed mount
     for line in lines:
         cols = line.split()
-        if len(cols) >= 3 and cols[2] == fstype:
-            found.append(_unescape(cols[1]))
-    return found
+        if len(cols) >= 3:
+            point = _unescape(cols[1])
+            top.pop(point, None)  # keep the order of the visible mounts
+            top[point] = cols[2]
+    return [point for point, kind in top.items() if kind == fstype]
 
 
 def find_mount(fstype: str, mounts_file: str = "/proc/self/mounts") -> Optional[str]:

@@ -15,6 +15,7 @@ from .events import detect_vendor, load_events
 from .fields import FieldFilter
 from .paths import Paths
 from .providers.base import Provider
+from .providers.debugfs import DebugfsProvider, probe_debugfs
 from .providers.tracepoints import TracepointProvider, event_fields
 from .stats import Sampler
 from .vms import GuestNames, find_vm
@@ -33,10 +34,17 @@ class Catalog:
     _opener: Callable[..., Provider]
 
     def open(self, fields: Iterable[str], *, pid: Optional[int] = None,
-             backend: Optional[str] = None, by_vm: bool = False) -> Provider:
-        """Open the provider for *fields*, host-wide or for VM process *pid*;
-        *by_vm* asks for a per-VM breakdown (:meth:`Provider.read_by_vm`)."""
-        return self._opener(list(fields), pid=pid, backend=backend, by_vm=by_vm)
+             backend: Optional[str] = None, by_vm: bool = False,
+             include_past: bool = False) -> Provider:
+        """Open the provider for *fields*, host-wide or for VM process *pid*.
+
+        *by_vm* asks for a per-VM breakdown (:meth:`Provider.read_by_vm`),
+        *backend* concerns perf counting, *include_past* (count from VM
+        creation, ``-i``) the providers that can see the past; each provider
+        ignores the options that do not concern it.
+        """
+        return self._opener(list(fields), pid=pid, backend=backend, by_vm=by_vm,
+                            include_past=include_past)
 
 
 def _mounted_debugfs(paths: Paths) -> Optional[str]:
@@ -51,7 +59,7 @@ def _tracepoint_catalog(paths: Paths, notify: Notify) -> Catalog:
     tracefs = paths.find_tracefs(notify=notify)
     events = load_events(tracefs, detect_vendor(paths.sys, paths.proc))
 
-    def opener(fields, *, pid, backend, by_vm):
+    def opener(fields, *, pid, backend, by_vm, **_ignored):
         # Per VM, debugfs (when mounted) makes finding new VMs cheap.
         debugfs = _mounted_debugfs(paths) if by_vm and pid is None else None
         return TracepointProvider(tracefs, fields=fields, pid=pid, by_vm=by_vm,
@@ -61,9 +69,28 @@ def _tracepoint_catalog(paths: Paths, notify: Notify) -> Catalog:
     return Catalog("tracepoints", event_fields(events), opener)
 
 
+def _debugfs_catalog(paths: Paths, notify: Notify) -> Catalog:
+    # The files left out (kernel lockdown, unusable contents) are reported
+    # here, once; with none readable at all, -d fails with that reason.
+    debugfs = paths.find_debugfs(notify=notify)
+    probe = probe_debugfs(debugfs, paths.sys)
+    if not probe.available:
+        raise probe.error()
+    if notify is not None:
+        for note in probe.notes():
+            notify(note)
+
+    def opener(fields, *, pid, include_past, **_ignored):
+        return DebugfsProvider(debugfs, fields=fields, pid=pid, include_past=include_past,
+                               probe=probe, sys=paths.sys)
+
+    return Catalog("debugfs", probe.fields, opener)
+
+
 #: provider name -> function(paths, notify) -> Catalog
 PROVIDERS: Dict[str, Callable[[Paths, Notify], Catalog]] = {
     "tracepoints": _tracepoint_catalog,
+    "debugfs": _debugfs_catalog,
 }
 
 
@@ -88,13 +115,15 @@ def list_fields(providers: Sequence[str] = ("tracepoints",), paths: Optional[Pat
 def open_providers(providers: Sequence[str] = ("tracepoints",), *,
                    fields: Union[str, FieldFilter, None] = None, pid: Optional[int] = None,
                    paths: Optional[Paths] = None, backend: Optional[str] = None,
-                   notify: Notify = None, by_vm: bool = False) -> List[Provider]:
+                   notify: Notify = None, by_vm: bool = False,
+                   include_past: bool = False) -> List[Provider]:
     """Open the named providers for the fields selected by *fields*.
 
     *fields* is a ``-f`` regex or a :class:`FieldFilter`.  Only the selected
     fields are opened.  Raises :class:`InvalidArgument` if nothing matches.
     *by_vm* opens them for a per-VM breakdown (for tracepoints: per-thread
     counting of every VM process instead of per-CPU counting).
+    *include_past* makes debugfs values count from VM creation (``-i``).
     """
     paths = paths or Paths()
     field_filter = fields if isinstance(fields, FieldFilter) else FieldFilter(fields)
@@ -108,7 +137,8 @@ def open_providers(providers: Sequence[str] = ("tracepoints",), *,
     try:
         for cat, selected in chosen:
             if selected:
-                opened.append(cat.open(selected, pid=pid, backend=backend, by_vm=by_vm))
+                opened.append(cat.open(selected, pid=pid, backend=backend, by_vm=by_vm,
+                                       include_past=include_past))
     except BaseException:
         for provider in opened:
             provider.close()
@@ -119,7 +149,8 @@ def open_providers(providers: Sequence[str] = ("tracepoints",), *,
 def open_sampler(providers: Sequence[str] = ("tracepoints",), *,
                  fields: Union[str, FieldFilter, None] = None, pid: Optional[int] = None,
                  by_vm: bool = False, paths: Optional[Paths] = None,
-                 backend: Optional[str] = None, notify: Notify = None) -> Sampler:
+                 backend: Optional[str] = None, include_past: bool = False,
+                 notify: Notify = None) -> Sampler:
     """Open providers (see :func:`open_providers`) and return a :class:`Sampler`.
 
     With *by_vm*, samples carry ``by_vm`` (pid -> field values) and
@@ -127,5 +158,5 @@ def open_sampler(providers: Sequence[str] = ("tracepoints",), *,
     """
     paths = paths or Paths()
     opened = open_providers(providers, fields=fields, pid=pid, paths=paths, backend=backend,
-                            notify=notify, by_vm=by_vm)
+                            notify=notify, by_vm=by_vm, include_past=include_past)
     return Sampler(opened, by_vm=by_vm, names=GuestNames(paths.proc))

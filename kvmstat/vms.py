@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
 
-from .errors import NoSuchVM
+from .errors import AccessDenied, NoSuchVM
 
 __all__ = ["VM", "VMChanges", "VMWatch", "KernelThreads", "list_vms", "find_vm",
            "find_vm_by_name", "thread_ids", "guest_name", "vm_name", "GuestNames", "is_vm_process",
@@ -399,6 +399,9 @@ def list_vms(proc: str = "/proc") -> List[VM]:
 def _checked_vm_fds(pid: int, proc: str) -> Tuple[int, ...]:
     if not os.path.isdir(f"{proc}/{pid}"):
         raise NoSuchVM(f"no process with pid {pid}")
+    if not os.access(f"{proc}/{pid}/fd", os.R_OK):
+        # Another user's process: its descriptors cannot be listed.
+        raise AccessDenied(f"cannot inspect process {pid} (Permission denied): run kvm_stat as root")
     fds = _vm_fds(pid, proc)
     if not fds:
         raise NoSuchVM(f"process {pid} is not a KVM VM (it holds no kvm-vm file descriptor)")
@@ -406,7 +409,8 @@ def _checked_vm_fds(pid: int, proc: str) -> Tuple[int, ...]:
 
 
 def find_vm(pid: int, proc: str = "/proc") -> VM:
-    """Return the VM of process *pid*; :class:`NoSuchVM` if it is not one."""
+    """Return the VM of process *pid*; :class:`NoSuchVM` if it is not one,
+    :class:`AccessDenied` if its descriptors cannot be listed (not root)."""
     fds = _checked_vm_fds(pid, proc)
     return _make_vm(pid, fds, proc, KernelThreads(proc).scan().get(pid, ()))
 

@@ -1,0 +1,431 @@
+"""``--check``: which providers work on this host, why not, and the fix.
+
+:func:`check_host` tries each provider the cheap way (a short real attempt
+where that is the only honest test) and returns a :class:`HostCheck`;
+:func:`format_check` turns it into the table ``kvm_stat --check`` prints.
+Like the modes themselves, the check mounts tracefs or debugfs at their
+standard places when they are missing and the process is root (and says so
+in the notes).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import resource
+import time
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+
+from .errors import AccessDenied, Error, NotAvailable
+from .events import Event, detect_vendor, load_events
+from .paths import Paths
+from .privileges import (CAP_SYS_PTRACE, has_capability, perf_event_paranoid,
+                         perf_privileged)
+from .providers.debugfs import DebugfsProbe, list_vm_directories, probe_debugfs
+from .providers.tracepoints import TracepointProvider, event_fields, online_cpus
+from .vms import VM, list_vms
+
+__all__ = ["ProviderCheck", "HostCheck", "check_host", "format_check"]
+
+# <linux/kvm.h>
+_KVMIO = 0xAE
+_KVM_CHECK_EXTENSION = _KVMIO << 8 | 0x03
+_KVM_CAP_BINARY_STATS_FD = 203
+# Syscall numbers of the unified table (the same on every 64-bit arch but alpha).
+_SYS_PIDFD_OPEN = 434
+_SYS_PIDFD_GETFD = 438
+# struct kvm_stats_header: six u32
+_STATS_HEADER_SIZE = 24
+_STATS_LINKS = ("anon_inode:kvm-vm-stats", "anon_inode:kvm-vcpu-stats")
+
+# Events that fire on exits handled in the kernel or in user space; if they
+# count while kvm_exit does not, exit reasons are not traced on this host.
+_EXIT_WITNESSES = ("kvm_entry", "kvm_userspace_exit", "kvm_pio", "kvm_mmio", "kvm_msr",
+                   "kvm_cpuid", "kvm_emulate_insn", "kvm_fpu")
+
+
+@dataclass(frozen=True)
+class ProviderCheck:
+    """One row of the check: a provider (or per-VM attribution)."""
+
+    name: str
+    available: bool
+    reason: str
+    fix: str = ""
+
+
+@dataclass
+class HostCheck:
+    """The whole diagnosis: one row per provider, per-VM attribution, notes."""
+
+    providers: List[ProviderCheck]
+    attribution: ProviderCheck
+    notes: List[str] = field(default_factory=list)
+
+    @property
+    def rows(self) -> List[ProviderCheck]:
+        """Every row of the table, providers first."""
+        return self.providers + [self.attribution]
+
+    @property
+    def usable(self) -> bool:
+        """True when at least one provider works (``--check`` exits 0)."""
+        return any(p.available for p in self.providers)
+
+
+# --------------------------------------------------------------------------
+# tracepoints
+
+_LOAD_KVM = "load KVM: modprobe kvm_intel or modprobe kvm_amd"
+
+
+def _mounted(name: str, fstype: str, paths: Paths, notes: List[str]
+             ) -> Tuple[Optional[str], Optional[ProviderCheck]]:
+    """Where *fstype* is mounted, or the failing row of provider *name*.
+
+    Root mounts a missing tracefs/debugfs, as the modes do (noted).
+    """
+    find = paths.find_tracefs if fstype == "tracefs" else paths.find_debugfs
+    try:
+        return find(mount=True, notify=notes.append), None
+    except Error as exc:
+        standard = os.path.join(paths.sys, "kernel", "tracing" if fstype == "tracefs" else "debug")
+        return None, ProviderCheck(name, False, str(exc),
+                                   f"mount -t {fstype} {fstype} {standard} (as root)")
+
+
+def _root_only(name: str, path: str) -> ProviderCheck:
+    return ProviderCheck(name, False, f"{path} is readable by root only", "run kvm_stat as root")
+
+
+def _check_tracepoints(paths: Paths, notes: List[str], backend: Optional[str]
+                       ) -> Tuple[ProviderCheck, Optional[str], List[Event]]:
+    name = "tracepoints"
+    tracefs, failure = _mounted(name, "tracefs", paths, notes)
+    if failure is not None:
+        return failure, None, []
+    try:
+        events = load_events(tracefs, detect_vendor(paths.sys, paths.proc))
+    except AccessDenied:
+        return _root_only(name, tracefs), None, []
+    except NotAvailable:
+        return ProviderCheck(name, False, f"no kvm tracepoints in {tracefs}/events/kvm: "
+                             "KVM is not loaded", _LOAD_KVM), None, []
+    try:
+        # The honest test: open one event on every CPU, as kvm_stat does.
+        with TracepointProvider(tracefs, fields=[events[0].name], events=events,
+                                backend=backend, proc=paths.proc, sys=paths.sys):
+            pass
+    except AccessDenied:
+        paranoid = perf_event_paranoid(paths.proc)
+        return ProviderCheck(
+            name, False, f"perf_event_open is denied (no CAP_PERFMON, perf_event_paranoid "
+            f"is {paranoid})", "run kvm_stat as root, grant CAP_PERFMON, or lower "
+            "kernel.perf_event_paranoid to -1"), tracefs, events
+    except Error as exc:
+        return ProviderCheck(name, False, str(exc)), tracefs, events
+    children = sum(len(e.children) for e in events)
+    return ProviderCheck(name, True, f"{len(events)} kvm tracepoints ({children} reason "
+                         f"children) in {tracefs}/events/kvm; perf counting works"), tracefs, events
+
+
+def _exit_note(paths: Paths, tracefs: Optional[str], events: List[Event], vms: List[VM],
+               seconds: float, backend: Optional[str]) -> Optional[str]:
+    """Whether kvm_exit fires: by the kvm_pvm module and by counting briefly."""
+    pvm = os.path.isdir(os.path.join(paths.sys, "module", "kvm_pvm"))
+    names = {e.name for e in events}
+    measured = ""
+    if tracefs is not None and vms and "kvm_exit" in names and seconds > 0:
+        witnesses = [n for n in _EXIT_WITNESSES if n in names]
+        try:
+            with TracepointProvider(tracefs, fields=["kvm_exit"] + witnesses, events=events,
+                                    backend=backend, proc=paths.proc, sys=paths.sys) as tp:
+                time.sleep(seconds)
+                counts = tp.read()
+        except Error:
+            counts = {}
+        others = sum(v for k, v in counts.items() if k != "kvm_exit")
+        if counts.get("kvm_exit", 0) == 0 and others > 0:
+            measured = (f"in {seconds:g} s kvm_exit fired 0 times while {others} other kvm "
+                        f"events did")
+    if not pvm and not measured:
+        return None
+    cause = "paravirtual KVM (module kvm_pvm)" if pvm else "exit reasons are not traced here"
+    text = (f"kvm_exit never fires on this host: {cause}, so kvm_exit and its (REASON) "
+            f"children stay 0; exits to user space are counted by kvm_userspace_exit(REASON), "
+            f"and kvm_pio, kvm_mmio, kvm_msr, kvm_cpuid... still count")
+    return f"{text} ({measured})" if measured else text
+
+
+# --------------------------------------------------------------------------
+# debugfs
+
+def _check_debugfs(paths: Paths, notes: List[str]) -> Tuple[ProviderCheck, Optional[DebugfsProbe]]:
+    name = "debugfs"
+    debugfs, failure = _mounted(name, "debugfs", paths, notes)
+    if failure is not None:
+        return failure, None
+    try:
+        probe = probe_debugfs(debugfs, paths.sys)
+    except AccessDenied:
+        return _root_only(name, debugfs), None
+    except NotAvailable as exc:
+        return ProviderCheck(name, False, str(exc), _LOAD_KVM), None
+    lockdown = f" ({probe.lockdown})" if probe.lockdown else ""
+    refused = (f"; {len(probe.denied)} refused by kernel lockdown{lockdown} "
+               f"(Operation not permitted)") if probe.denied else ""
+    alternative = "for the refused ones use tracepoints (-t) or binary stats (--binstats)"
+    if not probe.available:
+        return ProviderCheck(name, False, f"none of the {probe.files} statistics files in "
+                             f"{probe.kvm_dir} can be read{refused}",
+                             "use tracepoints (-t) or binary stats (--binstats); lockdown "
+                             "ends only by booting without it"), probe
+    return ProviderCheck(name, True, f"{len(probe.fields)} of {probe.files} statistics "
+                         f"files in {probe.kvm_dir} readable{refused}",
+                         alternative if probe.denied else ""), probe
+
+
+# --------------------------------------------------------------------------
+# binary stats
+
+def _syscall(number: int, *args: int) -> int:
+    """A raw system call; OSError with its errno on failure."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    result = libc.syscall(ctypes.c_long(number), *(ctypes.c_long(a) for a in args))
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return result
+
+
+def _take_fd(pid: int, fd: int) -> int:
+    """A copy of file descriptor *fd* of process *pid* (pidfd_getfd)."""
+    pidfd = _syscall(_SYS_PIDFD_OPEN, pid, 0)
+    try:
+        return _syscall(_SYS_PIDFD_GETFD, pidfd, fd, 0)
+    finally:
+        os.close(pidfd)
+
+
+def _stats_fds(pid: int, proc: str) -> List[int]:
+    """File descriptors of process *pid* that are KVM binary-stats files."""
+    fd_dir = os.path.join(proc, str(pid), "fd")
+    found = []
+    try:
+        entries = os.listdir(fd_dir)
+    except OSError:
+        return found
+    for entry in entries:
+        try:
+            target = os.readlink(os.path.join(fd_dir, entry))
+        except OSError:
+            continue
+        if target.startswith(_STATS_LINKS):
+            found.append(int(entry))
+    return sorted(found)
+
+
+def _try_vm_stats(vms: List[VM], proc: str) -> Tuple[int, Optional[int], Optional[OSError]]:
+    """Read the header of one stats fd held by a running VM process.
+
+    KVM answers KVM_GET_STATS_FD only inside the VM's own process, so from
+    outside only the stats fds a VM process already holds (QEMU opens them
+    for QMP query-stats) can be read, taken with pidfd_getfd.  Returns the
+    number of VM processes holding stats fds, the pid tried and the error
+    (None if it worked).
+    """
+    holders = [(vm.pid, fds) for vm in vms if vm.pid != os.getpid()
+               for fds in [_stats_fds(vm.pid, proc)] if fds]
+    for pid, fds in holders:
+        try:
+            stats_fd = _take_fd(pid, fds[0])
+        except OSError as exc:
+            if exc.errno in (errno.ESRCH, errno.EBADF):
+                continue  # exited or closed meanwhile
+            return len(holders), pid, exc
+        try:
+            header = os.pread(stats_fd, _STATS_HEADER_SIZE, 0)
+        except OSError as exc:
+            return len(holders), pid, exc
+        finally:
+            os.close(stats_fd)  # never keep a VM alive
+        if len(header) == _STATS_HEADER_SIZE:
+            return len(holders), pid, None
+    return len(holders), None, None
+
+
+def _check_binstats(paths: Paths, dev_kvm: str, vms: List[VM]) -> ProviderCheck:
+    name = "binary stats"
+    try:
+        kvm_fd = os.open(dev_kvm, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return ProviderCheck(name, False, f"{dev_kvm} does not exist: no KVM on this host",
+                             _LOAD_KVM)
+    except OSError as exc:
+        return ProviderCheck(name, False, f"cannot open {dev_kvm} ({exc.strerror})",
+                             "run kvm_stat as root")
+    try:
+        try:
+            supported = fcntl.ioctl(kvm_fd, _KVM_CHECK_EXTENSION, _KVM_CAP_BINARY_STATS_FD) > 0
+        except OSError:
+            supported = False
+        if not supported:
+            return ProviderCheck(name, False, "this kernel has no KVM binary statistics "
+                                 "(KVM_CAP_BINARY_STATS_FD, Linux 5.14 or newer)",
+                                 "use tracepoints (-t) or debugfs (-d)")
+        try:
+            os.close(_take_fd(os.getpid(), kvm_fd))
+        except OSError as exc:
+            if exc.errno == errno.ENOSYS:
+                return ProviderCheck(name, False, "no pidfd_getfd system call (Linux 5.6 or "
+                                     "newer) to reach the VMs' file descriptors",
+                                     "use tracepoints (-t) or debugfs (-d)")
+            return ProviderCheck(name, False, f"pidfd_getfd failed: {exc.strerror}")
+    finally:
+        os.close(kvm_fd)
+    holders, tried_pid, failure = _try_vm_stats(vms, paths.proc)
+    if failure is not None:
+        return ProviderCheck(name, False, f"cannot read the stats fd of VM process "
+                             f"{tried_pid} ({failure.strerror})", "run kvm_stat as root")
+    if tried_pid is not None:
+        return ProviderCheck(name, True, f"stats fds read through pidfd_getfd (tried on VM "
+                             f"process {tried_pid}); {holders} of {len(vms)} VM processes "
+                             f"hold stats fds")
+    if not has_capability(CAP_SYS_PTRACE, paths.proc):
+        return ProviderCheck(name, False, "reading the stats of other processes' VMs needs "
+                             "CAP_SYS_PTRACE (pidfd_getfd)", "run kvm_stat as root")
+    if vms:
+        return ProviderCheck(name, False, f"none of the {len(vms)} running VM processes holds "
+                             f"a KVM stats fd, and KVM_GET_STATS_FD works only inside the VM's "
+                             f"own process", "use tracepoints (-t) or debugfs (-d); QEMU opens "
+                             "stats fds when asked for them (QMP query-stats)")
+    return ProviderCheck(name, True, "KVM_GET_STATS_FD and pidfd_getfd supported "
+                         "(no VM running to try them on)")
+
+
+# --------------------------------------------------------------------------
+# per-VM attribution and notes
+
+def _check_attribution(tracepoints: ProviderCheck, debugfs: ProviderCheck,
+                       binstats: ProviderCheck, probe: Optional[DebugfsProbe],
+                       vms: List[VM]) -> ProviderCheck:
+    ways = []
+    if debugfs.available and probe is not None:
+        ways.append(f"debugfs (VM directories: {len(list_vm_directories(probe.kvm_dir))}, "
+                    f"{len(probe.fields)} fields each)")
+    if tracepoints.available:
+        ways.append("tracepoints (per-thread counting of VM processes)")
+    if binstats.available:
+        ways.append("binary stats (stats fds held by VM processes)")
+    running = f"{len(vms)} VM process{'es' if len(vms) != 1 else ''} running"
+    if not ways:
+        return ProviderCheck("per-VM attribution", False, f"no provider works; {running}",
+                             "make one of the providers above work")
+    return ProviderCheck("per-VM attribution", True, f"by {', '.join(ways)}; {running}")
+
+
+def _lockdown_note(probe: Optional[DebugfsProbe]) -> Optional[str]:
+    if probe is None or not probe.denied:
+        return None
+    mode = f" ({probe.lockdown})" if probe.lockdown else ""
+    readable = ", ".join(probe.fields) or "none"
+    return (f"kernel lockdown{mode}: {len(probe.denied)} debugfs statistics files refuse "
+            f"reads (Operation not permitted); readable: {readable}")
+
+
+def _paranoid_note(paths: Paths) -> str:
+    paranoid = perf_event_paranoid(paths.proc)
+    if paranoid is None:
+        return "perf_event_paranoid cannot be read"
+    if perf_privileged(paths.proc):
+        return (f"perf_event_paranoid is {paranoid}: it does not limit this process "
+                f"(CAP_PERFMON or CAP_SYS_ADMIN)")
+    if paranoid <= -1:
+        return f"perf_event_paranoid is {paranoid}: unprivileged counting is allowed"
+    return (f"perf_event_paranoid is {paranoid}: without root or CAP_PERFMON, counting "
+            f"tracepoints needs -1 (sysctl kernel.perf_event_paranoid=-1)")
+
+
+def _open_files_limits() -> Tuple[int, int]:
+    """The soft and hard RLIMIT_NOFILE of this process."""
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def _open_files_note(paths: Paths, events: List[Event]) -> Optional[str]:
+    if not events:
+        return None
+    try:
+        cpus = len(online_cpus(paths.sys))
+    except (OSError, ValueError):
+        return None
+    fields = len(event_fields(events))
+    needed = fields * cpus
+    soft, hard = _open_files_limits()
+
+    def text(limit: int) -> str:
+        return "unlimited" if limit == resource.RLIM_INFINITY else str(limit)
+
+    start = (f"open files: counting every field host-wide needs {needed} perf events "
+             f"({fields} fields x {cpus} CPUs); the limit is {text(soft)} (hard {text(hard)})")
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return f"{start}: enough"
+    if hard == resource.RLIM_INFINITY or hard >= needed or os.geteuid() == 0:
+        return f"{start}: kvm_stat raises it itself"
+    return f"{start}: too low: run 'ulimit -n {needed + 64}' first, or count fewer fields with -f"
+
+
+def check_host(paths: Optional[Paths] = None, *, dev_kvm: str = "/dev/kvm",
+               sample_seconds: float = 0.25, backend: Optional[str] = None) -> HostCheck:
+    """Diagnose every provider on this host.
+
+    *dev_kvm* is the KVM device; *sample_seconds* how long kvm_exit is
+    counted (while VMs run) to see whether it fires at all (0: do not).
+    Never raises a kvmstat error: every failure becomes a row or a note.
+    """
+    paths = paths or Paths()
+    notes: List[str] = []
+    try:
+        vms = list_vms(paths.proc)
+    except OSError:
+        vms = []
+    tracepoints, tracefs, events = _check_tracepoints(paths, notes, backend)
+    debugfs, probe = _check_debugfs(paths, notes)
+    binstats = _check_binstats(paths, dev_kvm, vms)
+    attribution = _check_attribution(tracepoints, debugfs, binstats, probe, vms)
+    extra = [
+        _exit_note(paths, tracefs if tracepoints.available else None, events, vms,
+                   sample_seconds, backend),
+        _lockdown_note(probe),
+        _paranoid_note(paths),
+        _open_files_note(paths, events),
+    ]
+    notes.extend(note for note in extra if note)
+    return HostCheck([tracepoints, debugfs, binstats], attribution, notes)
+
+
+# --------------------------------------------------------------------------
+# the table
+
+_HEADER = ("provider", "status", "reason")
+
+
+def format_check(check: HostCheck) -> List[str]:
+    """The ``--check`` table: one line per row (a ``fix:`` line under it when
+    there is one), then the notes."""
+    width = max(len(_HEADER[0]), *(len(r.name) for r in check.rows)) + 2
+    status_width = len("not available") + 2
+    lines = [f"{_HEADER[0]:<{width}}{_HEADER[1]:<{status_width}}{_HEADER[2]}"]
+    for row in check.rows:
+        status = "available" if row.available else "not available"
+        lines.append(f"{row.name:<{width}}{status:<{status_width}}{row.reason}")
+        if row.fix:
+            lines.append(f"{'':<{width + status_width}}fix: {row.fix}")
+    if check.notes:
+        lines.append("")
+        lines.append("notes:")
+        lines.extend(f"  - {note}" for note in check.notes)
+    return lines

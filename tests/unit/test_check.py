@@ -1,0 +1,159 @@
+"""``--check`` on fake hosts: rows, reasons, fixes, notes, exit status; the pure table."""
+
+import os
+
+import pytest
+
+from kvmstat import check as check_mod
+from kvmstat import cli
+from kvmstat.check import HostCheck, ProviderCheck, check_host, format_check
+from kvmstat.errors import AccessDenied
+from kvmstat.paths import Paths
+
+import fake_native
+from fake_debugfs import HOST, lock_down, make_debugfs
+from test_tracepoint_provider import make_sys, make_tracefs
+
+
+def fake_proc(root, paranoid="2", cap_eff="0000000000000000"):
+    (root / "sys" / "kernel").mkdir(parents=True)
+    (root / "sys" / "kernel" / "perf_event_paranoid").write_text(paranoid + "\n")
+    (root / "self").mkdir()
+    (root / "self" / "status").write_text(f"Name:\tx\nCapEff:\t{cap_eff}\n")
+    (root / "self" / "mounts").write_text("")
+    return str(root)
+
+
+def no_kvm_host(tmp_path):
+    (tmp_path / "trace").mkdir()
+    (tmp_path / "debug").mkdir()
+    return Paths(proc=fake_proc(tmp_path / "proc"), sys=make_sys(tmp_path / "sys"),
+                 tracefs=str(tmp_path / "trace"), debugfs=str(tmp_path / "debug"))
+
+
+def test_host_without_kvm(tmp_path):
+    result = check_host(no_kvm_host(tmp_path), dev_kvm=str(tmp_path / "kvm"))
+    assert not result.usable
+    by_name = {row.name: row for row in result.rows}
+    assert list(by_name) == ["tracepoints", "debugfs", "binary stats", "per-VM attribution"]
+    assert not any(row.available for row in result.rows)
+    assert "KVM is not loaded" in by_name["tracepoints"].reason
+    assert "modprobe" in by_name["tracepoints"].fix
+    assert "no KVM" in by_name["debugfs"].reason
+    assert "does not exist: no KVM" in by_name["binary stats"].reason
+    assert any("perf_event_paranoid is 2" in note for note in result.notes)
+
+
+def test_cli_check_exit_status(tmp_path, monkeypatch, capsys):
+    paths = no_kvm_host(tmp_path)
+    monkeypatch.setattr(cli, "Paths", lambda: paths)
+    monkeypatch.setattr(check_mod, "check_host", lambda p: check_host(p, dev_kvm=str(tmp_path / "x")))
+    assert cli.main(["--check"]) == 1
+    out, err = capsys.readouterr()
+    assert out.startswith("provider ")
+    assert err == ""
+
+    monkeypatch.setattr(check_mod, "check_host", lambda p: HostCheck(
+        [ProviderCheck("debugfs", True, "fine")], ProviderCheck("per-VM attribution", True, "x")))
+    assert cli.main(["--check"]) == 0
+
+
+def working_host(tmp_path, monkeypatch, **proc):
+    fake_native.install(monkeypatch)
+    return Paths(proc=fake_proc(tmp_path / "proc", **proc), sys=make_sys(tmp_path / "sys"),
+                 tracefs=make_tracefs(tmp_path / "trace"),
+                 debugfs=make_debugfs(tmp_path / "debug"))
+
+
+def test_working_host_with_lockdown(tmp_path, monkeypatch):
+    paths = working_host(tmp_path, monkeypatch)
+    lock_down(monkeypatch, ["exits", "halt_wait_ns"])
+    result = check_host(paths, dev_kvm=str(tmp_path / "kvm"))
+    assert result.usable
+    tracepoints, debugfs, binstats = result.providers
+    assert tracepoints.available and "perf counting works" in tracepoints.reason
+    assert debugfs.available
+    assert debugfs.reason.endswith("2 of 5 statistics files in "
+                                   f"{paths.debugfs}/kvm readable; 2 refused by kernel "
+                                   "lockdown (Operation not permitted)")
+    assert "--binstats" in debugfs.fix
+    assert not binstats.available
+    assert result.attribution.available
+    assert "debugfs" in result.attribution.reason and "tracepoints" in result.attribution.reason
+    notes = "\n".join(result.notes)
+    assert "kernel lockdown: 2 debugfs statistics files refuse reads" in notes
+    assert "readable: max_mmu_rmap_size, pages_4k" in notes
+    # 4 events in the fake tracefs; their children counted from the real formats
+    assert "x 4 CPUs" in notes
+
+
+def test_everything_locked_down(tmp_path, monkeypatch):
+    paths = working_host(tmp_path, monkeypatch)
+    lock_down(monkeypatch, HOST)
+    debugfs = check_host(paths, dev_kvm=str(tmp_path / "kvm")).providers[1]
+    assert not debugfs.available
+    assert "none of the 5" in debugfs.reason and "lockdown" in debugfs.reason
+
+
+def test_perf_denied_names_paranoid(tmp_path, monkeypatch):
+    paths = working_host(tmp_path, monkeypatch, paranoid="3")
+
+    def denied(*args, **kwargs):
+        raise AccessDenied("perf_event_open denied")
+
+    monkeypatch.setattr("kvmstat.native.open_counter_set", denied)
+    tracepoints = check_host(paths, dev_kvm=str(tmp_path / "kvm")).providers[0]
+    assert not tracepoints.available
+    assert "perf_event_paranoid is 3" in tracepoints.reason
+    assert "CAP_PERFMON" in tracepoints.fix
+
+
+def test_paravirtual_host_note(tmp_path, monkeypatch):
+    paths = working_host(tmp_path, monkeypatch)
+    (tmp_path / "sys" / "module" / "kvm_pvm").mkdir(parents=True)
+    notes = check_host(paths, dev_kvm=str(tmp_path / "kvm")).notes
+    assert any(n.startswith("kvm_exit never fires on this host: paravirtual KVM (module "
+                            "kvm_pvm)") for n in notes)
+
+
+def test_privileged_paranoid_note(tmp_path, monkeypatch):
+    # CapEff with CAP_PERFMON (bit 38)
+    paths = working_host(tmp_path, monkeypatch, cap_eff=f"{1 << 38:016x}")
+    notes = check_host(paths, dev_kvm=str(tmp_path / "kvm")).notes
+    assert "perf_event_paranoid is 2: it does not limit this process (CAP_PERFMON or " \
+           "CAP_SYS_ADMIN)" in notes
+
+
+def test_open_files_note(monkeypatch, tmp_path):
+    monkeypatch.setattr(check_mod, "_open_files_limits", lambda: (10, 10))
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    paths = working_host(tmp_path, monkeypatch)
+    notes = check_host(paths, dev_kvm=str(tmp_path / "kvm")).notes
+    [note] = [n for n in notes if n.startswith("open files")]
+    assert "the limit is 10 (hard 10): too low: run 'ulimit -n" in note
+
+
+def test_format_check_table():
+    result = HostCheck(
+        [ProviderCheck("tracepoints", True, "works"),
+         ProviderCheck("debugfs", False, "locked", "use -t")],
+        ProviderCheck("per-VM attribution", True, "by tracepoints"),
+        ["a note"])
+    assert format_check(result) == [
+        "provider            status         reason",
+        "tracepoints         available      works",
+        "debugfs             not available  locked",
+        "                                   fix: use -t",
+        "per-VM attribution  available      by tracepoints",
+        "",
+        "notes:",
+        "  - a note",
+    ]
+
+
+def test_format_check_without_notes():
+    result = HostCheck([ProviderCheck("tracepoints", False, "why", "how")],
+                       ProviderCheck("per-VM attribution", False, "none", "x"))
+    lines = format_check(result)
+    assert "notes:" not in lines
+    assert not result.usable
