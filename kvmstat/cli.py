@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -118,13 +119,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# A value that argparse would take for an option because the parser has
+# "-1" (which makes every negative-number-like word an option).
+_NEGATIVE_VALUE = re.compile(r"-(\d|\.\d|inf|nan)", re.IGNORECASE)
+
+
+def _attach_negative_values(parser: argparse.ArgumentParser, argv: Sequence[str]) -> List[str]:
+    """Attach negative-number-like values to their option (``-s -1`` ->
+    ``-s-1``), so that ``-s -1`` is a range error, not a usage error."""
+    takes_value = {opt for action in parser._actions if action.nargs is None
+                   for opt in action.option_strings}
+    out: List[str] = []
+    words = iter(argv)
+    for word in words:
+        if word == "--":
+            out.append(word)
+            out.extend(words)
+            break
+        if word in takes_value:
+            value = next(words, None)
+            if value is not None and _NEGATIVE_VALUE.match(value):
+                out.append(f"{word}={value}" if word.startswith("--") else word + value)
+                continue
+            out.append(word)
+            if value is not None:
+                out.append(value)
+            continue
+        out.append(word)
+    return out
+
+
 def parse_options(argv: Optional[Sequence[str]] = None) -> Options:
     """Parse and validate *argv* without touching the kernel.
 
     Raises :class:`InvalidArgument` for inconsistent options; argparse's own
     usage errors raise SystemExit(2) as usual.
     """
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    args = parser.parse_args(_attach_negative_values(parser, argv))
     opts = Options()
     logging = args.log or args.log_file is not None
     if args.csv and not logging:
@@ -143,6 +177,8 @@ def parse_options(argv: Optional[Sequence[str]] = None) -> Options:
         raise InvalidArgument("-p and -g exclude each other")
     if args.serve is not None and (logging or args.once or args.check):
         raise InvalidArgument("--serve excludes -1, -l, -L and --check")
+    if args.log_file is not None and not args.log_file.strip():
+        raise InvalidArgument("-L/--log-to-file needs a file name")
 
     if args.check:
         opts.mode = "check"
@@ -222,8 +258,43 @@ def _run_batch(opts: Options, paths: Paths) -> int:
         sampler.sample()
         time.sleep(1)
         sample = sampler.sample()
-    sys.stdout.write("".join(line + "\n" for line in batch_lines(sample)))
+    if opts.json:
+        from .formats.json import sample_json
+        sys.stdout.write(sample_json(sample))
+    else:
+        sys.stdout.write("".join(line + "\n" for line in batch_lines(sample)))
     sys.stdout.flush()
+    return 0
+
+
+def _log_format(opts: Options) -> str:
+    if opts.json:
+        return "json"
+    return "csv" if opts.csv else "plain"
+
+
+def _run_log(opts: Options, paths: Paths) -> int:
+    """Log mode: -L FILE is opened before any event, then the loop runs
+    until SIGTERM/SIGINT, a closed pipe, or the watched VM exiting."""
+    from .errors import VMGone
+    from .logger import LogFile, Logger, LogSignals, StreamOutput, log_layout
+    from .sources import open_sampler
+
+    layout = log_layout(_log_format(opts), opts.by_guest)
+    if opts.log_file is not None:
+        output = LogFile(opts.log_file, notify=_notify)
+    else:
+        output = StreamOutput(sys.stdout)
+    with output, LogSignals(reopen=opts.log_file is not None,
+                            watch_fd=output.watch_fd) as signals:
+        try:
+            with open_sampler(opts.providers, fields=opts.fields, pid=opts.pid,
+                              by_vm=opts.by_guest, paths=paths, backend=None,
+                              notify=_notify) as sampler:
+                Logger(sampler, output, layout, delay=opts.delay,
+                       skip_zero=opts.skip_zero).run(signals)
+        except VMGone as exc:
+            _notify(str(exc))
     return 0
 
 
@@ -239,13 +310,13 @@ def run(opts: Options, paths: Optional[Paths] = None) -> int:
         return _run_fields_help(opts, paths)
     if opts.mode == "check":
         return _not_built("--check")
-    if opts.json or opts.by_guest:
-        return _not_built("--json" if opts.json else "--by-guest")
+    if opts.by_guest:
+        return _not_built("--by-guest")
     _resolve_vm(opts, paths)
     if opts.mode == "batch":
         return _run_batch(opts, paths)
     if opts.mode == "log":
-        return _not_built("log mode (-l/-L)")
+        return _run_log(opts, paths)
     if opts.mode == "serve":
         return _not_built("--serve")
     return _not_built("the interactive display (use -1)")
