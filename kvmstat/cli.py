@@ -52,11 +52,11 @@ def parse_delay(text: str) -> float:
     try:
         value = float(text)
     except (TypeError, ValueError):
-        raise InvalidArgument(f"'{text}' is not a number of seconds") from None
+        raise InvalidArgument(f"{text!r} is not a number of seconds") from None
     if not math.isfinite(value):
-        raise InvalidArgument(f"delay must be a finite number of seconds, not '{text}'")
+        raise InvalidArgument(f"delay must be a finite number of seconds, not {text!r}")
     if not MIN_DELAY <= value <= MAX_DELAY:
-        raise InvalidArgument(f"delay must be between {MIN_DELAY} and {MAX_DELAY} seconds, not '{text}'")
+        raise InvalidArgument(f"delay must be between {MIN_DELAY} and {MAX_DELAY} seconds, not {text!r}")
     return value
 
 
@@ -65,9 +65,9 @@ def parse_pid(text: str) -> int:
     try:
         value = int(text, 10)
     except (TypeError, ValueError):
-        raise InvalidArgument(f"'{text}' is not a process id") from None
+        raise InvalidArgument(f"{text!r} is not a process id") from None
     if value <= 0:
-        raise InvalidArgument(f"'{text}' is not a process id")
+        raise InvalidArgument(f"{text!r} is not a process id")
     return value
 
 
@@ -279,6 +279,7 @@ def _run_log(opts: Options, paths: Paths) -> int:
     from .errors import VMGone
     from .logger import LogFile, Logger, LogSignals, StreamOutput, log_layout
     from .sources import open_sampler
+    from .teardown import close_detached
 
     layout = log_layout(_log_format(opts), opts.by_guest)
     if opts.log_file is not None:
@@ -287,14 +288,17 @@ def _run_log(opts: Options, paths: Paths) -> int:
         output = StreamOutput(sys.stdout)
     with output, LogSignals(reopen=opts.log_file is not None,
                             watch_fd=output.watch_fd) as signals:
+        sampler = open_sampler(opts.providers, fields=opts.fields, pid=opts.pid,
+                               by_vm=opts.by_guest, paths=paths, backend=None,
+                               notify=_notify)
         try:
-            with open_sampler(opts.providers, fields=opts.fields, pid=opts.pid,
-                              by_vm=opts.by_guest, paths=paths, backend=None,
-                              notify=_notify) as sampler:
-                Logger(sampler, output, layout, delay=opts.delay,
-                       skip_zero=opts.skip_zero).run(signals)
+            Logger(sampler, output, layout, delay=opts.delay,
+                   skip_zero=opts.skip_zero).run(signals)
         except VMGone as exc:
             _notify(str(exc))
+        finally:
+            # The program exits next: do not wait for the kernel's teardown.
+            close_detached(sampler)
     return 0
 
 

@@ -173,6 +173,8 @@ def test_log_mode_stops_with_status_0_when_the_vm_exits(fmt, capsys, monkeypatch
     monkeypatch.setattr("kvmstat.sources.open_sampler",
                         lambda *a, **k: Sampler([provider]))
     monkeypatch.setattr(cli, "_resolve_vm", lambda opts, paths: None)
+    # Do not fork the test process: the ordinary close is fast for this fake.
+    monkeypatch.setattr("kvmstat.teardown.close_detached", lambda resource: resource.close())
     status = cli.main(["-l", "-s", "0.1", "-p", "4242", *fmt])
     out, err = capsys.readouterr()
     assert status == 0
