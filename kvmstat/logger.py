@@ -143,7 +143,7 @@ def _open_for_append(path: str) -> int:
             reason = "it is a FIFO that no process reads"
         else:
             reason = exc.strerror or str(exc)
-        raise InvalidArgument(f"cannot write log file '{path}': {reason}") from None
+        raise InvalidArgument(f"cannot write log file {path!r}: {reason}") from None
     os.set_blocking(fd, True)
     try:
         # A zero-length write is a no-op for files that can be written, and
@@ -151,7 +151,7 @@ def _open_for_append(path: str) -> int:
         os.write(fd, b"")
     except OSError as exc:
         os.close(fd)
-        raise InvalidArgument(f"cannot write log file '{path}': {exc.strerror or exc}") from None
+        raise InvalidArgument(f"cannot write log file {path!r}: {exc.strerror or exc}") from None
     return fd
 
 
@@ -184,7 +184,7 @@ class LogFile:
 
     def __init__(self, path: str, notify: Notify = None, clock: Callable[[], float] = time.time):
         self.path = path
-        self.name = f"log file '{path}'"
+        self.name = f"log file {path!r}"
         self._notify = notify
         self._clock = clock
         self._fd: Optional[int] = _open_for_append(path)
