@@ -8,66 +8,14 @@ exactly one file.  ``kvm_stat -l | head -3`` ends at once and quietly.
 
 import json
 import os
-import re
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
-KVM_STAT = [sys.executable, "-m", "kvmstat"]
-ROW_TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
-
-
-def start_kvm_stat(*args, **kwargs):
-    return subprocess.Popen([*KVM_STAT, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kwargs)
-
-
-def wait_for(predicate, what, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
-def complete_lines(path):
-    """The complete lines of a file being written (a partial last line is left out)."""
-    try:
-        with open(path) as f:
-            text = f.read()
-    except FileNotFoundError:
-        return []
-    return text[:text.rfind("\n") + 1].splitlines()
-
-
-def column_sum(path, name):
-    lines = complete_lines(path)
-    if not lines:
-        return None
-    index = lines[0].split(",").index(name)
-    return sum(int(line.split(",")[index]) for line in lines[1:])
-
-
-def check_csv(path):
-    """A valid kvm_stat CSV file: one header, then whole rows.  Returns
-    (header, rows) with rows as lists of cells."""
-    with open(path) as f:
-        text = f.read()
-    assert text.endswith("\n"), f"{path}: the last row is torn"
-    lines = text.splitlines()
-    header = lines[0].split(",")
-    assert header[0] == "timestamp"
-    assert [i for i, line in enumerate(lines) if line.startswith("timestamp")] == [0], \
-        f"{path}: header not exactly once"
-    rows = [line.split(",") for line in lines[1:]]
-    for row in rows:
-        assert len(row) == len(header), f"{path}: torn row {row}"
-        assert ROW_TIME.fullmatch(row[0]), row
-        assert all(cell.isdigit() for cell in row[1:]), row
-    return header, rows
+from helpers.logfiles import (ROW_TIME, check_csv, column_sum, complete_lines,
+                              killed_on_failure, perf_event_fds, start_kvm_stat, wait_for)
 
 
 def test_csv_log_through_rename_sighup_and_sigterm_keeps_every_event_once(guest_process, tmp_path):
@@ -76,19 +24,19 @@ def test_csv_log_through_rename_sighup_and_sigterm_keeps_every_event_once(guest_
     rotated = tmp_path / "kvm_stat.csv.1"
     started = time.monotonic()
     proc = start_kvm_stat("-L", str(log), "-c", "-s", "0.2", "-p", str(guest.pid))
-    try:
+    with killed_on_failure(proc):
         # The header is written once counting has begun.
-        wait_for(lambda: len(complete_lines(log)) >= 1, "the CSV header")
+        wait_for(lambda: len(complete_lines(log)) >= 1, "the CSV header", proc=proc)
         before, after = [300, 1, 199], [150, 77, 23]
         for n in before:
             guest.run(n)
             time.sleep(0.15)
         wait_for(lambda: column_sum(log, "kvm_pio") == sum(before),
-                 "the first bursts to be logged")
+                 "the first bursts to be logged", proc=proc)
 
         os.rename(log, rotated)          # what logrotate does ...
         proc.send_signal(signal.SIGHUP)  # ... and then `systemctl reload`
-        wait_for(lambda: len(complete_lines(log)) >= 1, "the new file's header")
+        wait_for(lambda: len(complete_lines(log)) >= 1, "the new file's header", proc=proc)
 
         for n in after[:-1]:
             guest.run(n)
@@ -96,10 +44,6 @@ def test_csv_log_through_rename_sighup_and_sigterm_keeps_every_event_once(guest_
         guest.run(after[-1])             # still pending when SIGTERM comes
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     elapsed = time.monotonic() - started
 
     assert proc.returncode == 0, err
@@ -170,7 +114,10 @@ def test_log_to_stdout_stops_on_sigint_with_the_pending_row(guest_process):
 def test_once_json_reports_exact_counts(guest_process):
     guest = guest_process("pio")
     proc = start_kvm_stat("-1", "--json", "-p", str(guest.pid), "-f", "kvm_(pio|userspace_exit)")
-    time.sleep(0.5)  # inside kvm_stat's one-second window
+    # Inside kvm_stat's one-second window: its events are open, and the first
+    # sample follows the opening at once.
+    wait_for(lambda: perf_event_fds(proc.pid) > 0, "kvm_stat's perf events", proc=proc)
+    time.sleep(0.2)
     guest.run(321)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0 and err == ""
