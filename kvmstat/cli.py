@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from . import __version__
 from .errors import Error, InvalidArgument, VMGone
 from .fields import FieldFilter
 from .paths import Paths
-from .teardown import release_in_background
+from .teardown import close_detached
 
 __all__ = ["build_parser", "parse_options", "Options", "main", "console_main"]
 
@@ -52,11 +53,11 @@ def parse_delay(text: str) -> float:
     try:
         value = float(text)
     except (TypeError, ValueError):
-        raise InvalidArgument(f"'{text}' is not a number of seconds") from None
+        raise InvalidArgument(f"{text!r} is not a number of seconds") from None
     if not math.isfinite(value):
-        raise InvalidArgument(f"delay must be a finite number of seconds, not '{text}'")
+        raise InvalidArgument(f"delay must be a finite number of seconds, not {text!r}")
     if not MIN_DELAY <= value <= MAX_DELAY:
-        raise InvalidArgument(f"delay must be between {MIN_DELAY} and {MAX_DELAY} seconds, not '{text}'")
+        raise InvalidArgument(f"delay must be between {MIN_DELAY} and {MAX_DELAY} seconds, not {text!r}")
     return value
 
 
@@ -65,9 +66,9 @@ def parse_pid(text: str) -> int:
     try:
         value = int(text, 10)
     except (TypeError, ValueError):
-        raise InvalidArgument(f"'{text}' is not a process id") from None
+        raise InvalidArgument(f"{text!r} is not a process id") from None
     if value <= 0:
-        raise InvalidArgument(f"'{text}' is not a process id")
+        raise InvalidArgument(f"{text!r} is not a process id")
     return value
 
 
@@ -119,13 +120,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# A value that argparse would take for an option because the parser has
+# "-1" (which makes every negative-number-like word an option).
+_NEGATIVE_VALUE = re.compile(r"-(\d|\.\d|inf|nan)", re.IGNORECASE)
+
+
+def _attach_negative_values(parser: argparse.ArgumentParser, argv: Sequence[str]) -> List[str]:
+    """Attach negative-number-like values to their option (``-s -1`` ->
+    ``-s-1``), so that ``-s -1`` is a range error, not a usage error."""
+    takes_value = {opt for action in parser._actions if action.nargs is None
+                   for opt in action.option_strings}
+    out: List[str] = []
+    words = iter(argv)
+    for word in words:
+        if word == "--":
+            out.append(word)
+            out.extend(words)
+            break
+        if word in takes_value:
+            value = next(words, None)
+            if value is not None and _NEGATIVE_VALUE.match(value):
+                out.append(f"{word}={value}" if word.startswith("--") else word + value)
+                continue
+            out.append(word)
+            if value is not None:
+                out.append(value)
+            continue
+        out.append(word)
+    return out
+
+
 def parse_options(argv: Optional[Sequence[str]] = None) -> Options:
     """Parse and validate *argv* without touching the kernel.
 
     Raises :class:`InvalidArgument` for inconsistent options; argparse's own
     usage errors raise SystemExit(2) as usual.
     """
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    args = parser.parse_args(_attach_negative_values(parser, argv))
     opts = Options()
     logging = args.log or args.log_file is not None
     if args.csv and not logging:
@@ -146,6 +180,8 @@ def parse_options(argv: Optional[Sequence[str]] = None) -> Options:
         raise InvalidArgument("-p and -g exclude each other")
     if args.serve is not None and (logging or args.once or args.check):
         raise InvalidArgument("--serve excludes -1, -l, -L and --check")
+    if args.log_file is not None and not args.log_file.strip():
+        raise InvalidArgument("-L/--log-to-file needs a file name")
 
     if args.check:
         opts.mode = "check"
@@ -232,13 +268,18 @@ def _run_batch(opts: Options, paths: Paths) -> int:
             # Its counts up to the exit are still there: print those.
             _notify(f"{exc}: the counts end at its exit")
             sample = sampler.sample(refresh=False)
-        lines = by_guest_batch_lines(sample) if opts.by_guest else batch_lines(sample)
-        if opts.by_guest and not lines:
-            _notify("no VM is running")
-        sys.stdout.write("".join(line + "\n" for line in lines))
+        if opts.json:
+            from .formats.json import sample_json
+            sys.stdout.write(sample_json(sample))
+        else:
+            lines = by_guest_batch_lines(sample) if opts.by_guest else batch_lines(sample)
+            if opts.by_guest and not lines:
+                _notify("no VM is running")
+            sys.stdout.write("".join(line + "\n" for line in lines))
         sys.stdout.flush()
     finally:
-        release_in_background(sampler.close)
+        # The program exits next: do not wait for the kernel's teardown.
+        close_detached(sampler)
     return 0
 
 
@@ -249,6 +290,40 @@ def _run_check(opts: Options, paths: Paths) -> int:
     sys.stdout.write("".join(line + "\n" for line in format_check(result)))
     sys.stdout.flush()
     return 0 if result.usable else 1
+
+
+def _log_format(opts: Options) -> str:
+    if opts.json:
+        return "json"
+    return "csv" if opts.csv else "plain"
+
+
+def _run_log(opts: Options, paths: Paths) -> int:
+    """Log mode: -L FILE is opened before any event, then the loop runs
+    until SIGTERM/SIGINT, a closed pipe, or the watched VM exiting."""
+    from .errors import VMGone
+    from .logger import LogFile, Logger, LogSignals, StreamOutput, log_layout
+    from .sources import open_sampler
+
+    layout = log_layout(_log_format(opts), opts.by_guest)
+    if opts.log_file is not None:
+        output = LogFile(opts.log_file, notify=_notify)
+    else:
+        output = StreamOutput(sys.stdout)
+    with output, LogSignals(reopen=opts.log_file is not None,
+                            watch_fd=output.watch_fd) as signals:
+        sampler = open_sampler(opts.providers, fields=opts.fields, pid=opts.pid,
+                               by_vm=opts.by_guest, paths=paths, backend=None,
+                               include_past=opts.include_past, notify=_notify)
+        try:
+            Logger(sampler, output, layout, delay=opts.delay,
+                   skip_zero=opts.skip_zero).run(signals)
+        except VMGone as exc:
+            _notify(str(exc))
+        finally:
+            # The program exits next: do not wait for the kernel's teardown.
+            close_detached(sampler)
+    return 0
 
 
 def run(opts: Options, paths: Optional[Paths] = None) -> int:
@@ -263,15 +338,11 @@ def run(opts: Options, paths: Optional[Paths] = None) -> int:
         return _not_built("the BPF engine")
     if opts.mode == "fields-help":
         return _run_fields_help(opts, paths)
-    if opts.json:
-        return _not_built("--json")
-    if opts.by_guest and opts.mode != "batch":
-        return _not_built("--by-guest with -l/-L")
     _resolve_vm(opts, paths)
     if opts.mode == "batch":
         return _run_batch(opts, paths)
     if opts.mode == "log":
-        return _not_built("log mode (-l/-L)")
+        return _run_log(opts, paths)
     if opts.mode == "serve":
         return _not_built("--serve")
     return _not_built("the interactive display (use -1)")

@@ -1,62 +1,65 @@
-"""Releasing perf events without making the user wait.
+"""Closing kernel resources without making the user wait for the kernel.
 
-Closing the last perf event of a tracepoint waits for an RCU grace period
-under a kernel-wide mutex, so tearing down a few hundred tracepoint events
-takes seconds, whatever the number of CPUs.  The command line does not make
-its user wait for that: :func:`release_in_background` hands the last
-references to a short-lived detached child process, which pays for the
-close while the command returns to the shell at once.
-
-Only the command line uses this; the library closes synchronously.
+Releasing perf events on tracepoints is slow in the kernel (each release
+waits for an RCU grace period under a global mutex: a few hundred events
+take seconds, and closing them from several threads is no faster).  A
+program that is about to exit does not need to wait for that:
+:func:`close_detached` lets a small child process hold the descriptors, so
+the parent's own close is only a reference drop and it can exit at once;
+the child lets the kernel tear the events down after the parent has gone.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Callable
+import signal
 
-__all__ = ["release_in_background"]
+__all__ = ["close_detached"]
 
 
-def release_in_background(close: Callable[[], None]) -> bool:
-    """Run *close* (which closes perf events) cheaply, leaving the slow part to a child.
+def _hold_until_parent_exits(read_end: int) -> None:
+    # In the child: keep the inherited descriptors until the parent is gone
+    # (EOF on the pipe), then exit, which releases them.  Nothing of the
+    # parent's Python state runs here (no atexit, no buffered output).
+    try:
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)   # readers of the parent's stdout/stderr see EOF
+        # The parent's handlers only set flags: the child must die by signal.
+        for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGPIPE):
+            signal.signal(signum, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a later Ctrl-C is not for us
+        while os.read(read_end, 1):
+            pass
+    finally:
+        os._exit(0)
 
-    The child keeps a reference to every descriptor of this process, so the
-    parent's *close* only drops references (fast).  The child then exits,
-    which releases the last references in the background.  The child lets go
-    of stdin/stdout/stderr first, so a reader of a pipe sees EOF when this
-    process ends.  Returns True if a child took over, False if it closed
-    synchronously (fork failed).
+
+def close_detached(resource) -> None:
+    """Close *resource* (anything with ``close()``) at once and leave the
+    kernel's teardown of its descriptors to a detached child process.
+
+    Meant for a program about to exit: the child waits until this process
+    has exited, then exits itself.  If no child can be made, *resource* is
+    closed the ordinary (slower) way.
     """
     try:
-        ready_r, ready_w = os.pipe()
+        read_end, write_end = os.pipe()  # not inherited by exec'd programs
+    except OSError:
+        resource.close()
+        return
+    try:
         pid = os.fork()
     except OSError:
-        close()
-        return False
+        os.close(read_end)
+        os.close(write_end)
+        resource.close()
+        return
     if pid == 0:
-        # The child forks the process that does the waiting and exits at
-        # once, so nothing is left for this process to reap.
-        try:
-            os.close(ready_w)
-            if os.fork() == 0:
-                os.setsid()
-                devnull = os.open(os.devnull, os.O_RDWR)
-                for fd in (0, 1, 2):
-                    os.dup2(devnull, fd)
-                # Wait until the parent has dropped its references, so that
-                # the last close (the slow one) happens here, not there.
-                while os.read(ready_r, 1):
-                    pass
-        finally:
-            os._exit(0)
-    os.close(ready_r)
-    try:
-        os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass
-    try:
-        close()
-    finally:
-        os.close(ready_w)
-    return True
+        os.close(write_end)
+        _hold_until_parent_exits(read_end)
+    os.close(read_end)
+    # The child holds every descriptor too: closing ours only drops a reference.
+    resource.close()
+    # write_end stays open on purpose until this process exits: its closing
+    # is what tells the child to go.

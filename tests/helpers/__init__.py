@@ -24,6 +24,9 @@ Modules
 ``tracecount``
     :class:`~helpers.tracecount.TraceCounter`: counts tracepoint hits through a
     private tracefs instance, an independent referee for kvmstat's numbers.
+``logfiles``
+    running ``kvm_stat`` as a process (``start_kvm_stat``, ``wait_for``) and
+    checking the CSV files it writes (``check_csv``, ``column_sum``).
 
 Fixtures (tests/conftest.py): ``tracefs``, ``guest`` (parametrize indirectly
 with a program name, default ``"pio"``), ``guest_process`` (a factory taking

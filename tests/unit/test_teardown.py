@@ -1,4 +1,5 @@
-"""release_in_background: the slow last close happens in a detached child."""
+"""close_detached: the caller closes at once, a child holds the descriptors
+until the caller has exited, then lets them go; stdout/stderr are not held."""
 
 import os
 import select
@@ -7,31 +8,59 @@ import sys
 import textwrap
 import time
 
+PROGRAM = textwrap.dedent("""
+    import os, sys
+    from kvmstat.teardown import close_detached
 
-def test_child_holds_the_last_reference_then_lets_go():
-    from kvmstat.teardown import release_in_background
+    class Resource:
+        closed = False
+        def close(self):
+            os.close(int(sys.argv[1]))
+            self.closed = True
 
-    r, w = os.pipe()
+    resource = Resource()
+    close_detached(resource)
+    print("closed" if resource.closed else "not closed", flush=True)
+    sys.stdin.readline()  # the test looks at the pipe, then lets us exit
+""")
+
+
+def test_the_caller_closes_and_the_child_lets_go_after_it_exits():
+    read_end, write_end = os.pipe()
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", PROGRAM, str(write_end)],
+                                pass_fds=[write_end], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        os.close(write_end)
+        write_end = None
+        assert proc.stdout.readline() == "closed\n"
+        # The caller has closed its copy, yet the write end is still open: the child holds it.
+        assert select.select([read_end], [], [], 0.2)[0] == []
+        # communicate() returns only when nobody holds stdout/stderr: the
+        # child must not keep them.
+        out, err = proc.communicate("go\n", timeout=30)
+        assert proc.returncode == 0, err
+        assert out == "" and err == ""
+        # The child held the pipe's write end past the caller's close and
+        # exit, and lets it go right after.
+        ready, _, _ = select.select([read_end], [], [], 30)
+        assert ready and os.read(read_end, 1) == b""
+    finally:
+        os.close(read_end)
+        if write_end is not None:
+            os.close(write_end)
+
+
+def test_without_fork_it_closes_the_ordinary_way(monkeypatch):
+    from kvmstat import teardown
+
+    def no_fork():
+        raise OSError(11, "Resource temporarily unavailable")
+    monkeypatch.setattr(teardown.os, "fork", no_fork)
     closed = []
-    assert release_in_background(lambda: (os.close(w), closed.append(True)))
-    assert closed == [True]
-    # The child held `w` and exits on its own: the read end then sees EOF.
-    ready, _, _ = select.select([r], [], [], 10)
-    assert ready and os.read(r, 1) == b""
-    os.close(r)
 
-
-def test_callers_stdout_pipe_is_not_held_open():
-    script = textwrap.dedent("""
-        import os, sys, time
-        from kvmstat.teardown import release_in_background
-        r, w = os.pipe()
-        # The resource's child-side close takes a while; the caller must not wait for it.
-        release_in_background(lambda: os.close(w))
-        print("done", flush=True)
-    """)
-    start = time.monotonic()
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=30, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
-    assert out.stdout == "done\n" and out.returncode == 0, out.stderr
-    assert time.monotonic() - start < 10
+    class Resource:
+        def close(self):
+            closed.append(time.monotonic())
+    teardown.close_detached(Resource())
+    assert len(closed) == 1

@@ -1,0 +1,69 @@
+"""JSON format (SPEC §3.3): one object per sample, one line each.
+
+``{"time": <unix seconds>, "interval": <seconds>, "fields": {"<name>":
+{"total": N, "delta": N}, ...}}``, plus ``"guests": {"<pid>": {"name":
+<name or null>, "fields": {...}}}`` when a per-VM breakdown is asked for.
+Pure functions, no I/O.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+from ..stats import Sample
+from .log import all_zero
+
+__all__ = ["sample_object", "sample_json", "json_rows"]
+
+# Wall-clock and interval times are kept to the microsecond.
+_TIME_DIGITS = 6
+
+
+def _fields_object(values: Mapping[str, Tuple[int, int]],
+                   fields: Sequence[str]) -> Dict[str, Dict[str, int]]:
+    get = values.get
+    out = {}
+    for name in fields:
+        total, delta = get(name, (0, 0))
+        out[name] = {"total": total, "delta": delta}
+    return out
+
+
+def sample_object(sample: Sample, fields: Optional[Sequence[str]] = None,
+                  by_guest: bool = False) -> dict:
+    """The JSON-ready dict of *sample*.
+
+    *fields* fixes the field list and its order (default: every field of the
+    sample, sorted).  With *by_guest*, ``"guests"`` holds every VM of
+    ``sample.by_vm`` keyed by pid (as text, JSON keys are strings).
+    """
+    names = sorted(sample.values) if fields is None else list(fields)
+    obj = {
+        "time": round(sample.time, _TIME_DIGITS),
+        "interval": round(sample.interval, _TIME_DIGITS),
+        "fields": _fields_object(sample.values, names),
+    }
+    if by_guest:
+        by_vm = sample.by_vm or {}
+        obj["guests"] = {
+            str(pid): {"name": sample.vm_names.get(pid),
+                       "fields": _fields_object(by_vm[pid], names)}
+            for pid in sorted(by_vm)
+        }
+    return obj
+
+
+def sample_json(sample: Sample, fields: Optional[Sequence[str]] = None,
+                by_guest: bool = False) -> str:
+    """*sample* as one JSON line (ending in ``"\\n"``); see :func:`sample_object`."""
+    return json.dumps(sample_object(sample, fields, by_guest)) + "\n"
+
+
+def json_rows(sample: Sample, fields: Sequence[str], skip_zero: bool = False,
+              by_guest: bool = False) -> List[str]:
+    """The log rows of *sample* in JSON: one line, or none when *skip_zero*
+    is set and every host delta is zero."""
+    if skip_zero and all_zero(sample.values, fields):
+        return []
+    return [sample_json(sample, fields, by_guest)]

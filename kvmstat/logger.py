@@ -1,0 +1,440 @@
+"""Log mode as a service (SPEC §3.2, §6): the loop, its outputs and signals.
+
+- :class:`Logger` writes one row (or one JSON line) per interval; row *k* is
+  due at start + k x delay on the monotonic clock, so the schedule does not
+  drift.  The field list is fixed when it starts.
+- :class:`LogFile` is the ``-L FILE`` output: opened (append) when it is
+  constructed, so the CLI can open it before any event; reopened on SIGHUP;
+  a CSV file whose header differs is moved aside.
+- :class:`StreamOutput` is the ``-l`` output (standard output).
+- :class:`LogSignals` turns SIGTERM/SIGINT (stop) and SIGHUP (reopen) into
+  flags; the handlers do nothing else, the loop does the work between rows,
+  so a row is never torn or lost.
+
+The mode runner writes its output stream and notes (through a *notify*
+callable); it never exits: the CLI decides the exit status.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import math
+import os
+import select
+import signal
+import stat
+import time
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence, TextIO
+
+from .errors import Error, InvalidArgument
+from .formats import json as json_format
+from .formats import log as log_format
+from .stats import Sample
+
+__all__ = ["LogLayout", "log_layout", "LogFile", "StreamOutput", "LogSignals", "Logger",
+           "FORMATS"]
+
+Notify = Optional[Callable[[str], None]]
+RowsFunction = Callable[[Sample, Sequence[str], bool], List[str]]
+
+#: the log formats :func:`log_layout` knows
+FORMATS = ("plain", "csv", "json")
+
+
+@dataclass(frozen=True)
+class LogLayout:
+    """How one log format is laid out in a stream.
+
+    *header* renders the banner/header from the field list (None: the format
+    has none).  *rows* renders the rows of one sample.  *repeat_every*: the
+    header is written again after that many rows (plain banner).
+    *header_once*: the header is written only at the top of a stream or file
+    and must match the header already there (CSV).
+    """
+
+    header: Optional[Callable[[Sequence[str]], str]]
+    rows: RowsFunction
+    repeat_every: Optional[int] = None
+    header_once: bool = False
+
+
+def log_layout(fmt: str, by_guest: bool = False) -> LogLayout:
+    """The :class:`LogLayout` of format *fmt* (``plain``, ``csv``, ``json``)."""
+    if fmt == "plain":
+        if by_guest:
+            return LogLayout(log_format.guest_plain_banner, log_format.guest_plain_rows,
+                             repeat_every=log_format.BANNER_EVERY)
+        return LogLayout(log_format.plain_banner, log_format.plain_rows,
+                         repeat_every=log_format.BANNER_EVERY)
+    if fmt == "csv":
+        if by_guest:
+            return LogLayout(log_format.guest_csv_header, log_format.guest_csv_rows,
+                             header_once=True)
+        return LogLayout(log_format.csv_header, log_format.csv_rows, header_once=True)
+    if fmt == "json":
+        return LogLayout(None, functools.partial(json_format.json_rows, by_guest=by_guest))
+    raise InvalidArgument(f"unknown log format '{fmt}' (known: {', '.join(FORMATS)})")
+
+
+# -- outputs -------------------------------------------------------------------
+
+class StreamOutput:
+    """Log output into an open text stream (standard output for ``-l``)."""
+
+    def __init__(self, stream: TextIO, name: str = "standard output"):
+        self._stream = stream
+        self.name = name
+
+    @property
+    def watch_fd(self) -> Optional[int]:
+        """The descriptor to watch for a reader that went away (pipes and
+        sockets), so ``kvm_stat -l -z | head`` ends even when no row is due."""
+        try:
+            fd = self._stream.fileno()
+            mode = os.fstat(fd).st_mode
+        except (OSError, ValueError, AttributeError):
+            return None
+        return fd if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) else None
+
+    def prepare(self, header: Optional[str], once: bool) -> None:
+        """Start the stream: a stream is new, so it gets the header."""
+        if header:
+            self.write(header)
+
+    def write(self, text: str) -> None:
+        """Write *text* and flush it.  A closed pipe raises BrokenPipeError."""
+        try:
+            self._stream.write(text)
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise Error(f"cannot write to {self.name}: {exc.strerror or exc}") from None
+
+    def reopen(self) -> bool:
+        """Streams are not reopened (SIGHUP is ignored with ``-l``): False."""
+        return False
+
+    def close(self) -> None:
+        """The stream belongs to the caller: nothing to release."""
+
+    def __enter__(self) -> "StreamOutput":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+_OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+
+
+def _open_for_append(path: str) -> int:
+    """Open *path* for appending; any failure is a one-line InvalidArgument."""
+    if not path:
+        raise InvalidArgument("the log file name is empty")
+    try:
+        # O_NONBLOCK so that a FIFO without a reader fails at once instead of
+        # blocking; it is cleared again for the writes.
+        fd = os.open(path, _OPEN_FLAGS | os.O_NONBLOCK, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            reason = "it is a FIFO that no process reads"
+        else:
+            reason = exc.strerror or str(exc)
+        raise InvalidArgument(f"cannot write log file {path!r}: {reason}") from None
+    os.set_blocking(fd, True)
+    try:
+        # A zero-length write is a no-op for files that can be written, and
+        # fails for those no one can write, even root (e.g. under /proc).
+        os.write(fd, b"")
+    except OSError as exc:
+        os.close(fd)
+        raise InvalidArgument(f"cannot write log file {path!r}: {exc.strerror or exc}") from None
+    return fd
+
+
+def _aside_name(path: str, when: float) -> str:
+    base = f"{path}.{time.strftime('%Y%m%d-%H%M%S', time.localtime(when))}"
+    name, n = base, 0
+    while os.path.lexists(name):
+        n += 1
+        name = f"{base}.{n}"
+    return name
+
+
+def _starts_with(path: str, header: bytes) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(header)) == header
+    except OSError:
+        # Unreadable: its header cannot be checked, so do not append to it.
+        return False
+
+
+class LogFile:
+    """The ``-L FILE`` output: FILE opened for appending when constructed.
+
+    Construction fails with a one-line :class:`InvalidArgument` when FILE
+    cannot be written (missing directory, a directory, no permission, a
+    read-only file system...).  :meth:`reopen` (SIGHUP) opens FILE again, so
+    a file renamed by logrotate is left behind and a new one started.
+    """
+
+    def __init__(self, path: str, notify: Notify = None, clock: Callable[[], float] = time.time):
+        self.path = path
+        self.name = f"log file {path!r}"
+        self._notify = notify
+        self._clock = clock
+        self._fd: Optional[int] = _open_for_append(path)
+
+    @property
+    def watch_fd(self) -> Optional[int]:
+        """Files have no reader to lose: nothing to watch."""
+        return None
+
+    def _size(self) -> int:
+        return os.fstat(self._fd).st_size
+
+    def prepare(self, header: Optional[str], once: bool) -> None:
+        """Write the header where it is due.
+
+        Without *once* (plain banner) the header starts every (re)opened file.
+        With *once* (CSV) it is written into an empty file only; a non-empty
+        file that starts with another header is moved aside to
+        ``FILE.<timestamp>`` and a new file is started, with a note.
+        """
+        if not header:
+            return
+        if once and self._size() > 0:
+            data = header.encode()
+            if _starts_with(self.path, data):
+                return
+            aside = _aside_name(self.path, self._clock())
+            self._close_fd()
+            try:
+                os.rename(self.path, aside)
+            except OSError as exc:
+                raise Error(f"cannot move {self.path} aside to {aside}: "
+                            f"{exc.strerror or exc}") from None
+            self._fd = _open_for_append(self.path)
+            if self._notify:
+                self._notify(f"{self.path} has other columns than this run: moved it to "
+                             f"{aside} and started a new file")
+            if self._size() > 0:  # someone else wrote there in between
+                return self.prepare(header, once)
+        self.write(header)
+
+    def write(self, text: str) -> None:
+        """Append *text* with unbuffered writes (so every row is on disk when
+        this returns)."""
+        data = memoryview(text.encode("utf-8", "backslashreplace"))
+        try:
+            while data:
+                written = os.write(self._fd, data)
+                data = data[written:]
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise Error(f"cannot write to {self.name}: {exc.strerror or exc}") from None
+
+    def reopen(self) -> bool:
+        """Open FILE again (after logrotate or ``systemctl reload``); True
+        when it was, so the caller starts it with :meth:`prepare`.
+
+        If FILE cannot be opened now, keep writing to the old descriptor and
+        say so: no row is lost, and the next SIGHUP tries again.
+        """
+        try:
+            fd = _open_for_append(self.path)
+        except InvalidArgument as exc:
+            if self._notify:
+                self._notify(f"{exc}; still writing to the file opened before")
+            return False
+        self._close_fd()
+        self._fd = fd
+        return True
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def close(self) -> None:
+        """Close the file; idempotent."""
+        self._close_fd()
+
+    def __enter__(self) -> "LogFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# -- signals -------------------------------------------------------------------
+
+class LogSignals:
+    """Signal handling for log mode; a context manager (main thread only).
+
+    SIGTERM and SIGINT set :attr:`stop`; SIGHUP sets a reopen request when
+    *reopen* is true and is ignored otherwise.  :meth:`wait_until` sleeps
+    until a deadline, a signal, or (when *watch_fd* is given) the reader of
+    that pipe going away (:attr:`output_closed`).  The previous handlers are
+    restored on exit.
+    """
+
+    def __init__(self, reopen: bool, watch_fd: Optional[int] = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self._reopen_allowed = reopen
+        self._watch_fd = watch_fd
+        self._clock = clock
+        self.stop = False
+        self.output_closed = False
+        self._reopen = False
+        self._old_handlers: dict = {}
+        self._old_wakeup: Optional[int] = None
+        self._pipe: Optional[tuple] = None
+        self._poller: Optional[select.poll] = None
+
+    def _on_stop(self, signum, frame) -> None:
+        self.stop = True
+
+    def _on_hangup(self, signum, frame) -> None:
+        self._reopen = True
+
+    def take_reopen(self) -> bool:
+        """True once per pending reopen request."""
+        pending, self._reopen = self._reopen, False
+        return pending
+
+    def __enter__(self) -> "LogSignals":
+        read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._pipe = (read_end, write_end)
+        self._poller = select.poll()
+        self._poller.register(read_end, select.POLLIN)
+        if self._watch_fd is not None:
+            # No events asked: only POLLERR/POLLHUP, i.e. the reader is gone.
+            self._poller.register(self._watch_fd, 0)
+        try:
+            # A signal writes a byte to the pipe, which wakes poll() at once.
+            self._old_wakeup = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._old_handlers[signum] = signal.signal(signum, self._on_stop)
+            self._old_handlers[signal.SIGHUP] = signal.signal(
+                signal.SIGHUP, self._on_hangup if self._reopen_allowed else signal.SIG_IGN)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._old_handlers.items():
+            signal.signal(signum, handler)
+        self._old_handlers = {}
+        if self._old_wakeup is not None:
+            signal.set_wakeup_fd(self._old_wakeup)
+            self._old_wakeup = None
+        if self._pipe is not None:
+            for fd in self._pipe:
+                os.close(fd)
+            self._pipe = None
+
+    def wait_until(self, deadline: float) -> None:
+        """Sleep until *deadline* (monotonic clock) or until something is to
+        be done: stop, reopen, or the output's reader went away."""
+        read_end = self._pipe[0]
+        while not (self.stop or self._reopen or self.output_closed):
+            left = deadline - self._clock()
+            if left <= 0:
+                return
+            for fd, events in self._poller.poll(math.ceil(left * 1000)):
+                if fd == read_end:
+                    try:
+                        while os.read(read_end, 512):
+                            pass
+                    except BlockingIOError:
+                        pass
+                elif events & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
+                    self.output_closed = True
+
+
+# -- the loop --------------------------------------------------------------------
+
+class Logger:
+    """Writes *sampler*'s samples to *output* in *layout* every *delay* seconds.
+
+    The field list is ``sampler.fields`` when :meth:`run` starts.  Rows with
+    all deltas zero are left out with *skip_zero* (``-z``).  Each write is
+    flushed.  Errors from the sampler (e.g. :class:`~kvmstat.errors.VMGone`)
+    and from the output propagate to the caller.
+    """
+
+    def __init__(self, sampler, output, layout: LogLayout, *, delay: float,
+                 skip_zero: bool = False, clock: Callable[[], float] = time.monotonic):
+        if not delay > 0:
+            raise InvalidArgument(f"the log interval must be positive, not {delay!r}")
+        self._sampler = sampler
+        self._output = output
+        self._layout = layout
+        self._delay = delay
+        self._skip_zero = skip_zero
+        self._clock = clock
+        self._fields: List[str] = []
+        self._header: Optional[str] = None
+        self._rows_since_header = 0
+
+    @property
+    def fields(self) -> List[str]:
+        """The fixed field list (set when :meth:`run` starts)."""
+        return list(self._fields)
+
+    def _begin_output(self) -> None:
+        self._output.prepare(self._header, self._layout.header_once)
+        self._rows_since_header = 0
+
+    def _write_sample(self) -> None:
+        sample = self._sampler.sample()
+        rows = self._layout.rows(sample, self._fields, self._skip_zero)
+        if not rows:
+            return
+        repeat = self._layout.repeat_every
+        parts = []
+        for row in rows:
+            if repeat and self._header and self._rows_since_header >= repeat:
+                parts.append(self._header)
+                self._rows_since_header = 0
+            parts.append(row)
+            self._rows_since_header += 1
+        # One write per sample: the whole row set goes out together.
+        self._output.write("".join(parts))
+
+    def run(self, signals: LogSignals) -> None:
+        """Log until *signals* asks to stop (then write the pending partial
+        interval as a last row and return) or an error is raised.  A reader
+        that went away raises BrokenPipeError."""
+        self._fields = list(self._sampler.fields)
+        layout = self._layout
+        self._header = layout.header(self._fields) if layout.header else None
+        # The baseline: row 1 counts from here.  Taken before the header is
+        # written, so a reader who sees the header knows counting has begun.
+        self._sampler.sample()
+        start = self._clock()
+        self._begin_output()
+        k = 1
+        while True:
+            signals.wait_until(start + k * self._delay)
+            if signals.output_closed:
+                raise BrokenPipeError(errno.EPIPE, "the reader of the log went away")
+            if signals.take_reopen() and self._output.reopen():
+                self._begin_output()
+            if signals.stop:
+                self._write_sample()
+                return
+            now = self._clock()
+            if now >= start + k * self._delay:
+                self._write_sample()
+                # Row k+1 is due at start + (k+1) x delay.  When late by more
+                # than one interval, the missed slots are merged into the row
+                # just written and the schedule stays on its grid.
+                k = max(k + 1, int((now - start) // self._delay) + 1)

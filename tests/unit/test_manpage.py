@@ -1,0 +1,54 @@
+"""kvm_stat(1) stays in step with the options: it is generated from the parser."""
+
+import argparse
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from kvmstat import cli
+from kvmstat.manpage import render, roff_escape
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CHECKED_IN = os.path.join(ROOT, "man", "kvm_stat.1")
+
+
+def test_checked_in_man_page_is_the_generated_one():
+    with open(CHECKED_IN) as f:
+        assert f.read() == render(), "man/kvm_stat.1 is stale: run `python tools/manpage.py`"
+
+
+def test_every_option_and_its_help_is_in_the_page():
+    page = render()
+    for action in cli.build_parser()._actions:
+        for option in action.option_strings:
+            assert f"\\fB{roff_escape(option)}\\fR" in page, option
+            assert f".OP {roff_escape(action.option_strings[0])}" in page
+        if action.help:
+            assert roff_escape(action.help.split(";")[0].split("(")[0].strip()) in page
+
+
+def test_a_new_option_appears_without_editing_the_page():
+    parser = cli.build_parser()
+    parser.add_argument("--frobnicate", metavar="LEVEL", help="frobnicate at LEVEL (default %(default)s)",
+                        default=3)
+    parser.add_argument("--colour", choices=("auto", "never"), help="when to use colour")
+    page = render(parser, "9.9")
+    assert "\\fB\\-\\-frobnicate\\fR \\fILEVEL\\fR\nfrobnicate at LEVEL (default 3)" in page
+    assert ".OP \\-\\-frobnicate LEVEL" in page
+    assert "\\fB\\-\\-colour\\fR \\fIauto|never\\fR" in page
+    assert '.TH KVM_STAT 1 "" "kvmstat 9.9"' in page
+
+
+def test_roff_escaping():
+    assert roff_escape("a\\b-c") == "a\\eb\\-c"
+    assert roff_escape(".starts a request\n'this too\nnot this.") == (
+        "\\&.starts a request\n\\&'this too\nnot this.")
+
+
+@pytest.mark.skipif(shutil.which("groff") is None, reason="groff is not installed")
+def test_groff_formats_the_page_without_warnings():
+    result = subprocess.run(["groff", "-man", "-ww", "-z", CHECKED_IN], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
