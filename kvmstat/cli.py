@@ -230,7 +230,9 @@ def _run_batch(opts: Options, paths: Paths) -> int:
 def run(opts: Options, paths: Optional[Paths] = None) -> int:
     """Run the mode chosen by *opts*; returns the exit status."""
     paths = paths or Paths()
-    unsupported = [p for p in opts.providers if p != "tracepoints"]
+    from .sources import PROVIDERS
+
+    unsupported = [p for p in opts.providers if p not in PROVIDERS]
     if unsupported:
         return _not_built(f"the {unsupported[0]} provider")
     if opts.engine == "bpf":

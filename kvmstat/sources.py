@@ -15,6 +15,7 @@ from .events import detect_vendor, load_events
 from .fields import FieldFilter
 from .paths import Paths
 from .providers.base import Provider
+from .providers.binstats import BinstatsProvider, binstats_fields
 from .providers.tracepoints import TracepointProvider, event_fields
 from .stats import Sampler
 from .vms import find_vm
@@ -49,9 +50,18 @@ def _tracepoint_catalog(paths: Paths, notify: Notify) -> Catalog:
     return Catalog("tracepoints", event_fields(events), opener)
 
 
+def _binstats_catalog(paths: Paths, notify: Notify) -> Catalog:
+    def opener(fields, *, pid, backend, include_past=False):
+        return BinstatsProvider(fields=fields, pid=pid, include_past=include_past,
+                                proc=paths.proc)
+
+    return Catalog("binstats", binstats_fields(paths.proc), opener)
+
+
 #: provider name -> function(paths, notify) -> Catalog
 PROVIDERS: Dict[str, Callable[[Paths, Notify], Catalog]] = {
     "tracepoints": _tracepoint_catalog,
+    "binstats": _binstats_catalog,
 }
 
 
