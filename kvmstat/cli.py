@@ -176,6 +176,9 @@ def parse_options(argv: Optional[Sequence[str]] = None) -> Options:
         raise InvalidArgument("-1 and -l/-L exclude each other")
     if args.log and args.log_file is not None:
         raise InvalidArgument("-l and -L exclude each other")
+    if args.debugfs and args.binstats:
+        raise InvalidArgument("-d and --binstats both show KVM's own statistics under the same "
+                              "names: choose one")
     if args.pid is not None and args.guest is not None:
         raise InvalidArgument("-p and -g exclude each other")
     if args.serve is not None and (logging or args.once or args.check):
@@ -331,9 +334,6 @@ def run(opts: Options, paths: Optional[Paths] = None) -> int:
     paths = paths or Paths()
     if opts.mode == "check":
         return _run_check(opts, paths)
-    unsupported = [p for p in opts.providers if p not in ("tracepoints", "debugfs")]
-    if unsupported:
-        return _not_built(f"the {unsupported[0]} provider")
     if opts.engine == "bpf":
         return _not_built("the BPF engine")
     if opts.mode == "fields-help":

@@ -16,6 +16,7 @@ from .fields import FieldFilter
 from .paths import Paths
 from .providers.base import Provider
 from .providers.debugfs import DebugfsProvider, probe_debugfs
+from .providers.binstats import BinstatsProvider, binstats_fields
 from .providers.tracepoints import TracepointProvider, event_fields
 from .stats import Sampler
 from .vms import GuestNames, find_vm
@@ -87,10 +88,19 @@ def _debugfs_catalog(paths: Paths, notify: Notify) -> Catalog:
     return Catalog("debugfs", probe.fields, opener)
 
 
+def _binstats_catalog(paths: Paths, notify: Notify) -> Catalog:
+    def opener(fields, *, pid, include_past, **_ignored):
+        return BinstatsProvider(fields=fields, pid=pid, include_past=include_past,
+                                proc=paths.proc)
+
+    return Catalog("binstats", binstats_fields(paths.proc), opener)
+
+
 #: provider name -> function(paths, notify) -> Catalog
 PROVIDERS: Dict[str, Callable[[Paths, Notify], Catalog]] = {
     "tracepoints": _tracepoint_catalog,
     "debugfs": _debugfs_catalog,
+    "binstats": _binstats_catalog,
 }
 
 

@@ -30,6 +30,7 @@ def error_of(argv, capsys):
     (["-p", "0"], "not a process id"),
     (["-p", "1", "-g", "x"], "exclude each other"),
     (["--json"], "--json requires -1, -l or -L"),
+    (["-1", "-d", "--binstats"], "choose one"),
     (["-1", "-l"], "exclude each other"),
 ])
 def test_bad_options_are_one_line_errors(argv, message, capsys):

@@ -1,0 +1,673 @@
+"""The binary-stats provider: KVM's own per-VM and per-vCPU statistics.
+
+KVM keeps its statistics (``exits``, ``io_exits``, ``halt_exits``...) for
+every VM and vCPU and exposes them through file descriptors in a binary,
+self-describing format (``KVM_GET_STATS_FD``, see :mod:`.binstats_format`).
+Only the VM's own process can create those descriptors, so this provider
+borrows the ones a VM process holds (``/proc/<pid>/fd`` links named
+``anon_inode:kvm-vm-stats`` and ``anon_inode:kvm-vcpu-stats:<n>``) with
+``pidfd_getfd`` and reads the duplicates with ``pread``: the header and
+descriptors once per descriptor, the data block once per fd per sample.
+Reading costs the guests nothing and works under kernel lockdown.
+
+Fields are the kernel's stat names.  Cumulative stats count since the
+provider was opened (since VM creation with ``include_past``), summed over
+vCPUs and VMs; instant stats are current values (summed), peak stats the
+largest current value.  Histograms are read with :meth:`read_histograms`.
+
+Duplicates are closed as soon as the VM process drops its own descriptor
+or exits: a held descriptor keeps the VM's memory alive.  Counts of
+descriptors and VMs that went away stay in the totals, so host totals
+never go backwards.
+"""
+
+from __future__ import annotations
+
+import errno
+import operator
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from .. import pidfd
+from ..errors import AccessDenied, NoSuchVM, NotAvailable, VMGone
+from ..vms import find_vm, list_vms
+from .base import Provider, Totals
+from .binstats_format import (TYPE_CUMULATIVE, TYPE_INSTANT, TYPE_PEAK, Histogram, StatDesc,
+                              StatsFormatError, StatsLayout, read_layout)
+
+__all__ = ["BinstatsProvider", "StatsFdRef", "stats_fd_refs", "binstats_fields",
+           "NO_STATS_FDS_HELP"]
+
+VM_STATS_LINK = "anon_inode:kvm-vm-stats"
+VCPU_STATS_PREFIX = "anon_inode:kvm-vcpu-stats:"
+
+#: why a VM may hold no statistics descriptors, and what to use instead
+NO_STATS_FDS_HELP = (
+    "only a VM's own process can create them (KVM_GET_STATS_FD); QEMU keeps them open "
+    "from version 8.1 on, QEMU 7.2 and older open them only while answering the QMP "
+    "command query-stats; use the tracepoint (-t) or debugfs (-d) provider instead")
+
+# errno of pidfd_getfd/readlink meaning "that fd or process is gone": skip it.
+_GONE = (errno.ESRCH, errno.EBADF, errno.ENOENT)
+
+_KIND_BY_TYPE = {TYPE_CUMULATIVE: "counter", TYPE_INSTANT: "instant", TYPE_PEAK: "peak"}
+
+
+# ---------------------------------------------------------------------------
+# Finding and borrowing the descriptors.
+
+@dataclass(frozen=True)
+class StatsFdRef:
+    """A statistics descriptor held by a VM process: ``/proc/<pid>/fd/<fd>``."""
+
+    pid: int
+    fd: int
+    link: str
+
+    @property
+    def vcpu(self) -> Optional[int]:
+        """The vCPU id for a vCPU statistics descriptor, None for the VM's."""
+        if self.link.startswith(VCPU_STATS_PREFIX):
+            return int(self.link[len(VCPU_STATS_PREFIX):])
+        return None
+
+
+def _is_stats_link(link: str) -> bool:
+    if link == VM_STATS_LINK:
+        return True
+    return link.startswith(VCPU_STATS_PREFIX) and link[len(VCPU_STATS_PREFIX):].isdigit()
+
+
+def stats_fd_refs(pid: int, proc: str = "/proc", exclude: Iterable[int] = ()) -> List[StatsFdRef]:
+    """The statistics descriptors process *pid* holds, by fd number.
+
+    *exclude* lists fd numbers to ignore (this process's own duplicates when
+    it watches a VM it runs itself).  A process that is gone holds none.
+    """
+    fd_dir = f"{proc}/{pid}/fd"
+    try:
+        entries = os.listdir(fd_dir)
+    except OSError:
+        return []
+    skip = set(exclude)
+    refs = []
+    for entry in entries:
+        if not entry.isdigit() or int(entry) in skip:
+            continue
+        try:
+            link = os.readlink(f"{fd_dir}/{entry}")
+        except OSError:
+            continue  # closed meanwhile
+        if _is_stats_link(link):
+            refs.append(StatsFdRef(pid, int(entry), link))
+    refs.sort(key=lambda r: r.fd)
+    return refs
+
+
+def _borrow(pfd: int, ref: StatsFdRef, proc: str) -> Optional[int]:
+    """Duplicate *ref* into this process; None if it went away meanwhile."""
+    try:
+        fd = pidfd.pidfd_getfd(pfd, ref.fd)
+    except OSError as exc:
+        if exc.errno in _GONE:
+            return None
+        if exc.errno == errno.EPERM:
+            raise AccessDenied(
+                f"not allowed to borrow the statistics descriptors of VM process {ref.pid} "
+                f"(pidfd_getfd needs root or CAP_SYS_PTRACE, and kernel.yama.ptrace_scope "
+                f"below 3)") from None
+        if exc.errno == errno.ENOSYS:
+            raise NotAvailable("this kernel lacks pidfd_getfd (Linux 5.6 or newer is needed "
+                               "to read KVM binary statistics of other processes)") from None
+        if exc.errno == errno.EMFILE:
+            raise NotAvailable(f"out of file descriptors while borrowing the statistics of VM "
+                               f"process {ref.pid}: raise the open-files limit (ulimit -n)") from None
+        raise NotAvailable(f"cannot borrow fd {ref.fd} of VM process {ref.pid}: "
+                           f"{exc.strerror}") from None
+    # The fd number may have been closed and reused between readlink and here.
+    try:
+        same = os.readlink(f"{proc}/self/fd/{fd}") == ref.link
+    except OSError:
+        same = False
+    if not same:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _open_pidfd(pid: int) -> Optional[int]:
+    try:
+        return pidfd.pidfd_open(pid)
+    except OSError as exc:
+        if exc.errno in _GONE:
+            return None
+        if exc.errno == errno.ENOSYS:
+            raise NotAvailable("this kernel lacks pidfd_open (Linux 5.3 or newer is needed "
+                               "to read KVM binary statistics)") from None
+        raise
+
+
+def _layout_of(fd: int, ref: StatsFdRef) -> StatsLayout:
+    try:
+        return read_layout(lambda size, offset: os.pread(fd, size, offset))
+    except StatsFormatError as exc:
+        raise StatsFormatError(f"statistics of VM process {ref.pid} ({ref.link}): {exc}") from None
+
+
+def _no_stats_message(pid: Optional[int]) -> str:
+    """Why there is nothing to read: no VM (or not VM *pid*) holds a stats descriptor."""
+    if pid is None:
+        what = "no VM process holds KVM binary statistics file descriptors"
+    else:
+        what = f"VM process {pid} holds no KVM binary statistics file descriptors"
+    hint = "" if os.geteuid() == 0 else " (run as root to see other users' VMs)"
+    return f"{what}{hint}: {NO_STATS_FDS_HELP}"
+
+
+def binstats_fields(proc: str = "/proc") -> List[str]:
+    """The single-valued statistics names VM processes on this host offer, sorted.
+
+    Reads the descriptors of one VM and one vCPU statistics descriptor (and
+    closes them).  Raises :class:`NotAvailable` if no VM process holds any.
+    """
+    found: Dict[bool, StatsLayout] = {}
+    for vm in list_vms(proc):
+        refs = [r for r in stats_fd_refs(vm.pid, proc) if (r.vcpu is None) not in found]
+        if not refs:
+            continue
+        pfd = _open_pidfd(vm.pid)
+        if pfd is None:
+            continue
+        try:
+            for ref in refs:
+                if (ref.vcpu is None) in found:
+                    continue
+                fd = _borrow(pfd, ref, proc)
+                if fd is None:
+                    continue
+                try:
+                    found[ref.vcpu is None] = _layout_of(fd, ref)
+                finally:
+                    os.close(fd)
+        finally:
+            os.close(pfd)
+        if len(found) == 2:
+            break
+    if not found:
+        raise NotAvailable(_no_stats_message(None))
+    names = set()
+    for layout in found.values():
+        names.update(d.name for d in layout.descriptors if d.is_scalar)
+    return sorted(names)
+
+
+# ---------------------------------------------------------------------------
+# Aggregation helpers: C-level loops over value tuples.
+
+def _getter(indices: Sequence[int]) -> Callable[[Sequence[int]], Tuple[int, ...]]:
+    """A function returning the words at *indices* as a tuple (always a tuple)."""
+    if not indices:
+        return lambda words: ()
+    if len(indices) == 1:
+        only = indices[0]
+        return lambda words: (words[only],)
+    return operator.itemgetter(*indices)
+
+
+def _column_sums(rows: Sequence[Sequence[int]], width: int) -> Tuple[int, ...]:
+    return tuple(map(sum, zip(*rows))) if rows else (0,) * width
+
+
+def _column_max(rows: Sequence[Sequence[int]], width: int) -> Tuple[int, ...]:
+    return tuple(map(max, zip(*rows))) if rows else (0,) * width
+
+
+def _plus(a: Sequence[int], b: Sequence[int]) -> Tuple[int, ...]:
+    return tuple(map(operator.add, a, b))
+
+
+def _minus(a: Sequence[int], b: Sequence[int]) -> Tuple[int, ...]:
+    return tuple(map(operator.sub, a, b))
+
+
+class _View:
+    """One statistics layout seen through the selected fields.
+
+    Counters (cumulative stats) and histograms are counted since a baseline;
+    instant and peak values are taken as they are.
+    """
+
+    def __init__(self, layout: StatsLayout, kinds: Dict[str, str], selected: Optional[set]):
+        self.layout = layout
+        self.words = layout.words
+        self.data_size = layout.data_size
+        self.data_offset = layout.data_offset
+        self.descs = layout.by_name()
+        by_kind: Dict[str, List[StatDesc]] = {"counter": [], "instant": [], "peak": []}
+        for desc in layout.descriptors:
+            kind = _KIND_BY_TYPE.get(desc.type)
+            if kind is None or not desc.is_scalar:
+                continue
+            if selected is not None and desc.name not in selected:
+                continue
+            # The first layout that defines a name decides its kind.
+            if kinds.setdefault(desc.name, kind) != kind:
+                continue
+            by_kind[kind].append(desc)
+        self.counter_names = [d.name for d in by_kind["counter"]]
+        self.instant_names = [d.name for d in by_kind["instant"]]
+        self.peak_names = [d.name for d in by_kind["peak"]]
+        self.counters = _getter([d.first_word for d in by_kind["counter"]])
+        self.instants = _getter([d.first_word for d in by_kind["instant"]])
+        self.peaks = _getter([d.first_word for d in by_kind["peak"]])
+        self.histograms = [d for d in layout.descriptors if d.is_histogram]
+        self.zero_words = (0,) * self.words
+        #: True when another layout defines one of these names too
+        self.shares_names = False
+
+    def read(self, fd: int) -> Tuple[int, ...]:
+        """The data block of *fd*: one pread."""
+        return self.layout.decode(os.pread(fd, self.data_size, self.data_offset))
+
+    def names(self) -> List[str]:
+        return self.counter_names + self.instant_names + self.peak_names
+
+
+@dataclass(eq=False)
+class _Source:
+    """One borrowed statistics descriptor."""
+
+    ref: StatsFdRef
+    fd: int
+    view: _View
+    baseline: Tuple[int, ...]          # words counted from
+    base_counters: Tuple[int, ...] = ()
+
+    def __post_init__(self):
+        self.base_counters = self.view.counters(self.baseline)
+
+
+@dataclass(eq=False)
+class _WatchedVM:
+    """A VM process whose statistics descriptors are borrowed."""
+
+    pid: int
+    pidfd: int
+    started_after_open: bool
+    sources: Dict[str, _Source] = field(default_factory=dict)   # link -> source
+    #: link -> (view, words counted by the descriptors of that link given back so far)
+    retired_by_link: Dict[str, Tuple[_View, Tuple[int, ...]]] = field(default_factory=dict)
+    last_seen: Dict[str, Tuple[int, ...]] = field(default_factory=dict)  # link -> final words
+
+    def retired(self) -> Dict[_View, Tuple[int, ...]]:
+        """Counts of given-back descriptors, summed per view."""
+        out: Dict[_View, Tuple[int, ...]] = {}
+        for view, words in self.retired_by_link.values():
+            out[view] = _plus(out.get(view, view.zero_words), words)
+        return out
+
+
+@dataclass
+class _Reading:
+    """The data words of every source at one instant, and who may reuse them."""
+
+    words: Dict[_Source, Tuple[int, ...]]
+    unused_by: set
+
+
+def _process_start(pid: int, proc: str) -> Optional[float]:
+    """Start time of *pid* in seconds since boot, from ``<proc>/<pid>/stat``."""
+    try:
+        with open(f"{proc}/{pid}/stat", "rb") as f:
+            text = f.read()
+        fields = text[text.rindex(b")") + 2:].split()
+        return int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of stat(5)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class BinstatsProvider(Provider):
+    """KVM binary statistics of every VM process, or of the VM process *pid*.
+
+    *fields* lists the statistics to count (None: every single-valued one
+    found at open).  With *include_past*, cumulative statistics count from
+    VM creation instead of from now.  Raises :class:`NoSuchVM` if *pid* is
+    not a VM and :class:`NotAvailable` if no VM process (or not *pid*)
+    holds statistics descriptors.
+
+    One sample is :meth:`refresh` then reads, as :class:`~kvmstat.stats.Sampler`
+    does: :meth:`read` takes a new reading (one pread per descriptor), and
+    :meth:`read_by_vm`, :meth:`read_by_vcpu` and :meth:`read_histograms` each
+    use that same reading once, so that the per-VM split and the totals agree
+    and a sample costs one pread per descriptor.  Called again, or with no
+    :meth:`read` since the last :meth:`refresh`, they take their own reading.
+    """
+
+    name = "binstats"
+
+    def __init__(self, *, fields: Optional[Iterable[str]] = None, pid: Optional[int] = None,
+                 include_past: bool = False, proc: str = "/proc"):
+        self._proc = proc
+        self._pid = pid
+        self._include_past = include_past
+        self._selected = None if fields is None else set(fields)
+        self._kinds: Dict[str, str] = {}
+        self._views: Dict[bytes, _View] = {}
+        self._vms: Dict[int, _WatchedVM] = {}
+        self._departed: Dict[_View, Tuple[int, ...]] = {}   # retired words of exited VMs
+        self._sources: List[_Source] = []
+        self._reading: Optional[_Reading] = None
+        self._gone = False
+        self._epoch = self._now()
+        if pid is not None:
+            find_vm(pid, proc)  # NoSuchVM when it is not (or no longer) a VM
+        try:
+            self._discover(at_open=True)
+        except BaseException:
+            self.close()
+            raise
+        if not self._sources:
+            self.close()
+            raise NotAvailable(_no_stats_message(pid))
+        if fields is None:
+            names = set()
+            for view in self._views.values():
+                names.update(view.names())
+            self._fields = sorted(names)
+            # Layouts met later (a new kind of VM) add no fields: the list is fixed.
+            self._selected = set(self._fields)
+        else:
+            self._fields = list(dict.fromkeys(fields))
+
+    @staticmethod
+    def _now() -> float:
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+    # -- properties ----------------------------------------------------------
+    @property
+    def fields(self) -> List[str]:
+        """The counted statistics names."""
+        return list(self._fields)
+
+    @property
+    def supports_by_vm(self) -> bool:
+        return True
+
+    @property
+    def descriptors(self) -> Dict[str, StatDesc]:
+        """Descriptor (type, unit, exponent...) of every statistic seen, by name."""
+        out: Dict[str, StatDesc] = {}
+        for view in self._views.values():
+            for name, desc in view.descs.items():
+                out.setdefault(name, desc)
+        return out
+
+    @property
+    def fds(self) -> int:
+        """Number of borrowed statistics descriptors held now."""
+        return len(self._sources)
+
+    @property
+    def pids(self) -> List[int]:
+        """The VM processes whose statistics are read now."""
+        return sorted(self._vms)
+
+    # -- following VMs and descriptors ------------------------------------------
+    def _view_for(self, layout: StatsLayout) -> _View:
+        view = self._views.get(layout.signature)
+        if view is None:
+            view = _View(layout, self._kinds, self._selected)
+            names = set(view.names())
+            for other in self._views.values():
+                if names & set(other.names()):
+                    view.shares_names = other.shares_names = True
+            self._views[layout.signature] = view
+        return view
+
+    def _baseline(self, vm: _WatchedVM, link: str, view: _View, now: Tuple[int, ...],
+                  at_open: bool) -> Tuple[int, ...]:
+        last = vm.last_seen.get(link)
+        if last is not None and len(last) == len(now) and \
+                all(map(operator.ge, view.counters(now), view.counters(last))):
+            # The same vCPU seen again (its counts already include everything
+            # up to *last*): continue where its previous descriptor stopped.
+            return last
+        if self._include_past or (vm.started_after_open and not at_open):
+            return view.zero_words  # every event of this VM happened since we started
+        return now
+
+    def _adopt(self, vm: _WatchedVM, ref: StatsFdRef, at_open: bool) -> None:
+        fd = _borrow(vm.pidfd, ref, self._proc)
+        if fd is None:
+            return
+        try:
+            view = self._view_for(_layout_of(fd, ref))
+            words = view.read(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        baseline = self._baseline(vm, ref.link, view, words, at_open)
+        vm.sources[ref.link] = _Source(ref, fd, view, baseline)
+
+    def _retire(self, vm: _WatchedVM, link: str) -> None:
+        """Fold a source's counts into its VM's retired counts and close it."""
+        source = vm.sources.pop(link)
+        try:
+            final = source.view.read(source.fd)
+        except (OSError, StatsFormatError):
+            final = source.baseline
+        finally:
+            os.close(source.fd)
+        _, before = vm.retired_by_link.get(link, (source.view, source.view.zero_words))
+        vm.retired_by_link[link] = (source.view, _plus(before, _minus(final, source.baseline)))
+        vm.last_seen[link] = final
+
+    def _drop_vm(self, vm: _WatchedVM) -> None:
+        """Forget an exited VM: keep its counts in the host totals, close everything."""
+        for link in list(vm.sources):
+            self._retire(vm, link)
+        for view, words in vm.retired().items():
+            self._departed[view] = _plus(self._departed.get(view, view.zero_words), words)
+        os.close(vm.pidfd)
+        del self._vms[vm.pid]
+
+    def _sync_vm(self, pid: int, at_open: bool) -> bool:
+        """Borrow new descriptors of *pid*, give back vanished ones; True if changed."""
+        own = {s.fd for s in self._sources} if pid == os.getpid() else ()
+        refs: Dict[str, StatsFdRef] = {}
+        for ref in stats_fd_refs(pid, self._proc, exclude=own):
+            # Several fds of one vCPU (QEMU's own and one opened by query-stats)
+            # are one source: count the lowest-numbered only.
+            refs.setdefault(ref.link, ref)
+        vm = self._vms.get(pid)
+        if vm is None:
+            if not refs:
+                return False
+            pfd = _open_pidfd(pid)
+            if pfd is None:
+                return False
+            start = _process_start(pid, self._proc)
+            vm = self._vms[pid] = _WatchedVM(pid, pfd, start is not None and start > self._epoch)
+        changed = False
+        for link, source in list(vm.sources.items()):
+            ref = refs.get(link)
+            if ref is None or ref.fd != source.ref.fd:
+                self._retire(vm, link)
+                changed = True
+        for link, ref in refs.items():
+            if link not in vm.sources:
+                self._adopt(vm, ref, at_open)
+                changed = True
+        return changed
+
+    def _discover(self, at_open: bool = False) -> None:
+        if self._pid is not None:
+            pids = [self._pid]
+        else:
+            pids = [vm.pid for vm in list_vms(self._proc)]
+        changed = False
+        for pid in pids:
+            changed |= self._sync_vm(pid, at_open)
+        if changed or at_open:
+            self._sources = [s for vm in self._vms.values() for s in vm.sources.values()]
+
+    def refresh(self) -> None:
+        """Close the descriptors of exited VMs, borrow those of new VMs and vCPUs.
+
+        Raises :class:`VMGone` when the watched VM (``pid=``) has exited; its
+        descriptors are closed first, and its counts stay readable.
+        """
+        self._reading = None
+        if self._gone:
+            raise VMGone(f"VM process {self._pid} has exited", self._pid)
+        by_pidfd = {vm.pidfd: vm for vm in self._vms.values()}
+        for pfd in pidfd.exited(by_pidfd):
+            self._drop_vm(by_pidfd[pfd])
+        if self._pid is not None and self._pid not in self._vms:
+            self._sources = []
+            self._gone = True
+            raise VMGone(f"VM process {self._pid} has exited", self._pid)
+        if by_pidfd.keys() - {vm.pidfd for vm in self._vms.values()}:
+            self._sources = [s for vm in self._vms.values() for s in vm.sources.values()]
+        self._discover()
+
+    # -- reading ---------------------------------------------------------------
+    def _read_all(self) -> Dict[_Source, Tuple[int, ...]]:
+        # One pread per borrowed descriptor.  A descriptor stays readable after
+        # its VM process exits (it holds a reference on the VM), so a VM that
+        # exits now is still read correctly; refresh() then lets it go.
+        return {source: source.view.read(source.fd) for source in self._sources}
+
+    def _words(self, user: str) -> Dict[_Source, Tuple[int, ...]]:
+        """The reading taken by the last read() if *user* has not used it yet, else a new one."""
+        reading = self._reading
+        if reading is not None and user in reading.unused_by:
+            reading.unused_by.discard(user)
+            return reading.words
+        return self._read_all()
+
+    def _values(self, groups: Dict[_View, List[_Source]], retired: Dict[_View, Tuple[int, ...]],
+                words: Dict[_Source, Tuple[int, ...]]) -> Totals:
+        """Totals of *groups* (sources by view) plus *retired* counts."""
+        totals: Totals = dict.fromkeys(self._fields, 0)
+        for view in set(groups) | set(retired):
+            sources = groups.get(view, [])
+            rows = [words[s] for s in sources]
+            width = len(view.counter_names)
+            live = _column_sums([view.counters(w) for w in rows], width)
+            base = _column_sums([s.base_counters for s in sources], width)
+            counters = _plus(_minus(live, base), view.counters(retired.get(view, view.zero_words)))
+            instants = _column_sums([view.instants(w) for w in rows], len(view.instant_names))
+            peaks = _column_max([view.peaks(w) for w in rows], len(view.peak_names))
+            if not view.shares_names:
+                totals.update(zip(view.counter_names, counters))
+                totals.update(zip(view.instant_names, instants))
+                totals.update(zip(view.peak_names, peaks))
+                continue
+            # Some name is defined by another layout too (say, by both the VM
+            # and the vCPU layout): add counts and instant values, keep the
+            # larger peak (values are never negative, so 0 is a neutral start).
+            for names, values, combine in ((view.counter_names, counters, operator.add),
+                                           (view.instant_names, instants, operator.add),
+                                           (view.peak_names, peaks, max)):
+                for name, value in zip(names, values):
+                    totals[name] = combine(totals.get(name, 0), value)
+        return totals
+
+    @staticmethod
+    def _group(sources: Iterable[_Source]) -> Dict[_View, List[_Source]]:
+        groups: Dict[_View, List[_Source]] = {}
+        for source in sources:
+            groups.setdefault(source.view, []).append(source)
+        return groups
+
+    def _host_retired(self) -> Dict[_View, Tuple[int, ...]]:
+        retired = dict(self._departed)
+        for vm in self._vms.values():
+            for view, words in vm.retired().items():
+                retired[view] = _plus(retired.get(view, view.zero_words), words)
+        return retired
+
+    def read(self) -> Totals:
+        """Totals over every VM and vCPU (one pread per descriptor)."""
+        words = self._read_all()
+        self._reading = _Reading(words, {"by_vm", "by_vcpu", "histograms"})
+        return self._values(self._group(self._sources), self._host_retired(), words)
+
+    def read_by_vm(self) -> Dict[int, Totals]:
+        """Totals per VM process id (the same reading as the last read(), if unused)."""
+        words = self._words("by_vm")
+        return {vm.pid: self._values(self._group(vm.sources.values()), vm.retired(), words)
+                for vm in self._vms.values()}
+
+    def read_by_vcpu(self) -> Dict[int, Dict[int, Totals]]:
+        """Values per VM process id and vCPU id (vCPUs whose descriptor was given
+        back keep their counts)."""
+        words = self._words("by_vcpu")
+        out: Dict[int, Dict[int, Totals]] = {}
+        for vm in self._vms.values():
+            per_vcpu = out.setdefault(vm.pid, {})
+            for link in vm.sources.keys() | vm.retired_by_link.keys():
+                source = vm.sources.get(link)
+                vcpu = (source.ref if source else StatsFdRef(vm.pid, -1, link)).vcpu
+                if vcpu is None:
+                    continue
+                groups = {source.view: [source]} if source else {}
+                retired = dict([vm.retired_by_link[link]]) if link in vm.retired_by_link else {}
+                per_vcpu[vcpu] = self._values(groups, retired, words)
+        return out
+
+    def _histograms(self, groups: Dict[_View, List[_Source]],
+                    retired: Dict[_View, Tuple[int, ...]],
+                    words: Dict[_Source, Tuple[int, ...]]) -> Dict[str, Histogram]:
+        out: Dict[str, Histogram] = {}
+        for view in set(groups) | set(retired):
+            sources = groups.get(view, [])
+            total = _plus(_minus(_column_sums([words[s] for s in sources], view.words),
+                                 _column_sums([s.baseline for s in sources], view.words)),
+                          retired.get(view, view.zero_words))
+            for desc in view.histograms:
+                counts = total[desc.first_word:desc.first_word + desc.size]
+                previous = out.get(desc.name)
+                if previous is not None and previous.desc.size == desc.size:
+                    counts = _plus(previous.counts, counts)
+                out[desc.name] = Histogram(desc, counts)
+        return out
+
+    def read_histograms(self, by_vm: bool = False):
+        """Histogram statistics since the baseline: ``{name: Histogram}`` summed
+        over every VM and vCPU, or ``{pid: {name: Histogram}}`` with *by_vm*."""
+        words = self._words("histograms")
+        if by_vm:
+            return {vm.pid: self._histograms(self._group(vm.sources.values()), vm.retired(),
+                                             words)
+                    for vm in self._vms.values()}
+        return self._histograms(self._group(self._sources), self._host_retired(), words)
+
+    # -- reset / close -------------------------------------------------------------
+    def reset(self) -> None:
+        """Count from now: new baselines, retired counts dropped."""
+        self._reading = None
+        self._epoch = self._now()
+        self._departed = {}
+        words = self._read_all()
+        for vm in self._vms.values():
+            vm.retired_by_link = {}
+            vm.last_seen = {}
+            vm.started_after_open = False
+            for link, source in list(vm.sources.items()):
+                vm.sources[link] = _Source(source.ref, source.fd, source.view, words[source])
+        self._sources = [s for vm in self._vms.values() for s in vm.sources.values()]
+
+    def close(self) -> None:
+        """Give back every borrowed descriptor and pidfd; safe to call twice."""
+        self._reading = None
+        for vm in list(self._vms.values()):
+            for source in vm.sources.values():
+                os.close(source.fd)
+            vm.sources.clear()
+            os.close(vm.pidfd)
+        self._vms.clear()
+        self._sources = []
