@@ -11,10 +11,10 @@ import errno
 from typing import Dict, Iterable, List, Optional, Sequence
 
 from .. import native
-from ..errors import NativeError, NoSuchVM
+from ..errors import NativeError, NoSuchVM, VMGone
 from ..events import Event, load_events
 from ..resources import ensure_open_files
-from ..vms import find_vm, thread_ids
+from ..vms import find_vm, is_vm_process, thread_ids
 from .base import Provider, Totals
 
 __all__ = ["TracepointProvider", "online_cpus", "event_fields", "event_specs"]
@@ -115,6 +115,11 @@ class TracepointProvider(Provider):
     def fields(self) -> List[str]:
         """The counted fields (parents and children), in event order."""
         return list(self._names)
+
+    def refresh(self) -> None:
+        """With *pid*: raise :class:`VMGone` once that VM process has exited."""
+        if self._pid is not None and not is_vm_process(self._pid, self._proc):
+            raise VMGone(f"VM process {self._pid} has exited", self._pid)
 
     @property
     def fds(self) -> int:
