@@ -71,14 +71,38 @@ def test_backends_agree_on_the_same_live_guest(guest_process):
         assert c_side.sample().values == py_side.sample().values
 
 
+def _perf_events(pid):
+    """How many perf events process *pid* holds."""
+    fd_dir = f"/proc/{pid}/fd"
+    try:
+        entries = os.listdir(fd_dir)
+    except OSError:
+        return 0
+    count = 0
+    for entry in entries:
+        try:
+            count += os.readlink(f"{fd_dir}/{entry}") == "anon_inode:[perf_event]"
+        except OSError:
+            pass
+    return count
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_kvm_stat_once_for_a_pid_reports_exact_counts(guest_process, backend):
     guest = guest_process("pio")
     env = dict(os.environ, KVMSTAT_BACKEND=backend)
     proc = subprocess.Popen([sys.executable, "-m", "kvmstat", "-1", "-p", str(guest.pid)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    # Runs inside kvm_stat's one-second window: wait for its events to be open.
-    time.sleep(0.5)
+    # Runs inside kvm_stat's one-second window: wait until all its events are
+    # open (their number stops growing; a fixed sleep is too short on a busy
+    # machine, and the Python backend opens them slowly).
+    deadline = time.monotonic() + 30
+    counts = [0]
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        counts.append(_perf_events(proc.pid))
+        if counts[-1] > 0 and counts[-1] == counts[-2] == counts[-3]:
+            break
     guest.run(600)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
