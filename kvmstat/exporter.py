@@ -196,6 +196,24 @@ def _vm_labels(pid: int, name: Optional[str]) -> Dict[str, str]:
     return {"pid": str(pid), "guest": name or ""}
 
 
+def _families_of(families: List[_Family], values: FieldValues,
+                 host_labels: Optional[Dict[str, str]],
+                 per_vm: Sequence[Tuple[Dict[str, str], FieldValues]]) -> Iterator[Metric]:
+    """One counter family per event: host (or watched VM) series, then per-VM series."""
+    for family in families:
+        metric = Metric(family.name, family.documentation, "counter")
+        sample_name = family.name + "_total"
+        for field, labels in family.series:
+            metric.add_sample(sample_name, {**host_labels, **labels} if host_labels else labels,
+                              values[field][0])
+        for vm_labels, vm_values in per_vm:
+            for field, labels in family.series:
+                counts = vm_values.get(field)
+                if counts is not None:
+                    metric.add_sample(sample_name, {**vm_labels, **labels}, counts[0])
+        yield metric
+
+
 class KvmCollector:
     """A prometheus_client collector reading *sampler* at every scrape.
 
@@ -205,7 +223,9 @@ class KvmCollector:
     opened for one VM process (``pid=``): its series then carry ``pid`` and
     ``guest`` labels, and when that VM exits (:class:`~kvmstat.errors.VMGone`)
     the collector drops the sampler, hands it to *release* (default: its
-    ``close``) and keeps answering with no event series.  *notify* receives
+    ``close``) and keeps answering with no event series.  Without *vm*, the
+    per-VM series come from ``Sample.by_vm`` and ``Sample.vm_names`` (open
+    the sampler with ``by_vm=True``).  *notify* receives
     one-line notes (the drop, fields left out).
     """
 
@@ -233,20 +253,25 @@ class KvmCollector:
         """Nothing: registering the collector must not read the kernel."""
         return []
 
-    def _read(self) -> Tuple[Optional[Sample], float]:
-        """Take one sample under the lock; (None, 0) once dropped."""
+    def _read(self) -> Tuple[Optional[Sample], List[_Family], float]:
+        """Take one sample under the lock: (sample, its families, seconds it took).
+
+        The sample is None once the watched VM has been dropped.
+        """
         with self._lock:
             sampler = self._sampler
             if sampler is None:
-                return None, 0.0
+                return None, [], 0.0
             start = time.monotonic()
             try:
                 sample = sampler.sample()
             except VMGone as gone:
+                if self._vm is None:
+                    raise  # host-wide providers do not lose a watched VM
                 self._sampler = None
                 self._notify(f"{gone}: dropped it, still serving")
                 self._release(sampler)
-                return None, 0.0
+                return None, [], 0.0
             elapsed = time.monotonic() - start
             fields = frozenset(sample.values)
             if fields != self._fields_seen:
@@ -255,11 +280,11 @@ class KvmCollector:
                 if skipped:
                     self._notify("left out of the metrics (their names clash with other "
                                  "fields): " + ", ".join(skipped))
-            return sample, elapsed
+            return sample, self._families, elapsed
 
     def collect(self) -> Iterator[Metric]:
         """Read the providers once and yield one counter family per event."""
-        sample, elapsed = self._read()
+        sample, families, elapsed = self._read()
         if self._vm is not None:
             running = GaugeMetricFamily(
                 "kvmstat_vm_running", "1 while the watched VM runs, 0 once it has exited",
@@ -277,22 +302,7 @@ class KvmCollector:
             host_labels = None
             per_vm = [(_vm_labels(pid, sample.vm_names.get(pid)), values)
                       for pid, values in sorted((sample.by_vm or {}).items())]
-        yield from self._families_of(sample.values, host_labels, per_vm)
-
-    def _families_of(self, values: FieldValues, host_labels: Optional[Dict[str, str]],
-                     per_vm: Sequence[Tuple[Dict[str, str], FieldValues]]) -> Iterator[Metric]:
-        for family in self._families:
-            metric = Metric(family.name, family.documentation, "counter")
-            sample_name = family.name + "_total"
-            for field, labels in family.series:
-                metric.add_sample(sample_name, {**host_labels, **labels} if host_labels else labels,
-                                  values[field][0])
-            for vm_labels, vm_values in per_vm:
-                for field, labels in family.series:
-                    counts = vm_values.get(field)
-                    if counts is not None:
-                        metric.add_sample(sample_name, {**vm_labels, **labels}, counts[0])
-            yield metric
+        yield from _families_of(families, sample.values, host_labels, per_vm)
 
     def close(self) -> None:
         """Close the sampler (if not dropped already); later scrapes serve no events."""

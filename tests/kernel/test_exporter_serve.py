@@ -136,9 +136,9 @@ def test_scrapes_while_guests_start_and_stop_keep_fds_stable(guest_process):
         assert exporter.stop() == 0
 
 
-def test_concurrent_scrapes(guest_process):
-    guest = guest_process("pio")
-    with ExporterProcess(["-p", str(guest.pid), "-f", FIELDS]) as exporter:
+def test_concurrent_scrapes_of_a_guest_chosen_by_name(guest_process):
+    guest = guest_process("pio", name="concurrent-test")
+    with ExporterProcess(["-g", "concurrent-test", "-f", FIELDS]) as exporter:
         guest.run(77)
         results, failures = [], []
         start = threading.Barrier(8)
@@ -148,7 +148,7 @@ def test_concurrent_scrapes(guest_process):
                 start.wait()
                 for _ in range(5):
                     results.append(value(exporter.scrape(), "kvm_pio_total",
-                                         pid=str(guest.pid), guest=""))
+                                         pid=str(guest.pid), guest="concurrent-test"))
             except Exception as exc:  # collected and reported below
                 failures.append(repr(exc))
 

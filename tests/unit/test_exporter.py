@@ -261,6 +261,16 @@ def test_watched_vm_labels_every_series_and_is_dropped_when_it_exits():
     assert provider.closed == 0  # handed to release, not closed twice
 
 
+def test_vm_gone_without_a_watched_vm_is_an_error_not_a_silent_drop():
+    provider = FakeProvider({"kvm_pio": 1})
+    collector = KvmCollector(Sampler([provider]))
+    provider.gone = True
+    with pytest.raises(VMGone):
+        scrape(collector)
+    provider.gone = False
+    assert series(scrape(collector)[0], "kvm_pio_total") == {labels(): 1}
+
+
 def test_sample_seconds_is_reported():
     provider = FakeProvider({"kvm_pio": 1})
     families, _ = scrape(KvmCollector(Sampler([provider])))
@@ -425,3 +435,43 @@ def test_stop_on_signals_sets_the_event_and_restores_handlers(served):
     with pytest.raises(urllib.error.URLError):
         get(server.url)
 
+
+
+def test_kvm_stat_serve_end_to_end_with_per_vm_data(monkeypatch):
+    """cli.main(["--serve", ...]) with fake providers: per-VM labels, SIGTERM -> 0."""
+    import kvmstat.sources
+
+    provider = FakeProvider({"kvm_pio": 30, "kvm_exit": 4, "kvm_exit(HLT)": 4},
+                            by_vm={7: {"kvm_pio": 10, "kvm_exit": 4, "kvm_exit(HLT)": 4},
+                                   8: {"kvm_pio": 20, "kvm_exit": 0, "kvm_exit(HLT)": 0}})
+    opened = {}
+
+    def fake_open_sampler(providers, **kw):
+        opened.update(kw)
+        return Sampler([provider], by_vm=kw["by_vm"], names={7: "alpha"}.get)
+
+    notes, scraped = [], []
+    monkeypatch.setattr(kvmstat.sources, "open_sampler", fake_open_sampler)
+    monkeypatch.setattr(cli, "_notify", notes.append)
+    monkeypatch.setattr(cli, "release_in_background", lambda close: close())
+
+    def scraper():
+        try:
+            deadline = time.monotonic() + 30
+            while not notes and time.monotonic() < deadline:
+                time.sleep(0.01)
+            url = notes[0].split("serving metrics at ", 1)[1]
+            scraped.append(get(url)[2])
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=scraper)
+    thread.start()
+    assert cli.main(["--serve", "127.0.0.1:0"]) == 0
+    thread.join()
+    assert opened["by_vm"] is True and opened["pid"] is None
+    families = {f.name: f for f in text_string_to_metric_families(scraped[0])}
+    assert series(families, "kvm_pio_total") == {
+        labels(): 30, labels(pid="7", guest="alpha"): 10, labels(pid="8", guest=""): 20}
+    assert series(families, "kvm_exit_total")[labels(pid="7", guest="alpha", reason="HLT")] == 4
+    assert provider.closed == 1
