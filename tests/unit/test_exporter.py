@@ -463,7 +463,8 @@ def test_kvm_stat_serve_end_to_end_with_per_vm_data(monkeypatch):
             url = notes[0].split("serving metrics at ", 1)[1]
             scraped.append(get(url)[2])
         finally:
-            os.kill(os.getpid(), signal.SIGTERM)
+            if notes:  # the handler is in place once the exporter has spoken
+                os.kill(os.getpid(), signal.SIGTERM)
 
     thread = threading.Thread(target=scraper)
     thread.start()
