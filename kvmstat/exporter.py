@@ -50,6 +50,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from .errors import AccessDenied, Error, InvalidArgument, NotAvailable, VMGone
 from .fields import parent_of, reason_of
@@ -311,6 +312,12 @@ class KvmCollector:
         if sampler is not None:
             sampler.close()
 
+    def __enter__(self) -> "KvmCollector":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 # ---------------------------------------------------------------------------
 # The HTTP server
@@ -402,7 +409,7 @@ class MetricsServer:
         """The URL scrapers use, e.g. ``http://127.0.0.1:9000/metrics``."""
         return f"http://{self.address}/metrics"
 
-    def register(self, collector) -> None:
+    def register(self, collector: Collector) -> None:
         """Serve *collector*'s metrics too."""
         self.registry.register(collector)
 

@@ -305,6 +305,10 @@ def test_describe_reads_nothing_and_close_closes_the_sampler():
     assert provider.closed == 1
     families, _ = scrape(collector)
     assert not [n for n in families if n.startswith("kvm")]
+    other = FakeProvider({"kvm_pio": 1})
+    with KvmCollector(Sampler([other])) as collector:
+        scrape(collector)
+    assert other.closed == 1
 
 
 def test_concurrent_scrapes_read_one_at_a_time():
