@@ -20,6 +20,7 @@
 
 struct group {
     int *fds;             /* nevents descriptors, fds[0] is the leader; NULL = free slot */
+    uint64_t *last;       /* nevents values of the last successful read */
     unsigned int bucket;
 };
 
@@ -92,18 +93,33 @@ static void close_fds(int *fds, unsigned int n)
             close(fds[i]);
 }
 
-/* Read one group leader into set->readbuf; returns 0 or -errno. */
-static int read_group(struct kvmstat_set *set, const struct group *g)
+/* Read one group leader; its values are then in g->last.  While the
+ * target thread is exiting the kernel may refuse the read for a moment
+ * (ECHILD, ESRCH, ENODEV): the group then keeps its last values, which the
+ * next read brings up to date, so sums never go backwards.  Returns 0 or
+ * -errno. */
+static int read_group(struct kvmstat_set *set, struct group *g)
 {
     size_t want = (1 + (size_t)set->nevents) * sizeof(uint64_t);
     ssize_t n = read(g->fds[0], set->readbuf, want);
 
-    if (n < 0)
-        return -errno;
+    if (n < 0) {
+        int e = errno;
+        return (e == ECHILD || e == ESRCH || e == ENODEV) ? 0 : -e;
+    }
     /* A short read or a different member count would misalign the sums. */
     if ((size_t)n != want || set->readbuf[0] != set->nevents)
         return -EIO;
+    memcpy(g->last, set->readbuf + 1, set->nevents * sizeof(*g->last));
     return 0;
+}
+
+static void free_group(struct group *g)
+{
+    free(g->fds);
+    free(g->last);
+    g->fds = NULL;
+    g->last = NULL;
 }
 
 static void add_values(uint64_t *dst, const uint64_t *src, unsigned int n)
@@ -188,8 +204,10 @@ int kvmstat_set_add(struct kvmstat_set *set, int target, unsigned int bucket,
     }
     int slot = free_slot(set);
     int *fds = malloc(set->nevents * sizeof(*fds));
-    if (slot < 0 || !fds) {
+    uint64_t *last = calloc(set->nevents, sizeof(*last));
+    if (slot < 0 || !fds || !last) {
         free(fds);
+        free(last);
         set_error(err, -1, target, -ENOMEM);
         return -ENOMEM;
     }
@@ -219,11 +237,13 @@ int kvmstat_set_add(struct kvmstat_set *set, int target, unsigned int bucket,
     if (rc < 0) {
         close_fds(fds, set->nevents);
         free(fds);
+        free(last);
         set_error(err, (int)i, target, rc);
         return rc;
     }
 
     set->groups[slot].fds = fds;
+    set->groups[slot].last = last;
     set->groups[slot].bucket = bucket;
     set->nlive++;
     return slot;
@@ -267,13 +287,12 @@ int kvmstat_set_retire(struct kvmstat_set *set, int slot)
     rc = read_group(set, g);
     if (rc < 0)
         return rc;
-    add_values(set->retired, set->readbuf + 1, set->nevents);
+    add_values(set->retired, g->last, set->nevents);
     add_values(set->retired_b + (size_t)g->bucket * set->nevents,
-               set->readbuf + 1, set->nevents);
+               g->last, set->nevents);
 
     close_fds(g->fds, set->nevents);
-    free(g->fds);
-    g->fds = NULL;
+    free_group(g);
     set->nlive--;
     return 0;
 }
@@ -331,7 +350,7 @@ int kvmstat_set_reset(struct kvmstat_set *set)
         return -ENOMEM;
     }
     for (unsigned int s = 0; s < set->nslots; s++) {
-        const struct group *g = &set->groups[s];
+        struct group *g = &set->groups[s];
         if (!g->fds)
             continue;
         int rc = read_group(set, g);
@@ -342,8 +361,8 @@ int kvmstat_set_reset(struct kvmstat_set *set)
         }
         uint64_t *row = retired_b + (size_t)g->bucket * ne;
         for (unsigned int i = 0; i < ne; i++) {
-            retired[i] -= set->readbuf[1 + i];
-            row[i] -= set->readbuf[1 + i];
+            retired[i] -= g->last[i];
+            row[i] -= g->last[i];
         }
     }
     free(set->retired);
@@ -396,13 +415,13 @@ int kvmstat_set_read(struct kvmstat_set *set, uint64_t *totals,
 
     int nread = 0;
     for (unsigned int s = 0; s < set->nslots; s++) {
-        const struct group *g = &set->groups[s];
+        struct group *g = &set->groups[s];
         if (!g->fds)
             continue;
         int rc = read_group(set, g);
         if (rc < 0)
             return rc;
-        const uint64_t *v = set->readbuf + 1;
+        const uint64_t *v = g->last;
         add_values(totals, v, ne);
         if (buckets && g->bucket < nbuckets)
             add_values(buckets + (size_t)g->bucket * ne, v, ne);
@@ -418,7 +437,7 @@ void kvmstat_set_free(struct kvmstat_set *set)
     for (unsigned int s = 0; s < set->nslots; s++) {
         if (set->groups[s].fds) {
             close_fds(set->groups[s].fds, set->nevents);
-            free(set->groups[s].fds);
+            free_group(&set->groups[s]);
         }
     }
     if (set->filters)

@@ -1,5 +1,27 @@
 """kvmstat: live KVM statistics for a Linux host, as a library.
 
+What ``kvm_stat`` does, without the command line:
+
+* list the fields this host can count: :func:`list_fields`;
+* open providers for the whole host or for one VM process (``pid=``):
+  :func:`open_providers`, or :func:`open_sampler` which wraps them in a
+  :class:`Sampler`;
+* take samples: :meth:`Sampler.sample` returns a :class:`Sample` whose
+  ``values`` map each field to ``(total, delta)``;
+* list VMs with their guest names: :func:`list_vms`, :func:`find_vm`,
+  :func:`find_vm_by_name` (each a :class:`VM`);
+* per-VM breakdowns: ``open_sampler(by_vm=True)`` fills ``Sample.by_vm``
+  (``pid -> field -> (total, delta)``) and ``Sample.vm_names`` wherever a
+  provider can attribute events to VMs; or open one sampler per VM with
+  ``pid=``;
+* serve Prometheus metrics from your own program: :class:`KvmCollector`.
+
+Child fields count one reason of their parent and are named
+``parent(REASON)``, e.g. ``kvm_userspace_exit(IO)``: see :func:`parent_of`,
+:func:`reason_of`.  Every error is a :class:`Error` whose ``str()`` is a
+one-line message naming the cause and the fix.  Objects that hold kernel
+resources (providers, samplers) have ``close()`` and are context managers.
+
 Typical use::
 
     import kvmstat, time
@@ -10,21 +32,40 @@ Typical use::
             print(name, total, delta)
 """
 
+from typing import Any
+
 from .errors import (AccessDenied, Error, InvalidArgument, NativeError, NoSuchVM,
                      NotAvailable, TooManyEvents, VMGone)
-from .fields import FieldFilter
+from .fields import FieldFilter, child_name, is_child, parent_of, reason_of
 from .paths import Paths
+from .providers.base import Provider, Totals
 from .sources import list_fields, open_providers, open_sampler
-from .stats import Sample, Sampler
+from .stats import FieldValues, Sample, Sampler
 from .vms import VM, find_vm, find_vm_by_name, list_vms
 
 __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
+    # errors
     "Error", "InvalidArgument", "AccessDenied", "NotAvailable", "NoSuchVM", "VMGone",
     "TooManyEvents", "NativeError",
-    "FieldFilter", "Paths", "Sample", "Sampler", "VM",
-    "list_fields", "open_providers", "open_sampler",
-    "list_vms", "find_vm", "find_vm_by_name",
+    # fields
+    "list_fields", "FieldFilter", "parent_of", "reason_of", "is_child", "child_name",
+    # providers and samples
+    "open_providers", "open_sampler", "Provider", "Sampler", "Sample", "FieldValues",
+    "Totals", "Paths",
+    # VMs
+    "VM", "list_vms", "find_vm", "find_vm_by_name",
+    # Prometheus
+    "KvmCollector",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The exporter imports prometheus_client: only load it when asked for.
+    if name == "KvmCollector":
+        from .exporter import KvmCollector
+
+        return KvmCollector
+    raise AttributeError(f"module 'kvmstat' has no attribute '{name}'")

@@ -215,6 +215,10 @@ def parse_options(argv: Optional[Sequence[str]] = None) -> Options:
         opts.delay = parse_delay(args.delay)
     if args.pid is not None:
         opts.pid = parse_pid(args.pid)
+    if args.serve is not None:
+        from .exporter import parse_serve_address
+
+        parse_serve_address(args.serve)  # raises InvalidArgument for a bad [HOST:]PORT
     opts.guest = args.guest
     opts.log_file = args.log_file
     opts.csv = args.csv
@@ -329,6 +333,35 @@ def _run_log(opts: Options, paths: Paths) -> int:
     return 0
 
 
+def _run_serve(opts: Options, paths: Paths) -> int:
+    """The exporter: bind first (a busy port fails before any event is opened),
+    then open the providers and serve until SIGTERM or SIGINT."""
+    import threading
+
+    from .exporter import (KvmCollector, MetricsServer, parse_serve_address,
+                           serve_until_stopped, stop_on_signals)
+    from .sources import open_sampler
+    from .vms import find_vm
+
+    def release_later(sampler) -> None:
+        # Closing perf events is slow: a dropped VM must not stall the scrape.
+        threading.Thread(target=sampler.close, name="kvmstat-release", daemon=True).start()
+
+    with MetricsServer(parse_serve_address(opts.serve), notify=_notify) as server, \
+            stop_on_signals() as stop:
+        vm = find_vm(opts.pid, paths.proc) if opts.pid is not None else None
+        sampler = open_sampler(opts.providers, fields=opts.fields, pid=opts.pid,
+                               by_vm=opts.pid is None, paths=paths, notify=_notify)
+        collector = KvmCollector(sampler, vm=vm, release=release_later, notify=_notify)
+        try:
+            server.register(collector)
+            _notify(f"serving metrics at {server.url}")
+            serve_until_stopped(server, stop)
+        finally:
+            close_detached(collector)
+    return 0
+
+
 def run(opts: Options, paths: Optional[Paths] = None) -> int:
     """Run the mode chosen by *opts*; returns the exit status."""
     paths = paths or Paths()
@@ -344,7 +377,7 @@ def run(opts: Options, paths: Optional[Paths] = None) -> int:
     if opts.mode == "log":
         return _run_log(opts, paths)
     if opts.mode == "serve":
-        return _not_built("--serve")
+        return _run_serve(opts, paths)
     return _not_built("the interactive display (use -1)")
 
 

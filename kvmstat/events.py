@@ -150,7 +150,7 @@ def parse_format(text: str) -> EventFormat:
             name = stripped[5:].strip()
         elif stripped.startswith("ID:") and ev_id is None:
             value = stripped[3:].strip()
-            if not value.isdigit():
+            if not (value.isascii() and value.isdigit()):
                 raise FormatError(f"tracepoint format has a bad ID {value!r}: expected a number")
             ev_id = int(value)
         elif stripped.startswith("field:"):

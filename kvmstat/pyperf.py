@@ -19,6 +19,9 @@ from typing import Sequence
 from ._perfcommon import PARANOID_PATH, PER_CPU, PER_THREAD_INHERIT, CounterSet, EventSpec
 from .errors import NotAvailable
 
+# read() errors while a target thread is exiting: transient, not failures
+_THREAD_EXITING = (_errno.ECHILD, _errno.ESRCH, _errno.ENODEV)
+
 __all__ = ["PyCounterSet"]
 
 # perf_event_open(2) syscall numbers by machine (no libc wrapper exists).
@@ -81,6 +84,8 @@ class PyCounterSet(CounterSet):
         self._filters = [ev.filter.encode() + b"\0" if ev.filter else None
                          for ev in self.events]
         self._slots: list[tuple[list[int], int] | None] = []  # (fds, bucket)
+        self._last: dict[int, tuple[int, ...]] = {}  # leader fd -> last values read
+        self._zeros = (0,) * len(self.events)
         self._enabled = False
         self._retired = [0] * n
         self._retired_b: list[list[int]] = []  # one row per bucket
@@ -133,12 +138,20 @@ class PyCounterSet(CounterSet):
         return slot
 
     def _read_group(self, leader: int) -> tuple[int, ...]:
-        data = os.read(leader, self._group.size)
+        try:
+            data = os.read(leader, self._group.size)
+        except OSError as exc:
+            # As in the C core: while the target thread exits the kernel may
+            # refuse the read for a moment; the group keeps its last values.
+            if exc.errno in _THREAD_EXITING:
+                return self._last.get(leader, self._zeros)
+            raise
         if len(data) != self._group.size:
             raise OSError(_errno.EIO, "short read")
         values = self._group.unpack(data)
         if values[0] != len(self.events):
             raise OSError(_errno.EIO, "unexpected member count")
+        self._last[leader] = values[1:]
         return values[1:]
 
     def _do_retire(self, slot: int) -> None:
@@ -155,6 +168,7 @@ class PyCounterSet(CounterSet):
             row[i] += v
         for fd in fds:
             os.close(fd)
+        self._last.pop(fds[0], None)
         self._slots[slot] = None
 
     def _do_ioctl(self, what: str) -> None:
@@ -221,3 +235,4 @@ class PyCounterSet(CounterSet):
                 for fd in entry[0]:
                     os.close(fd)
         self._slots = []
+        self._last = {}

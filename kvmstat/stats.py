@@ -29,7 +29,9 @@ class Sample:
     ``interval`` is the monotonic time in seconds since the previous sample
     (0.0 for the first), ``time`` the wall-clock time of the reading.
     ``by_vm`` maps VM pids to their own field values when the sampler was
-    asked for a per-VM breakdown.
+    asked for a per-VM breakdown (None otherwise; empty when no provider can
+    attribute events to VMs), and ``vm_names`` maps those pids to guest
+    names (None for a VM without a name).
     """
 
     time: float

@@ -26,8 +26,8 @@ from .base import Provider, Totals
 
 __all__ = ["TracepointProvider", "online_cpus", "event_fields", "event_specs"]
 
-# perf_event_open errors meaning "that thread has just exited"
-_THREAD_GONE = (errno.ESRCH, errno.ENOENT)
+# perf_event_open errors meaning "that thread has just exited (or is exiting)"
+_THREAD_GONE = (errno.ESRCH, errno.ENOENT, errno.ENODEV)
 
 
 def online_cpus(sys: str = "/sys") -> List[int]:

@@ -327,3 +327,25 @@ def test_clear_bucket_forgets_retired_sums_but_not_totals(backend):
         _work(4)
         cs.disable()
         assert cs.read(2) == ([54], [0, 4])
+
+
+def test_a_read_refused_while_a_thread_exits_keeps_the_last_values(monkeypatch):
+    """ECHILD/ESRCH/ENODEV from read() while a target exits: the group's last
+    values stand in (the C core does the same; here the refusal is injected)."""
+    import errno
+
+    from kvmstat import pyperf
+
+    with _thread_set("python") as cs:
+        cs.enable()
+        _work()
+        assert cs.read()[0] == [N]
+        real_read = pyperf.os.read
+        for err in (errno.ECHILD, errno.ESRCH, errno.ENODEV):
+            def refusing(fd, size, err=err):
+                raise OSError(err, os.strerror(err))
+            monkeypatch.setattr(pyperf.os, "read", refusing)
+            assert cs.read()[0] == [N]
+        monkeypatch.setattr(pyperf.os, "read", real_read)
+        _work()
+        assert cs.read()[0] == [2 * N]
