@@ -281,9 +281,12 @@ static int size_code(uint32_t bytes)
  *   if only_tgid given and tgid differs: return 0
  *   if (slot = lookup(counts, key)) *slot += 1
  *   else if update(counts, key, 1) fails: dropped[0] += 1
- *   return 0
+ *   return 1
  *
- * Returning 0 tells perf not to record the hit itself.
+ * The programs of a tracepoint are shared by every perf event on it:
+ * returning 0 would hide the hit from every other perf user of the
+ * tracepoint (perf stat, a kvm_stat counting with perf groups), so the
+ * program returns 1 and perf goes on feeding the events that want it.
  */
 static void assemble(struct program *p, uint32_t event_index,
                      const struct kvmstat_bpf_event *ev, int64_t only_tgid,
@@ -339,7 +342,7 @@ static void assemble(struct program *p, uint32_t event_index,
 
     for (unsigned int i = 0; i < nout; i++)
         land(p, to_out[i]);
-    mov_imm(p, R0, 0);
+    mov_imm(p, R0, 1);  /* see above: let other perf users see the hit */
     put(p, BPF_JMP | BPF_EXIT, 0, 0, 0, 0);
 }
 
@@ -517,8 +520,11 @@ int kvmstat_bpf_new(const struct kvmstat_bpf_event *events, unsigned int nevents
         goto fail;
     }
 
-    /* All programs are loaded and attached before any perf event is
-     * enabled, so the events start counting as close together as possible. */
+    /* The perf events stay disabled: a program attached to a tracepoint
+     * runs from the tracepoint's perf probe, which is registered when the
+     * event is opened, whatever the event's state.  A disabled event is
+     * not on any CPU's list of perf events to feed, so perf does no work
+     * for it after the program returns. */
     for (unsigned int i = 0; i < nevents; i++) {
         struct program prog;
         char name[32];
@@ -541,13 +547,6 @@ int kvmstat_bpf_new(const struct kvmstat_bpf_event *events, unsigned int nevents
         if (ioctl(eng->perf_fds[i], PERF_EVENT_IOC_SET_BPF, eng->prog_fds[i]) < 0) {
             rc = -errno;
             set_error(err, KVMSTAT_BPF_STAGE_ATTACH, (int)i, rc);
-            goto fail;
-        }
-    }
-    for (unsigned int i = 0; i < nevents; i++) {
-        if (ioctl(eng->perf_fds[i], PERF_EVENT_IOC_ENABLE, 0) < 0) {
-            rc = -errno;
-            set_error(err, KVMSTAT_BPF_STAGE_ENABLE, (int)i, rc);
             goto fail;
         }
     }

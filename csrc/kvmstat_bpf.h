@@ -13,8 +13,10 @@
  * or libbpf at run time), loaded with bpf(BPF_PROG_LOAD) and attached with
  * perf_event_open(PERF_TYPE_TRACEPOINT, pid -1, cpu 0) and
  * PERF_EVENT_IOC_SET_BPF: a program attached that way runs for the hits on
- * every CPU, the CPU of the perf event only decides where perf itself would
- * count, and the programs return 0 so perf does no further work.
+ * every CPU; the CPU of the perf event only decides where perf itself would
+ * count, and the event is never enabled, so perf itself counts nothing.
+ * The programs return 1, so other perf users of the same tracepoint still
+ * see every hit.
  *
  * Reading is one call: the whole map is fetched (BPF_MAP_LOOKUP_BATCH, or
  * GET_NEXT_KEY + LOOKUP_ELEM on kernels without it), the per-CPU values are
@@ -39,8 +41,7 @@
 #define KVMSTAT_BPF_STAGE_LOAD   2  /* loading a program (see the log) */
 #define KVMSTAT_BPF_STAGE_OPEN   3  /* perf_event_open of the tracepoint */
 #define KVMSTAT_BPF_STAGE_ATTACH 4  /* PERF_EVENT_IOC_SET_BPF */
-#define KVMSTAT_BPF_STAGE_ENABLE 5  /* PERF_EVENT_IOC_ENABLE */
-#define KVMSTAT_BPF_STAGE_CPUS   6  /* finding the number of possible CPUs */
+#define KVMSTAT_BPF_STAGE_CPUS   5  /* finding the number of possible CPUs */
 
 /* Not a tgid: count every process. */
 #define KVMSTAT_BPF_ALL_TGIDS (-1)
