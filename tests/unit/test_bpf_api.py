@@ -331,7 +331,7 @@ def test_tracepoint_with_too_many_programs(fake):
 def test_table_too_big(fake):
     exc = _open_with(fake, 1, -1, errno.ENOMEM)
     assert str(exc) == ("creating a BPF map failed: Cannot allocate memory "
-                        "(count table of 65536 entries)")
+                        "(count table of 16384 entries)")
 
 
 def test_probe(fake):
