@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import sys
 import threading
@@ -48,19 +47,11 @@ from helpers.kvmguest import GuestProcess  # noqa: E402
 from kvmstat.bpfengine import BpfCounter, BpfEventSpec  # noqa: E402
 from kvmstat.events import parse_format  # noqa: E402
 from kvmstat.native import PER_CPU, PER_THREAD, EventSpec, open_counter_set  # noqa: E402
+from kvmstat.providers.tracepoints import online_cpus  # noqa: E402
+from kvmstat.resources import ensure_open_files  # noqa: E402
 
 CHILDREN = 62       # filtered perf children in the perf breakdown
 USEREXIT_REASONS = 31  # KVM_EXIT_* codes 0..30 of kvm_userspace_exit's table
-
-
-def online_cpus(sys_path: str = "/sys") -> List[int]:
-    with open(os.path.join(sys_path, "devices/system/cpu/online")) as f:
-        text = f.read().strip()
-    cpus: List[int] = []
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        cpus.extend(range(int(lo), int(hi or lo) + 1))
-    return cpus
 
 
 def load_format(tracefs: str, name: str):
@@ -215,10 +206,7 @@ def measure_reads(tracefs: str, calls: int) -> Dict[str, str]:
                    + [EventSpec(f"kvm_userspace_exit({k})", uexit.tracepoint_id, f"reason=={k}")
                       for k in range(USEREXIT_REASONS)]
                    + [EventSpec("kvm_pio", pio.tracepoint_id)])
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    need = 64 * len(perf_events) + 256
-    if soft != resource.RLIM_INFINITY and soft < need:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(need, hard), hard))
+    ensure_open_files(64 * len(perf_events))
     try:
         with open_counter_set(perf_events, PER_THREAD) as cs:
             for i, tid in enumerate(tids):

@@ -18,6 +18,7 @@ from kvmstat.bpfengine import (BpfCounter, BpfEventSpec, BpfLoadError,
 from kvmstat.errors import InvalidArgument, NativeError
 from kvmstat.events import parse_format
 from kvmstat.native import PER_THREAD, EventSpec, open_counter_set
+from kvmstat.providers.tracepoints import online_cpus
 
 pytestmark = pytest.mark.kernel
 
@@ -58,24 +59,11 @@ def _entries_of(counter: BpfCounter, pid: int) -> dict:
     return {(e.event, e.reason): e.count for e in counter.dump() if e.tgid == pid}
 
 
-def _online_cpus() -> list[int]:
-    with open("/sys/devices/system/cpu/online") as f:
-        text = f.read().strip()
-    cpus = []
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        cpus.extend(range(int(lo), int(hi or lo) + 1))
-    return cpus
-
-
 def _possible_cpus() -> int:
+    """The number of CPUs in /sys/devices/system/cpu/possible."""
     with open("/sys/devices/system/cpu/possible") as f:
-        text = f.read().strip()
-    n = 0
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        n += int(hi or lo) - int(lo) + 1
-    return n
+        ranges = [part.partition("-") for part in f.read().strip().split(",")]
+    return sum(int(hi or lo) - int(lo) + 1 for lo, _, hi in ranges)
 
 
 def _last_cpu(pid: int, tid: int) -> int:
@@ -157,7 +145,7 @@ def test_descriptors_do_not_grow_with_threads(guest_process, uexit, pio):
 
 
 def test_counts_hits_on_every_cpu(guest_process, uexit, pio):
-    cpus = _online_cpus()
+    cpus = online_cpus()
     if len(cpus) < 2:
         pytest.skip("needs two online CPUs to show that one perf event serves all")
     g = guest_process("pio")
