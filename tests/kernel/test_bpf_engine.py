@@ -10,6 +10,9 @@ same time: totals are only checked through our guests' buckets, through
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -297,3 +300,32 @@ def test_size_without_a_load_instruction_is_refused_before_loading(uexit):
 def test_unknown_tracepoint_is_a_clear_error():
     with pytest.raises(NativeError, match=r"^perf_event_open failed for nope on CPU 0: "):
         BpfCounter([BpfEventSpec("nope", 2**40)], [(0, None)])
+
+
+KILLED_CHILD = """
+import sys, time
+from kvmstat.bpfengine import BpfCounter, BpfEventSpec
+c = BpfCounter([BpfEventSpec("kvm_pio", {tp})] * {n}, [])
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_everything_is_released_when_the_process_is_killed(pio):
+    """The kernel allows 64 programs per tracepoint: while a process holds 59
+    of them, 6 more do not fit; once it is killed, they do (nothing pinned,
+    nothing left behind)."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_CHILD.format(tp=pio.tracepoint_id, n=59)],
+        stdout=subprocess.PIPE, text=True,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        with pytest.raises(NativeError, match="most BPF programs the kernel allows"):
+            BpfCounter([pio] * 6, [])
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        child.stdout.close()
+    with BpfCounter([pio] * 6, []) as c:
+        assert c.fds == 14
