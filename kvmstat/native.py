@@ -21,7 +21,7 @@ from ._perfcommon import (PARANOID_PATH, PER_CPU, PER_THREAD, PER_THREAD_INHERIT
 from .errors import InvalidArgument, NotAvailable
 
 __all__ = ["PER_CPU", "PER_THREAD", "PER_THREAD_INHERIT", "EventSpec", "CounterSet",
-           "open_counter_set", "available_backends"]
+           "open_counter_set", "available_backends", "binding"]
 
 BACKENDS = ("c", "python")
 
@@ -158,3 +158,11 @@ def available_backends() -> list[str]:
     except ImportError:
         return ["python"]
     return ["c", "python"]
+
+
+def binding():
+    """The compiled extension (``.ffi``, ``.lib``) for the modules that wrap
+    other parts of the C core (:mod:`kvmstat.bpfengine`), so that this module
+    stays the only importer of ``kvmstat._native``.  Raises NotAvailable when
+    it was not built."""
+    return _load_native()

@@ -1,0 +1,165 @@
+/*
+ * kvmstat BPF counting engine: one small BPF program per tracepoint.
+ *
+ * Each program runs on every hit of its tracepoint, on every CPU, and adds 1
+ * to a per-CPU hash map entry keyed by (event index, process id, reason),
+ * where the reason is a field of the tracepoint record (e.g. the exit reason
+ * of kvm_userspace_exit) or 0 for events without one.  So the breakdown of a
+ * tracepoint by reason and by process costs one program run per hit, and the
+ * engine holds a fixed number of descriptors: one perf event and one program
+ * per tracepoint, plus two maps, whatever the number of CPUs or threads.
+ *
+ * The programs are assembled here as arrays of struct bpf_insn (no compiler
+ * or libbpf at run time), loaded with bpf(BPF_PROG_LOAD) and attached with
+ * perf_event_open(PERF_TYPE_TRACEPOINT, pid -1, cpu 0) and
+ * PERF_EVENT_IOC_SET_BPF: a program attached that way runs for the hits on
+ * every CPU; the CPU of the perf event only decides where perf itself would
+ * count, and the event is never enabled, so perf itself counts nothing.
+ * The programs return 1, so other perf users of the same tracepoint still
+ * see every hit.
+ *
+ * Reading is one call: the whole map is fetched (BPF_MAP_LOOKUP_BATCH, or
+ * GET_NEXT_KEY + LOOKUP_ELEM on kernels without it), the per-CPU values are
+ * summed and the entries are folded into caller-defined fields (an event,
+ * all of its reasons or a set of reason codes) and, per process, into
+ * caller-defined buckets.
+ *
+ * Everything is a file descriptor, so all of it is released when the
+ * process exits, even when it is killed; nothing is pinned.
+ *
+ * All functions return >= 0 on success and -errno on failure.  No global
+ * state; an engine must not be used from two threads at once, different
+ * engines may.
+ */
+#ifndef KVMSTAT_BPF_H
+#define KVMSTAT_BPF_H
+
+#include <stdint.h>
+
+/* What a failing kvmstat_bpf_new/kvmstat_bpf_probe call was doing. */
+#define KVMSTAT_BPF_STAGE_MAP    1  /* creating a map */
+#define KVMSTAT_BPF_STAGE_LOAD   2  /* loading a program (see the log) */
+#define KVMSTAT_BPF_STAGE_OPEN   3  /* perf_event_open of the tracepoint */
+#define KVMSTAT_BPF_STAGE_ATTACH 4  /* PERF_EVENT_IOC_SET_BPF */
+#define KVMSTAT_BPF_STAGE_CPUS   5  /* finding the number of possible CPUs */
+
+/* Not a tgid: count every process. */
+#define KVMSTAT_BPF_ALL_TGIDS (-1)
+
+struct kvmstat_bpf_event {
+    uint64_t tracepoint_id;  /* <tracefs>/events/<sys>/<name>/id */
+    int32_t reason_offset;   /* byte offset of the reason field, -1 for none */
+    uint32_t reason_size;    /* 1, 2, 4 or 8 (ignored without a field) */
+};
+
+/* One output column of a read: an event, all of its reasons (ncodes 0, a
+ * "parent") or only the listed reason codes (a "child"; aliases may list
+ * several).  Codes are compared with the field zero-extended to 64 bits. */
+struct kvmstat_bpf_field {
+    uint32_t event;          /* index into the event list */
+    uint32_t ncodes;
+    const uint64_t *codes;   /* ncodes reason codes */
+};
+
+/* One raw map entry (summed over CPUs), for tests and debugging. */
+struct kvmstat_bpf_entry {
+    uint32_t event;
+    uint32_t tgid;
+    uint64_t reason;
+    uint64_t count;
+};
+
+/* Where a failing call failed; filled by kvmstat_bpf_new/_probe. */
+struct kvmstat_bpf_error {
+    int stage;        /* KVMSTAT_BPF_STAGE_* */
+    int event_index;  /* -1 if not event specific */
+    int err;          /* positive errno */
+};
+
+struct kvmstat_bpf;
+
+/*
+ * Create the maps, load one program per event and attach it; counting
+ * starts before this returns.
+ *
+ * only_tgid: count only this process (KVMSTAT_BPF_ALL_TGIDS for all).
+ * max_entries: capacity of the count table.  It is allocated on demand
+ *   (BPF_F_NO_PREALLOC), so a generous value costs nothing until used;
+ *   hits that find the table full are counted as "dropped" (see _read).
+ * log/log_size: when a program fails to load, the verifier's log for it
+ *   (the end of it if it is longer than the buffer), NUL-terminated;
+ *   may be NULL/0.
+ * On failure *err says where, and nothing is left open.
+ */
+int kvmstat_bpf_new(const struct kvmstat_bpf_event *events, unsigned int nevents,
+                    int64_t only_tgid, unsigned int max_entries,
+                    char *log, unsigned int log_size,
+                    struct kvmstat_bpf_error *err, struct kvmstat_bpf **out);
+
+/* Define the fields that _read fills (copied; replaces earlier ones). */
+int kvmstat_bpf_set_fields(struct kvmstat_bpf *eng,
+                           const struct kvmstat_bpf_field *fields,
+                           unsigned int nfields);
+
+/* Replace the process -> bucket table (n pairs; tgids must be distinct). */
+int kvmstat_bpf_set_buckets(struct kvmstat_bpf *eng, const uint32_t *tgids,
+                            const uint32_t *buckets, unsigned int n);
+
+/*
+ * One bulk read.  totals[nfields] receives each field's count; if buckets is
+ * not NULL it receives nbuckets x nfields counts (row = bucket) of the
+ * processes that have a bucket < nbuckets; the others count only in totals.
+ * *dropped (if not NULL) receives the number of hits lost because the table
+ * was full.  Returns the number of map entries read.
+ */
+int kvmstat_bpf_read(struct kvmstat_bpf *eng, uint64_t *totals,
+                     uint64_t *buckets, unsigned int nbuckets,
+                     uint64_t *dropped);
+
+/* Raw entries of the map: fills up to cap entries, returns how many there
+ * are (call again with a bigger buffer when that is more than cap). */
+int kvmstat_bpf_dump(struct kvmstat_bpf *eng, struct kvmstat_bpf_entry *out,
+                     unsigned int cap);
+
+/*
+ * Start again from zero: deletes every map entry, the sums kept for
+ * forgotten processes and the dropped count.  Hits racing with the reset
+ * land on either side of it.
+ */
+int kvmstat_bpf_reset(struct kvmstat_bpf *eng);
+
+/*
+ * Remove the entries of processes that have exited, so a long-running
+ * monitor's table does not fill up with dead VMs: their counts are kept in
+ * the totals (no longer in any bucket).  Returns the entries removed.
+ * Only for exited processes: a hit between the read and the delete of a
+ * live process's entry would be lost.
+ */
+int kvmstat_bpf_forget(struct kvmstat_bpf *eng, const uint32_t *tgids,
+                       unsigned int n);
+
+/* Hits the kernel skipped because a BPF program was already running on that
+ * CPU (bpf_prog_info.recursion_misses, summed over the programs). */
+int kvmstat_bpf_missed(struct kvmstat_bpf *eng, uint64_t *missed);
+
+/* File descriptors held; possible CPUs (per-CPU values per entry);
+ * 1 if reads use BPF_MAP_LOOKUP_BATCH, 0 if key iteration. */
+int kvmstat_bpf_fds(const struct kvmstat_bpf *eng);
+int kvmstat_bpf_ncpus(const struct kvmstat_bpf *eng);
+int kvmstat_bpf_batch_reads(const struct kvmstat_bpf *eng);
+
+/* Read by key iteration from now on (for tests of the fallback path). */
+int kvmstat_bpf_force_iteration(struct kvmstat_bpf *eng);
+
+/* Close every descriptor and free the engine.  NULL is allowed. */
+void kvmstat_bpf_free(struct kvmstat_bpf *eng);
+
+/*
+ * Can this process use the engine?  Creates a map and loads a program, and
+ * if tracepoint_id is not 0 also opens that tracepoint and attaches the
+ * program (without enabling it), then closes everything.  0 or -errno with
+ * *err filled in.
+ */
+int kvmstat_bpf_probe(uint64_t tracepoint_id, struct kvmstat_bpf_error *err);
+
+#endif
