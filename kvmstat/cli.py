@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
 from . import __version__
-from .errors import Error, InvalidArgument
+from .errors import Error, InvalidArgument, NotAvailable
 from .fields import FieldFilter
 from .paths import Paths
 
@@ -227,6 +227,22 @@ def _run_batch(opts: Options, paths: Paths) -> int:
     return 0
 
 
+def _run_tui(opts: Options, paths: Paths) -> int:
+    from .tui import run_tui
+
+    return run_tui(opts.providers, paths=paths, delay=opts.delay, regex=opts.fields,
+                   pid=opts.pid, parse_delay=parse_delay, parse_pid=parse_pid,
+                   notify=_notify)
+
+
+def _require_terminal() -> None:
+    for stream in (sys.stdout, sys.stdin):
+        if stream is None or not stream.isatty():
+            name = "stdout" if stream is sys.stdout else "stdin"
+            raise NotAvailable(f"the interactive display needs a terminal but {name} is not "
+                               "one: use -1 for one sample or -l for a log")
+
+
 def run(opts: Options, paths: Optional[Paths] = None) -> int:
     """Run the mode chosen by *opts*; returns the exit status."""
     paths = paths or Paths()
@@ -241,6 +257,8 @@ def run(opts: Options, paths: Optional[Paths] = None) -> int:
         return _not_built("--check")
     if opts.json or opts.by_guest:
         return _not_built("--json" if opts.json else "--by-guest")
+    if opts.mode == "tui":
+        _require_terminal()
     _resolve_vm(opts, paths)
     if opts.mode == "batch":
         return _run_batch(opts, paths)
@@ -248,7 +266,7 @@ def run(opts: Options, paths: Optional[Paths] = None) -> int:
         return _not_built("log mode (-l/-L)")
     if opts.mode == "serve":
         return _not_built("--serve")
-    return _not_built("the interactive display (use -1)")
+    return _run_tui(opts, paths)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
