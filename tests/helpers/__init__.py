@@ -24,6 +24,10 @@ Modules
 ``tracecount``
     :class:`~helpers.tracecount.TraceCounter`: counts tracepoint hits through a
     private tracefs instance, an independent referee for kvmstat's numbers.
+``ptyterm``
+    :class:`~helpers.ptyterm.PtyTerminal`: runs a program on a pseudo-terminal
+    (its controlling tty) and keeps a pyte screen of what it draws; keys,
+    resizing, termios modes.
 
 Fixtures (tests/conftest.py): ``tracefs``, ``guest`` (parametrize indirectly
 with a program name, default ``"pio"``), ``guest_process`` (a factory taking
