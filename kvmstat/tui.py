@@ -245,7 +245,7 @@ class Display:
                 lines, cursor = layout.prompt_screen(info, prompt, text, error, width, height)
                 self._paint(lines, cursor)
                 key = self._wait_key(None, text=True)
-                if key in ("\x1b",):
+                if key == "\x1b":  # ESC
                     return None
                 if key in ("\n", "\r", curses.KEY_ENTER):
                     return text
