@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
 from . import __version__
-from .errors import Error, InvalidArgument, VMGone
+from .errors import Error, InvalidArgument, NotAvailable, VMGone
 from .fields import FieldFilter
 from .paths import Paths
 from .teardown import close_detached
@@ -362,6 +362,22 @@ def _run_serve(opts: Options, paths: Paths) -> int:
     return 0
 
 
+def _run_tui(opts: Options, paths: Paths) -> int:
+    from .tui import run_tui
+
+    return run_tui(opts.providers, paths=paths, delay=opts.delay, regex=opts.fields,
+                   pid=opts.pid, parse_delay=parse_delay, parse_pid=parse_pid,
+                   notify=_notify)
+
+
+def _require_terminal() -> None:
+    for stream in (sys.stdout, sys.stdin):
+        if stream is None or not stream.isatty():
+            name = "stdout" if stream is sys.stdout else "stdin"
+            raise NotAvailable(f"the interactive display needs a terminal but {name} is not "
+                               "one: use -1 for one sample or -l for a log")
+
+
 def run(opts: Options, paths: Optional[Paths] = None) -> int:
     """Run the mode chosen by *opts*; returns the exit status."""
     paths = paths or Paths()
@@ -371,6 +387,8 @@ def run(opts: Options, paths: Optional[Paths] = None) -> int:
         return _not_built("the BPF engine")
     if opts.mode == "fields-help":
         return _run_fields_help(opts, paths)
+    if opts.mode == "tui":
+        _require_terminal()
     _resolve_vm(opts, paths)
     if opts.mode == "batch":
         return _run_batch(opts, paths)
@@ -378,7 +396,7 @@ def run(opts: Options, paths: Optional[Paths] = None) -> int:
         return _run_log(opts, paths)
     if opts.mode == "serve":
         return _run_serve(opts, paths)
-    return _not_built("the interactive display (use -1)")
+    return _run_tui(opts, paths)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -45,11 +45,13 @@ class FieldFilter:
     A field is selected when the regex matches its name from the start
     (``re.match``).  The parent of a selected child is selected too, so a
     filter that only names children still shows (and counts) their parents.
-    ``FieldFilter(None)`` selects everything.
+    ``FieldFilter(None)`` selects everything.  With ``children=False`` child
+    fields are left out of the selection (their parents still count them).
     """
 
-    def __init__(self, regex: str | None = None):
+    def __init__(self, regex: str | None = None, *, children: bool = True):
         self.regex = regex
+        self.children = children
         if regex is None or regex == "":
             self._pattern = None
         else:
@@ -66,10 +68,15 @@ class FieldFilter:
         """Return the selected subset of *names*, in their original order."""
         names = list(names)
         if self._pattern is None:
-            return names
-        chosen = {n for n in names if self.matches(n)}
-        chosen |= {parent_of(n) for n in chosen if is_child(n)}
+            chosen = set(names)
+        else:
+            chosen = {n for n in names if self.matches(n)}
+            chosen |= {parent_of(n) for n in chosen if is_child(n)}
+        if not self.children:
+            chosen = {n for n in chosen if not is_child(n)}
         return [n for n in names if n in chosen]
 
     def __repr__(self) -> str:
-        return f"FieldFilter({self.regex!r})"
+        if self.children:
+            return f"FieldFilter({self.regex!r})"
+        return f"FieldFilter({self.regex!r}, children=False)"

@@ -27,6 +27,10 @@ Modules
 ``logfiles``
     running ``kvm_stat`` as a process (``start_kvm_stat``, ``wait_for``) and
     checking the CSV files it writes (``check_csv``, ``column_sum``).
+``ptyterm``
+    :class:`~helpers.ptyterm.PtyTerminal`: runs a program on a pseudo-terminal
+    (its controlling tty) and keeps a pyte screen of what it draws; keys,
+    resizing, termios modes.
 
 Fixtures (tests/conftest.py): ``tracefs``, ``guest`` (parametrize indirectly
 with a program name, default ``"pio"``), ``guest_process`` (a factory taking

@@ -38,6 +38,15 @@ def test_parent_only_regex_does_not_pull_children():
     assert FieldFilter("kvm_exit$").select(NAMES) == ["kvm_exit"]
 
 
+def test_without_children_a_child_only_regex_still_selects_the_parents():
+    # The TUI with child events hidden (x off) opens only the parents.
+    assert FieldFilter(None, children=False).select(NAMES) == [
+        "kvm_exit", "kvm_pio", "kvm_userspace_exit", "kvm_msr"]
+    assert FieldFilter(r".*\(IO", children=False).select(NAMES) == [
+        "kvm_exit", "kvm_userspace_exit"]
+    assert FieldFilter(r"kvm_p", children=False).select(NAMES) == ["kvm_pio"]
+
+
 @pytest.mark.parametrize("regex", ["(", "[a-", "*x", "a{2,1}"])
 def test_bad_regex_is_a_clear_error(regex):
     with pytest.raises(InvalidArgument, match="Not a valid regular expression"):

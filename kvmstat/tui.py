@@ -1,0 +1,445 @@
+"""The interactive display (SPEC §4): curses drawing and keys.
+
+:class:`Display` owns one :class:`~kvmstat.stats.Sampler` at a time, obtained
+from an *opener*; keys that change what is counted (``b c f g p x``) open a
+new sampler and release the old one.  What the screen shows comes from
+:mod:`kvmstat.tui_layout`; this module only draws it and reads keys.
+
+Rates: each refresh shows the counts of one sample divided by that sample's
+own interval (one monotonic clock, read together with the counters), and a
+key press never starts an interval shorter than :data:`MIN_INTERVAL`, so a
+burst of keys cannot turn the rates into noise.
+
+Leaving (``q``, Ctrl-C, SIGTERM, SIGHUP): the terminal is restored first,
+then the perf events are handed to a detached process
+(:func:`~kvmstat.teardown.close_detached`) so the shell comes back at once.
+"""
+
+from __future__ import annotations
+
+import curses
+import dataclasses
+import signal
+import time
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+from . import tui_layout as layout
+from .errors import Error, NoSuchVM, NotAvailable, VMGone
+from .fields import FieldFilter
+from .paths import Paths
+from .stats import Sample, Sampler
+from .teardown import close_detached
+from .tui_layout import Line, View
+from .vms import find_vm, find_vm_by_name, list_vms
+
+__all__ = ["Display", "run_tui", "Opener", "MIN_INTERVAL"]
+
+#: opener(field filter, pid or None, per-VM breakdown) -> a new Sampler
+Opener = Callable[[FieldFilter, Optional[int], bool], Sampler]
+
+#: Shortest sample interval a key press may start (seconds); shorter ones
+#: would show the rates of a few events as if they were a trend.
+MIN_INTERVAL = 0.5
+#: Delay of the first refresh after (re)opening: quick, but a real interval.
+FIRST_REFRESH = 0.5
+#: Longest single wait for a key, so signal handlers run promptly even if
+#: the curses library retries interrupted reads.
+KEY_SLICE = 1.0
+#: Milliseconds curses waits after ESC for the rest of a function-key sequence.
+ESC_DELAY_MS = 25
+
+
+class _Stop(Exception):
+    """Raised by the SIGTERM/SIGHUP handlers to leave the display cleanly."""
+
+
+class Display:
+    """The curses display of one kvm_stat session.
+
+    *opener* opens samplers (see :data:`Opener`); *delay* is the refresh
+    interval; *parse_delay* and *parse_pid* turn prompt answers into values
+    (raising :class:`~kvmstat.errors.InvalidArgument`); *proc* is where VMs
+    are looked up.  :meth:`run` opens the first sampler before the screen is
+    touched, so errors there reach the caller as exceptions.
+    """
+
+    def __init__(self, opener: Opener, *, delay: float,
+                 parse_delay: Callable[[str], float], parse_pid: Callable[[str], int],
+                 regex: Optional[str] = None, pid: Optional[int] = None,
+                 by_guest: bool = False, children: bool = False, proc: str = "/proc",
+                 clock: Callable[[], float] = time.monotonic):
+        self._opener = opener
+        self._parse_delay = parse_delay
+        self._parse_pid = parse_pid
+        self._proc = proc
+        self._clock = clock
+        self.delay = delay
+        self.view = View(regex=regex or None, pid=pid, by_guest=by_guest, children=children)
+        self.sampler: Optional[Sampler] = None
+        self.sample: Optional[Sample] = None
+        self._names: Dict[int, Optional[str]] = {}  # guest names looked up here
+        self._scr = None
+        self._due: Optional[float] = None   # when the next refresh is due
+        self._last = 0.0                    # when the last sample was taken
+        self._stopping = False
+
+    # -- samplers ------------------------------------------------------------
+    def _guest_name(self, pid: int) -> Optional[str]:
+        try:
+            return find_vm(pid, self._proc).name
+        except NoSuchVM:
+            return None
+
+    def _open(self, regex: Optional[str], pid: Optional[int], children: bool,
+              by_vm: bool) -> Sampler:
+        sampler = self._opener(FieldFilter(regex, children=children), pid, by_vm)
+        try:
+            sampler.sample()  # the first interval starts now
+        except BaseException:
+            close_detached(sampler)
+            raise
+        return sampler
+
+    def _started(self) -> None:
+        """A sampler was (re)opened or reset: wait for its first real interval."""
+        now = self._clock()
+        self.sample = None
+        self.view.dead = False
+        self._last = now
+        self._due = now + min(self.delay, FIRST_REFRESH)
+
+    def open(self) -> None:
+        """Open the first sampler (errors propagate; nothing is drawn yet)."""
+        v = self.view
+        self.sampler = self._open(v.regex, v.pid, v.children, v.by_guest)
+        if v.pid is not None:
+            v.guest = self._guest_name(v.pid)
+        self._started()
+
+    def _switch(self, **changes) -> Optional[str]:
+        """Reopen with some of regex/pid/children/by_guest changed.
+
+        Returns None on success, else the error message (the old sampler and
+        view stay as they were).
+        """
+        wanted = dataclasses.replace(self.view, **changes)
+        try:
+            sampler = self._open(wanted.regex, wanted.pid, wanted.children, wanted.by_guest)
+        except Error as exc:
+            return str(exc)
+        old, self.sampler = self.sampler, sampler
+        if old is not None:
+            close_detached(old)
+        if wanted.pid != self.view.pid:
+            wanted.guest = None if wanted.pid is None else self._guest_name(wanted.pid)
+        wanted.message = None
+        self.view = wanted
+        self._started()
+        return None
+
+    def close(self) -> None:
+        """Release the sampler without waiting for the kernel's teardown."""
+        if self.sampler is not None:
+            sampler, self.sampler = self.sampler, None
+            close_detached(sampler)
+
+    def refresh(self) -> None:
+        """Take a sample now (or notice that the watched VM has exited)."""
+        if self.view.dead or self.sampler is None:
+            self._due = None
+            return
+        try:
+            sample = self.sampler.sample()
+        except VMGone:
+            self.view.dead = True
+            self._due = None
+            if self.sample is not None:
+                # Keep the totals; there is no current rate any more.
+                self.sample = dataclasses.replace(self.sample, interval=0.0)
+            return
+        except Error as exc:
+            self.view.message = str(exc)
+            sample = None
+        now = self._clock()
+        if sample is not None:
+            self.sample = sample
+        self._last = now
+        self._due = now + self.delay
+
+    def refresh_soon(self) -> None:
+        """Any other key: refresh now, or as soon as the shortest interval allows."""
+        if self._due is None:
+            return
+        earliest = self._last + min(MIN_INTERVAL, self.delay)
+        self._due = min(self._due, max(self._clock(), earliest))
+
+    def guest_names(self) -> Dict[int, Optional[str]]:
+        """Names of the VMs in the current sample that the sample leaves unnamed."""
+        sample = self.sample
+        if self.view.by_guest and sample is not None and sample.by_vm:
+            for pid in sample.by_vm:
+                if pid not in sample.vm_names and pid not in self._names:
+                    self._names[pid] = self._guest_name(pid)
+        return self._names
+
+    # -- curses --------------------------------------------------------------
+    def _paint(self, lines: Sequence[Line], cursor: Optional[Tuple[int, int]] = None) -> None:
+        scr = self._scr
+        height, width = scr.getmaxyx()
+        scr.erase()
+        styles = {"bold": curses.A_BOLD, "standout": curses.A_STANDOUT}
+        for line in layout.clip(lines, width, height):
+            try:
+                scr.addstr(line.y, line.x, line.text, styles.get(line.style, curses.A_NORMAL))
+            except curses.error:
+                # Writing the bottom-right cell moves the cursor off the
+                # screen, which curses reports after having drawn the text.
+                pass
+        if cursor is not None:
+            try:
+                scr.move(min(cursor[0], height - 1), min(cursor[1], width - 1))
+            except curses.error:
+                pass
+        scr.refresh()
+
+    def _draw(self) -> None:
+        height, width = self._scr.getmaxyx()
+        self._paint(layout.screen(self.sample, self.view, width, height, self.guest_names()))
+
+    def _wait_key(self, seconds: Optional[float], text: bool = False):
+        """The next key, or None after *seconds* (None: no time limit).
+
+        Keys are int codes; with *text*, characters come as ``str`` (any
+        Unicode character) and function keys as int codes.  Waits in slices
+        so that signal handlers (Ctrl-C, SIGTERM) run promptly.
+        """
+        deadline = None if seconds is None else self._clock() + seconds
+        while True:
+            left = KEY_SLICE if deadline is None else min(KEY_SLICE, deadline - self._clock())
+            self._scr.timeout(max(0, int(left * 1000)))
+            if text:
+                try:
+                    return self._scr.get_wch()
+                except curses.error:
+                    pass  # no key within the slice
+            else:
+                key = self._scr.getch()
+                if key != -1:
+                    return key
+            if deadline is not None and self._clock() >= deadline:
+                return None
+
+    def _show_cursor(self, visible: bool) -> None:
+        try:
+            curses.curs_set(1 if visible else 0)
+        except curses.error:
+            pass  # the terminal cannot hide or show its cursor
+
+    def _read_answer(self, info: Sequence[str], prompt: str, error: Optional[str]) -> Optional[str]:
+        """Edit one line of text; None when ESC cancels it."""
+        text = ""
+        self._show_cursor(True)
+        try:
+            while True:
+                height, width = self._scr.getmaxyx()
+                lines, cursor = layout.prompt_screen(info, prompt, text, error, width, height)
+                self._paint(lines, cursor)
+                key = self._wait_key(None, text=True)
+                if key == "\x1b":  # ESC
+                    return None
+                if key in ("\n", "\r", curses.KEY_ENTER):
+                    return text
+                if key in ("\x7f", "\b", curses.KEY_BACKSPACE):
+                    text = text[:-1]
+                elif key == "\x15":  # Ctrl-U
+                    text = ""
+                elif key == curses.KEY_RESIZE:
+                    self._scr.clear()
+                elif isinstance(key, str) and key.isprintable():
+                    text += key
+        finally:
+            self._show_cursor(False)
+
+    def _ask(self, info: Sequence[str], prompt: str,
+             accept: Callable[[str], Optional[str]]) -> None:
+        """Prompt until *accept* takes the answer, the user cancels (ESC) or
+        keeps the current value (empty answer).
+
+        *accept* returns None when done, or an error message (or raises
+        :class:`~kvmstat.errors.Error`) to show before asking again.
+        """
+        error = None
+        while True:
+            answer = self._read_answer(info, prompt, error)
+            if not answer:
+                return
+            try:
+                error = accept(answer)
+            except Error as exc:
+                error = str(exc)
+            if error is None:
+                return
+
+    def _ask_regex(self) -> None:
+        def accept(answer: str) -> Optional[str]:
+            FieldFilter(answer)  # an invalid regex is reported before opening anything
+            return self._switch(regex=answer)
+
+        self._ask(["Show only the events whose name matches a regular expression",
+                   "(matched from the start of the name, e.g. kvm_exit or .*IO).",
+                   f"Current filter: {self.view.regex or '(none: every event)'}", "",
+                   "Enter: set  empty: keep the current filter  ESC: cancel  (c clears)"],
+                  "Regex: ", accept)
+
+    def _ask_vm(self, what: str, prompt: str, to_pid: Callable[[str], int]) -> None:
+        """The g and p prompts: list the running VMs, take one by *what*."""
+        current = "(none: every VM)" if self.view.pid is None else layout.watched(self.view)
+        vms = [(vm.pid, vm.name) for vm in list_vms(self._proc)]
+        info = [f"Show only one VM, chosen by {what}.", f"Current: {current}", "",
+                *layout.vm_table(vms), "",
+                "Enter: set  empty: keep the current one  ESC: cancel  (c clears)"]
+        self._ask(info, prompt, lambda answer: self._switch(pid=to_pid(answer)))
+
+    def _ask_delay(self) -> None:
+        def accept(answer: str) -> None:
+            self.delay = self._parse_delay(answer.strip())
+            if self._due is not None:
+                self._due = self._last + self.delay
+
+        self._ask([f"Refresh interval: {self.delay:g} s", "",
+                   "Enter: set  empty: keep the current interval  ESC: cancel"],
+                  "New interval in seconds (0.1-25.5): ", accept)
+
+    def _show_help(self) -> None:
+        while True:
+            self._paint(layout.help_screen(self.delay))
+            if self._wait_key(None) != curses.KEY_RESIZE:
+                return
+
+    def _reset(self) -> None:
+        try:
+            self.sampler.reset()
+            self.sampler.sample()
+        except Error as exc:
+            self.view.message = str(exc)
+            return
+        self._started()
+
+    def handle_key(self, key: int) -> bool:
+        """Act on one key of the main screen; False when it means quit."""
+        v = self.view
+        if key == curses.KEY_RESIZE:
+            self._scr.clear()
+            return True
+        v.message = None
+        char = chr(key) if 0 <= key < 256 else ""
+        if char == "q":
+            return False
+        if char == "b":
+            v.message = self._switch(by_guest=not v.by_guest)
+        elif char == "c":
+            if v.regex is not None or v.pid is not None:
+                v.message = self._switch(regex=None, pid=None)
+        elif char == "f":
+            self._ask_regex()
+        elif char == "g":
+            self._ask_vm("guest name", "Guest name: ",
+                         lambda answer: find_vm_by_name(answer, self._proc).pid)
+        elif char == "h":
+            self._show_help()
+        elif char == "o":
+            v.sort = layout.SORT_TOTAL if v.sort == layout.SORT_RATE else layout.SORT_RATE
+        elif char == "p":
+            self._ask_vm("process id", "PID: ",
+                         lambda answer: find_vm(self._parse_pid(answer.strip()), self._proc).pid)
+        elif char == "r":
+            self._reset()
+        elif char == "s":
+            self._ask_delay()
+        elif char == "x":
+            v.message = self._switch(children=not v.children)
+        else:
+            self.refresh_soon()
+        return True
+
+    def _loop(self) -> None:
+        while True:
+            now = self._clock()
+            if self._due is not None and now >= self._due:
+                self.refresh()
+            self._draw()
+            wait = None if self._due is None else max(0.0, self._due - self._clock())
+            key = self._wait_key(wait)
+            if key is not None and not self.handle_key(key):
+                return
+
+    def _on_signal(self, signum, frame) -> None:
+        if not self._stopping:
+            raise _Stop()
+
+    def _restore_terminal(self) -> None:
+        for step in (lambda: self._scr.keypad(False), curses.echo, curses.nocbreak,
+                     curses.endwin):
+            try:
+                step()
+            except curses.error:
+                pass  # the terminal may be gone (hang-up): restore what can be
+
+    def run(self) -> int:
+        """Open the first sampler, show the display until the user quits; returns 0.
+
+        The terminal is restored before the perf events are released, and
+        their release does not keep the caller waiting.
+        """
+        self.open()
+        handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
+        try:
+            try:
+                self._scr = curses.initscr()
+            except curses.error as exc:
+                raise NotAvailable(f"cannot start the interactive display ({exc}): "
+                                   "check TERM, or use -1 or -l") from None
+            try:
+                curses.noecho()
+                curses.cbreak()
+                self._scr.keypad(True)
+                self._show_cursor(False)
+                curses.set_escdelay(ESC_DELAY_MS)
+                self._loop()
+            except (KeyboardInterrupt, _Stop):
+                pass
+            finally:
+                self._stopping = True
+                self._restore_terminal()
+        finally:
+            self._stopping = True
+            self.close()
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+        return 0
+
+
+def run_tui(providers: Sequence[str], *, paths: Paths, delay: float,
+            parse_delay: Callable[[str], float], parse_pid: Callable[[str], int],
+            regex: Optional[str] = None, pid: Optional[int] = None,
+            backend: Optional[str] = None,
+            notify: Optional[Callable[[str], None]] = None) -> int:
+    """Run the display on *providers* (names from :data:`kvmstat.sources.PROVIDERS`)."""
+    from .sources import open_sampler
+
+    display: Optional[Display] = None
+
+    def tell(message: str) -> None:
+        # While the screen is up, notices go to its message line.
+        if display is not None and display.sampler is not None:
+            display.view.message = message
+        elif notify is not None:
+            notify(message)
+
+    def opener(selection: FieldFilter, vm_pid: Optional[int], by_vm: bool) -> Sampler:
+        return open_sampler(providers, fields=selection, pid=vm_pid, by_vm=by_vm,
+                            paths=paths, backend=backend, notify=tell)
+
+    display = Display(opener, delay=delay, parse_delay=parse_delay, parse_pid=parse_pid,
+                      regex=regex, pid=pid, proc=paths.proc)
+    return display.run()

@@ -1,0 +1,110 @@
+"""The real kvmstat display on fake counters, for the pty tests without KVM.
+
+Run as a script: ``python tests/unit/tui_fake_app.py [--pid PID] [--proc DIR]
+[--die-after N] [--delay S] [--by-guest]``.  It runs
+:class:`kvmstat.tui.Display` with an opener that builds real
+:class:`~kvmstat.stats.Sampler` objects over :class:`FakeProvider`: every
+read adds fixed steps to the counters, and the sampler's clock advances
+exactly 2 s per sample, so every number on the screen is known in advance.
+Each open is logged as one line to the file named by ``$FAKE_APP_LOG``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # the worktree's kvmstat
+
+from kvmstat.cli import parse_delay, parse_pid  # noqa: E402
+from kvmstat.errors import InvalidArgument, VMGone  # noqa: E402
+from kvmstat.providers.base import Provider  # noqa: E402
+from kvmstat.stats import Sampler  # noqa: E402
+from kvmstat.tui import Display  # noqa: E402
+
+#: field -> count added by every read (host-wide)
+STEPS = {
+    "kvm_pio": 100,
+    "kvm_exit": 30,
+    "kvm_exit(HLT)": 20,
+    "kvm_exit(IO_INSTRUCTION)": 10,
+    "kvm_exit(CPUID)": 0,
+    "kvm_msr": 0,
+    "kvm_userspace_exit": 5,
+    "kvm_userspace_exit(IO)": 5,
+}
+#: VM pid -> (guest name, share of every step in fifths)
+VMS = {1001: ("alpha", 3), 1002: ("beta", 1), 1003: (None, 1)}
+SECONDS_PER_SAMPLE = 2.0
+
+
+class FakeProvider(Provider):
+    """Counters that grow by :data:`STEPS` on every read."""
+
+    name = "fake"
+
+    def __init__(self, fields, die_after):
+        self._fields = list(fields)
+        self._reads = 0
+        self._die_after = die_after
+
+    @property
+    def fields(self):
+        return list(self._fields)
+
+    @property
+    def supports_by_vm(self):
+        return True
+
+    def refresh(self):
+        if self._die_after is not None and self._reads >= self._die_after:
+            raise VMGone("VM process has exited")
+
+    def read(self):
+        self._reads += 1
+        return {f: STEPS[f] * self._reads for f in self._fields}
+
+    def read_by_vm(self):
+        return {pid: {f: STEPS[f] * share // 5 * self._reads for f in self._fields}
+                for pid, (_, share) in VMS.items()}
+
+    def reset(self):
+        self._reads = 0
+
+    def close(self):
+        pass
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--pid", type=int)
+    p.add_argument("--proc", default="/proc")
+    p.add_argument("--die-after", type=int)
+    p.add_argument("--delay", type=float, default=3.0)
+    p.add_argument("--regex")
+    args = p.parse_args(argv)
+    log_path = os.environ.get("FAKE_APP_LOG")
+
+    def opener(selection, pid, by_vm):
+        fields = selection.select(STEPS)
+        if not fields:  # as sources.open_sampler does
+            raise InvalidArgument(f"no field matches '{selection.regex}'")
+        if log_path:
+            with open(log_path, "a") as log:
+                log.write(json.dumps({"fields": fields, "pid": pid, "by_vm": by_vm}) + "\n")
+        ticks = itertools.count()
+        return Sampler([FakeProvider(fields, args.die_after)], by_vm=by_vm,
+                       names=lambda vm: VMS[vm][0],
+                       clock=lambda: next(ticks) * SECONDS_PER_SAMPLE)
+
+    display = Display(opener, delay=args.delay, parse_delay=parse_delay, parse_pid=parse_pid,
+                      regex=args.regex, pid=args.pid, proc=args.proc)
+    return display.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
