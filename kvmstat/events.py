@@ -89,22 +89,36 @@ class SymbolicTable:
 
 @dataclass(frozen=True)
 class Child:
-    """A per-reason child counter, e.g. ``kvm_exit(HLT)`` with ``exit_reason==12``."""
+    """A per-reason child counter, e.g. ``kvm_exit(HLT)`` with ``exit_reason==12``.
+
+    ``filter`` is the perf tracepoint filter; ``codes`` the same reason
+    values as the record holds them, zero-extended to 64 bits from the
+    field's size (a signed field's -1 in 4 bytes is 0xffffffff), which is
+    how the BPF engine reads the field.  Several codes: aliases.
+    """
 
     name: str
     reason: str
     filter: str
+    codes: Tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
 class Event:
-    """A kvm tracepoint: its name, perf id, and per-reason children (if any)."""
+    """A kvm tracepoint: its name, perf id, and per-reason children (if any).
+
+    ``reason_field`` is where the children's reason is in the tracepoint's
+    record (offset and size from the format file), for engines that read
+    the record; None when the event has no children or the format file did
+    not say (children from a built-in table, format unreadable).
+    """
 
     name: str
     id: int
     subsystem: str = "kvm"
     filter_field: Optional[str] = None
     children: Tuple[Child, ...] = ()
+    reason_field: Optional[Field] = None
 
 
 # Events that get per-reason children, with the fields their reason table may
@@ -690,6 +704,13 @@ def _filter_value(value: int, field: Optional[Field]) -> int:
     return value
 
 
+def _record_code(value: int, field: Optional[Field]) -> int:
+    """*value* as the record holds it, zero-extended from the field's size."""
+    if field is not None and 0 < field.size <= 8:
+        return value % (1 << (8 * field.size))
+    return value
+
+
 def _children(event: str, field_name: str, entries: Iterable[Tuple[int, str]],
               prefix: str, field: Optional[Field]) -> Tuple[Child, ...]:
     values: Dict[str, List[int]] = {}
@@ -704,7 +725,8 @@ def _children(event: str, field_name: str, entries: Iterable[Tuple[int, str]],
             seen.append(v)
     return tuple(
         Child(f"{event}({name})", name,
-              " || ".join(f"{field_name}=={v}" for v in vals))
+              " || ".join(f"{field_name}=={v}" for v in vals),
+              tuple(dict.fromkeys(_record_code(v, field) for v in vals)))
         for name, vals in values.items())
 
 
@@ -725,16 +747,20 @@ def _build_event(name: str, ev_id: int, fmt_text: Optional[str], vendor: Optiona
         if fallback is None:
             return Event(name, ev_id, subsystem)
         field_name, entries = fallback
-        field = fmt.fields.get(field_name) if fmt is not None else None
-        if field is None:
-            field = Field(field_name, 0, 4, False)
+        known = fmt.fields.get(field_name) if fmt is not None else None
+        # Without the format's field, values are filtered as a 4-byte
+        # unsigned field would be, and the record offset stays unknown.
+        field = known if known is not None else Field(field_name, 0, 4, False)
         return Event(name, ev_id, subsystem, field_name,
-                     _children(name, field_name, entries, "", field))
+                     _children(name, field_name, entries, "", field), known)
     table = _select_table(tables, fmt, prefer, vendor)
     if table is None or not table.entries:
         return Event(name, ev_id, subsystem)
-    children = _children(name, table.field, table.entries, prefix, fmt.fields.get(table.field))
-    return Event(name, ev_id, subsystem, table.field if children else None, children)
+    field = fmt.fields.get(table.field)
+    children = _children(name, table.field, table.entries, prefix, field)
+    if not children:
+        return Event(name, ev_id, subsystem)
+    return Event(name, ev_id, subsystem, table.field, children, field)
 
 
 def list_event_names(tracefs: str, subsystem: str = "kvm") -> List[str]:

@@ -8,7 +8,7 @@ import pathlib
 import pytest
 
 from kvmstat.errors import InvalidArgument, NotAvailable
-from kvmstat.events import (Child, Event, FormatError, detect_vendor, fallback_table,
+from kvmstat.events import (Child, Event, Field, FormatError, detect_vendor, fallback_table,
                             list_event_names, load_events, parse_format,
                             parse_symbolic_tables)
 
@@ -199,12 +199,15 @@ def test_vmx_children(tmp_path):
     assert exit_.id == 103 and exit_.subsystem == "kvm"
     assert exit_.filter_field == "exit_reason"
     kids = {c.name: c for c in exit_.children}
-    assert kids["kvm_exit(HLT)"] == Child("kvm_exit(HLT)", "HLT", "exit_reason==12")
+    assert kids["kvm_exit(HLT)"] == Child("kvm_exit(HLT)", "HLT", "exit_reason==12", (12,))
     assert "kvm_exit(TDCALL)" in kids and "kvm_exit(MSR_READ_IMM)" in kids
     assert kids["kvm_exit(MSR_READ_IMM)"].filter == "exit_reason==84"
     assert len(exit_.children) == 65
     assert ev["kvm_entry"] == Event("kvm_entry", 104, "kvm", None, ())
     assert ev["kvm_apic"].children == ()  # only two events get children
+    assert ev["kvm_apic"].reason_field is None
+    # where the BPF engine reads the reason: this kernel's format file
+    assert exit_.reason_field == Field("exit_reason", 8, 4, False)
 
 
 def test_svm_children(tmp_path):
@@ -215,6 +218,7 @@ def test_svm_children(tmp_path):
     assert kids["DE excp"].filter == "exit_reason==64"
     # -1 on an unsigned 32-bit field: the kernel filter wants the unsigned value
     assert kids["invalid_guest_state"].filter == "exit_reason==4294967295"
+    assert kids["invalid_guest_state"].codes == (4294967295,)
     assert "HLT" not in kids
 
 
@@ -262,8 +266,24 @@ def test_alias_dedupe(tmp_path):
            '{ 3, "A" }, { 1, "A" })\n')
     root = make_tracefs(tmp_path, {"kvm_exit": (9, fmt)})
     (ev,) = load_events(root, None)
-    assert ev.children == (Child("kvm_exit(A)", "A", "exit_reason==1 || exit_reason==3"),
-                           Child("kvm_exit(B)", "B", "exit_reason==2"))
+    assert ev.children == (Child("kvm_exit(A)", "A", "exit_reason==1 || exit_reason==3", (1, 3)),
+                           Child("kvm_exit(B)", "B", "exit_reason==2", (2,)))
+    assert ev.reason_field == Field("exit_reason", 8, 4, False)
+
+
+def test_codes_of_a_signed_field_are_zero_extended(tmp_path):
+    """The filter compares a signed field as signed; the BPF engine loads
+    the field's bytes zero-extended, so its codes are the unsigned values
+    (and two values with the same bytes are one code)."""
+    fmt = ("name: kvm_userspace_exit\nID: 9\nformat:\n"
+           "\tfield:short reason;\toffset:10;\tsize:2;\tsigned:1;\n"
+           'print fmt: "%s", __print_symbolic(REC->reason, { -1, "KVM_EXIT_NONE" }, '
+           '{ 65535, "KVM_EXIT_NONE" }, { 2, "KVM_EXIT_" "IO" })\n')
+    (ev,) = load_events(make_tracefs(tmp_path, {"kvm_userspace_exit": (9, fmt)}), None)
+    assert ev.children == (
+        Child("kvm_userspace_exit(NONE)", "NONE", "reason==-1 || reason==65535", (65535,)),
+        Child("kvm_userspace_exit(IO)", "IO", "reason==2", (2,)))
+    assert ev.reason_field == Field("reason", 10, 2, True)
 
 
 def test_arm64_field_from_format(tmp_path):
@@ -286,7 +306,7 @@ def test_ppc_field_from_format(tmp_path):
            "\tfield:unsigned int exit_nr;\toffset:8;\tsize:4;\tsigned:0;\n"
            'print fmt: "exit=%s", __print_symbolic(REC->exit_nr, { 0x500, "EXTERNAL" })\n')
     (ev,) = load_events(make_tracefs(tmp_path, {"kvm_exit": (9, fmt)}), None)
-    assert ev.children == (Child("kvm_exit(EXTERNAL)", "EXTERNAL", "exit_nr==1280"),)
+    assert ev.children == (Child("kvm_exit(EXTERNAL)", "EXTERNAL", "exit_nr==1280", (1280,)),)
 
 
 @pytest.mark.parametrize("vendor, child, flt", [
@@ -304,6 +324,10 @@ def test_unparseable_format_uses_fallback(tmp_path, vendor, child, flt):
     assert kids[child] == flt
     user = {c.name: c.filter for c in ev["kvm_userspace_exit"].children}
     assert user["kvm_userspace_exit(IO)"] == "reason==2"
+    # the table is built in, but the field's place is still this format's
+    assert ev["kvm_exit"].reason_field == Field("exit_reason", 8, 4, False)
+    # no format at all: nobody knows where the reason is in the record
+    assert ev["kvm_userspace_exit"].reason_field is None
 
 
 def test_fallback_tables():
@@ -332,6 +356,7 @@ def test_missing_format_still_loaded(tmp_path):
     ev = by_name(load_events(root, "vmx"))
     assert ev["kvm_entry"].id == 104
     assert any(c.reason == "HLT" for c in ev["kvm_exit"].children)
+    assert ev["kvm_exit"].reason_field is None
 
 
 # ---------------------------------------------------------------- vendor
