@@ -51,6 +51,7 @@ ffibuilder.cdef(
     #define KVMSTAT_BPF_STAGE_ATTACH ...
     #define KVMSTAT_BPF_STAGE_CPUS ...
     #define KVMSTAT_BPF_ALL_TGIDS ...
+    #define KVMSTAT_BPF_MAX_ALSO ...
 
     struct kvmstat_bpf_event {
         uint64_t tracepoint_id;
@@ -88,6 +89,8 @@ ffibuilder.cdef(
                                unsigned int nfields);
     int kvmstat_bpf_set_buckets(struct kvmstat_bpf *eng, const uint32_t *tgids,
                                 const uint32_t *buckets, unsigned int n);
+    int kvmstat_bpf_also_count(struct kvmstat_bpf *eng, const uint32_t *tgids,
+                               unsigned int n);
     int kvmstat_bpf_read(struct kvmstat_bpf *eng, uint64_t *totals,
                          uint64_t *buckets, unsigned int nbuckets,
                          uint64_t *dropped);

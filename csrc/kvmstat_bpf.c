@@ -35,6 +35,7 @@ _Static_assert(sizeof(struct kvmstat_bpf_entry) == 24, "entry layout");
 #define FP_KEY_AT(member) ((int16_t)(FP_KEY + (int)offsetof(struct count_key, member)))
 #define FP_ONE     (-24)  /* u64 1: the value of a new entry */
 #define FP_ZERO    (-32)  /* u32 0: the key of the dropped counter */
+#define FP_TGID    (-40)  /* u32 tgid: the key of the "also" map */
 
 /* Ample for the ~35 instructions the assembler emits. */
 #define MAX_INSNS 64
@@ -66,6 +67,9 @@ struct kvmstat_bpf {
     unsigned int nevents;
     int counts_fd;           /* BPF_MAP_TYPE_PERCPU_HASH count_key -> u64 */
     int drops_fd;            /* BPF_MAP_TYPE_PERCPU_ARRAY [1] u64 */
+    int also_fd;             /* with only_tgid: BPF_MAP_TYPE_HASH u32 tgid -> u32 */
+    uint32_t *also;          /* its keys, sorted */
+    unsigned int nalso;
     int *prog_fds;           /* nevents */
     int *perf_fds;           /* nevents */
     unsigned int ncpus;      /* possible CPUs: u64 values per entry */
@@ -278,7 +282,7 @@ static int size_code(uint32_t bytes)
  * The program of one tracepoint (r1 = the tracepoint record):
  *
  *   key = { event, current tgid, reason field or 0 }
- *   if only_tgid given and tgid differs: return 0
+ *   if only_tgid given, tgid differs and is not in the "also" map: return 1
  *   if (slot = lookup(counts, key)) *slot += 1
  *   else if update(counts, key, 1) fails: dropped[0] += 1
  *   return 1
@@ -290,19 +294,30 @@ static int size_code(uint32_t bytes)
  */
 static void assemble(struct program *p, uint32_t event_index,
                      const struct kvmstat_bpf_event *ev, int64_t only_tgid,
-                     int counts_fd, int drops_fd)
+                     int counts_fd, int drops_fd, int also_fd)
 {
-    unsigned int to_out[4], nout = 0;
+    unsigned int to_out[5], nout = 0;
 
     p->n = 0;
     mov_reg(p, R6, R1);                        /* keep the record */
     call(p, BPF_FUNC_get_current_pid_tgid);    /* r0 = tgid << 32 | tid */
     alu_imm(p, BPF_RSH, R0, 32);
-    if (only_tgid >= 0)
-        to_out[nout++] = jump_if(p, BPF_JNE, R0, (int32_t)only_tgid);
+    mov_reg(p, R7, R0);                        /* r7 = tgid (kept by calls) */
+    if (only_tgid >= 0) {
+        /* The watched process itself costs one comparison; the others
+         * one lookup in the small map of processes counted too. */
+        unsigned int to_count = jump_if(p, BPF_JEQ, R7, (int32_t)only_tgid);
+        store_reg(p, BPF_W, R10, FP_TGID, R7);
+        load_map(p, R1, also_fd);
+        mov_reg(p, R2, R10);
+        alu_imm(p, BPF_ADD, R2, FP_TGID);
+        call(p, BPF_FUNC_map_lookup_elem);
+        to_out[nout++] = jump_if(p, BPF_JEQ, R0, 0);
+        land(p, to_count);
+    }
     store_imm(p, BPF_W, R10, FP_KEY_AT(event),
               (int32_t)event_index);
-    store_reg(p, BPF_W, R10, FP_KEY_AT(tgid), R0);
+    store_reg(p, BPF_W, R10, FP_KEY_AT(tgid), R7);
     if (ev->reason_offset >= 0) {
         load(p, size_code(ev->reason_size), R1, R6, (int16_t)ev->reason_offset);
         store_reg(p, BPF_DW, R10, FP_KEY_AT(reason), R1);
@@ -476,7 +491,7 @@ int kvmstat_bpf_new(const struct kvmstat_bpf_event *events, unsigned int nevents
         return -ENOMEM;
     }
     eng->nevents = nevents;
-    eng->counts_fd = eng->drops_fd = -1;
+    eng->counts_fd = eng->drops_fd = eng->also_fd = -1;
     eng->prog_fds = malloc(nevents * sizeof(int));
     eng->perf_fds = malloc(nevents * sizeof(int));
     eng->pstart = calloc(nevents + 1, sizeof(unsigned int));
@@ -504,6 +519,15 @@ int kvmstat_bpf_new(const struct kvmstat_bpf_event *events, unsigned int nevents
         goto fail;
     }
     eng->drops_fd = rc;
+    if (only_tgid >= 0) {
+        rc = map_create(BPF_MAP_TYPE_HASH, sizeof(uint32_t), sizeof(uint32_t),
+                        KVMSTAT_BPF_MAX_ALSO, BPF_F_NO_PREALLOC, "kvmstat_also");
+        if (rc < 0) {
+            set_error(err, KVMSTAT_BPF_STAGE_MAP, -1, rc);
+            goto fail;
+        }
+        eng->also_fd = rc;
+    }
     rc = count_possible_cpus(eng->drops_fd);
     if (rc < 0) {
         set_error(err, KVMSTAT_BPF_STAGE_CPUS, -1, rc);
@@ -529,7 +553,8 @@ int kvmstat_bpf_new(const struct kvmstat_bpf_event *events, unsigned int nevents
         struct program prog;
         char name[32];
 
-        assemble(&prog, i, &events[i], only_tgid, eng->counts_fd, eng->drops_fd);
+        assemble(&prog, i, &events[i], only_tgid, eng->counts_fd, eng->drops_fd,
+                 eng->also_fd);
         name_program(name, sizeof(name), i);
         rc = prog_load(&prog, name, log, log_size);
         if (rc < 0) {
@@ -574,7 +599,7 @@ int kvmstat_bpf_probe(uint64_t tracepoint_id, struct kvmstat_bpf_error *err)
         set_error(err, KVMSTAT_BPF_STAGE_MAP, -1, rc);
         goto out;
     }
-    assemble(&prog, 0, &no_reason, KVMSTAT_BPF_ALL_TGIDS, counts, drops);
+    assemble(&prog, 0, &no_reason, KVMSTAT_BPF_ALL_TGIDS, counts, drops, -1);
     rc = pfd = prog_load(&prog, "kvmstat_probe", NULL, 0);
     if (rc < 0) {
         set_error(err, KVMSTAT_BPF_STAGE_LOAD, -1, rc);
@@ -680,6 +705,12 @@ int kvmstat_bpf_set_fields(struct kvmstat_bpf *eng,
     return 0;
 }
 
+static int cmp_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
 static int cmp_tgid_bucket(const void *a, const void *b)
 {
     const struct tgid_bucket *x = a, *y = b;
@@ -708,6 +739,55 @@ int kvmstat_bpf_set_buckets(struct kvmstat_bpf *eng, const uint32_t *tgids,
     free(eng->buckets);
     eng->buckets = t;
     eng->nbuckets_map = n;
+    return 0;
+}
+
+static int sorted_contains(const uint32_t *v, unsigned int n, uint32_t x)
+{
+    return bsearch(&x, v, n, sizeof(*v), cmp_u32) != NULL;
+}
+
+int kvmstat_bpf_also_count(struct kvmstat_bpf *eng, const uint32_t *tgids,
+                           unsigned int n)
+{
+    if (!eng || (n && !tgids))
+        return -EINVAL;
+    if (eng->also_fd < 0 || n > KVMSTAT_BPF_MAX_ALSO)
+        return -EINVAL;
+    uint32_t *want = malloc((n ? n : 1) * sizeof(*want));
+    if (!want)
+        return -ENOMEM;
+    if (n)
+        memcpy(want, tgids, n * sizeof(*want));
+    qsort(want, n, sizeof(*want), cmp_u32);
+    unsigned int m = 0;
+    for (unsigned int i = 0; i < n; i++)  /* drop duplicates */
+        if (m == 0 || want[m - 1] != want[i])
+            want[m++] = want[i];
+
+    /* Add first, then remove: a process in both sets is never missing. */
+    uint32_t one = 1;
+    for (unsigned int i = 0; i < m; i++) {
+        if (sorted_contains(eng->also, eng->nalso, want[i]))
+            continue;
+        int rc = map_update(eng->also_fd, &want[i], &one);
+        if (rc < 0) {
+            free(want);
+            return rc;
+        }
+    }
+    for (unsigned int i = 0; i < eng->nalso; i++) {
+        if (sorted_contains(want, m, eng->also[i]))
+            continue;
+        int rc = map_delete(eng->also_fd, &eng->also[i]);
+        if (rc < 0 && rc != -ENOENT) {
+            free(want);
+            return rc;
+        }
+    }
+    free(eng->also);
+    eng->also = want;
+    eng->nalso = m;
     return 0;
 }
 
@@ -998,12 +1078,6 @@ int kvmstat_bpf_reset(struct kvmstat_bpf *eng)
     return 0;
 }
 
-static int cmp_u32(const void *a, const void *b)
-{
-    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-    return x < y ? -1 : x > y;
-}
-
 /* Add a count to the retired sum of (event, reason). */
 static int retire_count(struct kvmstat_bpf *eng, const struct kvmstat_bpf_entry *e)
 {
@@ -1097,7 +1171,7 @@ int kvmstat_bpf_missed(struct kvmstat_bpf *eng, uint64_t *missed)
 
 int kvmstat_bpf_fds(const struct kvmstat_bpf *eng)
 {
-    return eng ? (int)(2 * eng->nevents + 2) : -EINVAL;
+    return eng ? (int)(2 * eng->nevents + 2 + (eng->also_fd >= 0)) : -EINVAL;
 }
 
 int kvmstat_bpf_ncpus(const struct kvmstat_bpf *eng)
@@ -1130,6 +1204,7 @@ void kvmstat_bpf_free(struct kvmstat_bpf *eng)
         if (eng->prog_fds)
             close_fd(&eng->prog_fds[i]);
     }
+    close_fd(&eng->also_fd);
     close_fd(&eng->drops_fd);
     close_fd(&eng->counts_fd);
     free(eng->prog_fds);
@@ -1139,6 +1214,7 @@ void kvmstat_bpf_free(struct kvmstat_bpf *eng)
     free(eng->cstart);
     free(eng->ccode);
     free(eng->buckets);
+    free(eng->also);
     free(eng->keys);
     free(eng->values);
     free(eng->entries);

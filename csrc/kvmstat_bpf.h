@@ -7,7 +7,8 @@
  * of kvm_userspace_exit) or 0 for events without one.  So the breakdown of a
  * tracepoint by reason and by process costs one program run per hit, and the
  * engine holds a fixed number of descriptors: one perf event and one program
- * per tracepoint, plus two maps, whatever the number of CPUs or threads.
+ * per tracepoint, plus two maps (three when counting one process), whatever
+ * the number of CPUs or threads.
  *
  * The programs are assembled here as arrays of struct bpf_insn (no compiler
  * or libbpf at run time), loaded with bpf(BPF_PROG_LOAD) and attached with
@@ -46,6 +47,9 @@
 /* Not a tgid: count every process. */
 #define KVMSTAT_BPF_ALL_TGIDS (-1)
 
+/* Most processes kvmstat_bpf_also_count accepts. */
+#define KVMSTAT_BPF_MAX_ALSO 1024
+
 struct kvmstat_bpf_event {
     uint64_t tracepoint_id;  /* <tracefs>/events/<sys>/<name>/id */
     int32_t reason_offset;   /* byte offset of the reason field, -1 for none */
@@ -82,7 +86,9 @@ struct kvmstat_bpf;
  * Create the maps, load one program per event and attach it; counting
  * starts before this returns.
  *
- * only_tgid: count only this process (KVMSTAT_BPF_ALL_TGIDS for all).
+ * only_tgid: count only this process (KVMSTAT_BPF_ALL_TGIDS for all), and
+ *   those given to kvmstat_bpf_also_count (one more map, for the kernel
+ *   threads that work for a VM process outside its thread group).
  * max_entries: capacity of the count table.  It is allocated on demand
  *   (BPF_F_NO_PREALLOC), so a generous value costs nothing until used;
  *   hits that find the table full are counted as "dropped" (see _read).
@@ -104,6 +110,14 @@ int kvmstat_bpf_set_fields(struct kvmstat_bpf *eng,
 /* Replace the process -> bucket table (n pairs; tgids must be distinct). */
 int kvmstat_bpf_set_buckets(struct kvmstat_bpf *eng, const uint32_t *tgids,
                             const uint32_t *buckets, unsigned int n);
+
+/*
+ * With only_tgid: count these processes too (at most KVMSTAT_BPF_MAX_ALSO;
+ * replaces the previous set, keeping the counts already made).  -EINVAL for
+ * an engine counting every process.
+ */
+int kvmstat_bpf_also_count(struct kvmstat_bpf *eng, const uint32_t *tgids,
+                           unsigned int n);
 
 /*
  * One bulk read.  totals[nfields] receives each field's count; if buckets is

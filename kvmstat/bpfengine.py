@@ -5,8 +5,8 @@ tracepoint.  On every hit, on any CPU, the program adds 1 to a per-CPU table
 entry keyed by (event, process id, reason), the reason being a field of the
 tracepoint record (e.g. ``reason`` of ``kvm_userspace_exit``) or 0.  So a
 full breakdown by reason and by VM costs one program run per hit, and the
-engine holds ``2 x events + 2`` file descriptors however many CPUs, VMs or
-threads there are.  Threads and processes that appear later are counted
+engine holds ``2 x events + 2`` file descriptors (one more when it counts
+one process) however many CPUs, VMs or threads there are.  Threads and processes that appear later are counted
 without any action.
 
 A :class:`BpfCounter` is configured with *fields*, the columns its
@@ -258,7 +258,8 @@ class BpfCounter:
 
     ``events``: the tracepoints (:class:`BpfEventSpec`).  ``fields``: the
     columns of :meth:`read`, each ``(event index, None or reason codes)``.
-    ``only_pid``: count only this process (the ``-p`` of kvm_stat).
+    ``only_pid``: count only this process (the ``-p`` of kvm_stat), and
+    those given to :meth:`also_count`.
     ``max_entries``: capacity of the count table (allocated on use).
 
     Counting starts when the object is created.  Context manager; call
@@ -295,6 +296,7 @@ class BpfCounter:
         self._dropped = self._ffi.new("uint64_t *")
         self._nb = 0
         self._buckets = self._ffi.NULL
+        self._entries = 0
 
     def _open(self, paranoid_path: str) -> None:
         ffi, lib = self._ffi, self._lib
@@ -359,6 +361,31 @@ class BpfCounter:
         self._check_rc(self._lib.kvmstat_bpf_set_buckets(self._eng, tgids, rows, n),
                        "setting the buckets")
 
+    def also_count(self, pids: Iterable[int]) -> None:
+        """With ``only_pid``: count these processes too, e.g. the kernel
+        threads working for a VM outside its thread group (replaces the
+        previous set; counts already made stay)."""
+        self._check_open()
+        if self.only_pid is None:
+            raise InvalidArgument("also_count needs a counter made with only_pid")
+        pids = list(pids)
+        for pid in pids:
+            if not _is_int(pid) or not 0 < pid <= _UINT32_MAX:
+                raise InvalidArgument(f"bad process id {pid!r}")
+        limit = self._lib.KVMSTAT_BPF_MAX_ALSO
+        if len(set(pids)) > limit:
+            raise InvalidArgument(f"too many processes to count besides pid {self.only_pid}: "
+                                  f"{len(set(pids))}, at most {limit}")
+        arr = self._ffi.new("uint32_t[]", pids) if pids else self._ffi.NULL
+        self._check_rc(self._lib.kvmstat_bpf_also_count(self._eng, arr, len(pids)),
+                       "setting the processes counted")
+
+    @property
+    def entries(self) -> int:
+        """Entries the count table held at the last :meth:`read` (each
+        (event, process, reason) seen; see :meth:`forget`)."""
+        return self._entries
+
     def read(self, nbuckets: int = 0) -> tuple[list[int], list[int] | None]:
         """Counts per field, and a flat nbuckets x nfields list (row = bucket,
         None when nbuckets is 0).  Processes without a bucket < nbuckets
@@ -371,9 +398,10 @@ class BpfCounter:
         if nbuckets != self._nb:
             self._buckets = ffi.new("uint64_t[]", nbuckets * n) if nbuckets else ffi.NULL
             self._nb = nbuckets
-        self._check_rc(self._lib.kvmstat_bpf_read(self._eng, self._totals, self._buckets,
-                                                  nbuckets, self._dropped),
-                       "reading the count table")
+        self._entries = self._check_rc(
+            self._lib.kvmstat_bpf_read(self._eng, self._totals, self._buckets, nbuckets,
+                                       self._dropped),
+            "reading the count table")
         if self._dropped[0]:
             raise BpfTableFull(
                 f"the BPF count table is full ({self.max_entries} entries): "
@@ -432,7 +460,8 @@ class BpfCounter:
 
     @property
     def fds(self) -> int:
-        """File descriptors held: a program and a perf event per event, two maps."""
+        """File descriptors held: a program and a perf event per event, two
+        maps (three with ``only_pid``)."""
         return 0 if self._closed else self._lib.kvmstat_bpf_fds(self._eng)
 
     @property

@@ -136,8 +136,9 @@ def test_descriptors_do_not_grow_with_threads(guest_process, uexit, pio):
     g = guest_process("pio")
     before = _open_fds()
     with BpfCounter([uexit, pio], FIELDS, only_pid=g.pid) as c:
-        # One program and one perf event per tracepoint, and two maps.
-        assert c.fds == 2 * 2 + 2
+        # One program and one perf event per tracepoint, and three maps
+        # (counts, dropped hits, processes counted besides the pid).
+        assert c.fds == 2 * 2 + 3
         assert _open_fds() - before == c.fds
         tids = {g.thread(10) for _ in range(16)}  # 16 new vCPUs, each in a new thread
         assert len(tids) == 16
@@ -177,6 +178,24 @@ def test_only_pid_counts_one_process(guest_process, uexit, pio):
         totals, _ = c.read()
         assert totals == [30, 30, 0, 30]
         assert {e.tgid for e in c.dump()} == {a.pid}
+
+
+def test_processes_counted_besides_the_pid(guest_process, uexit, pio):
+    """What -p uses for kernel threads working for a VM in their own thread
+    group (kvm-pit/<pid>): they are counted with the pid, others are not."""
+    a, b, c_ = guest_process("pio"), guest_process("hlt"), guest_process("pio")
+    with BpfCounter([uexit, pio], FIELDS, only_pid=a.pid) as c:
+        c.also_count([b.pid])
+        a.run(30)
+        b.run(5)
+        c_.run(40)
+        assert c.read()[0] == [35, 30, 5, 30]
+        assert {e.tgid for e in c.dump()} == {a.pid, b.pid}
+        c.also_count([c_.pid])  # b leaves the set, its counts stay
+        b.run(6)
+        c_.run(4)
+        a.run(1)
+        assert c.read()[0] == [40, 35, 5, 35]
 
 
 def test_reset_starts_from_zero(guest_process, uexit, pio):

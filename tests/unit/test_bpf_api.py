@@ -40,6 +40,7 @@ class FakeLib:
     """Stands in for the kvmstat_bpf_* functions of the C core."""
 
     KVMSTAT_BPF_ALL_TGIDS = -1
+    KVMSTAT_BPF_MAX_ALSO = 4
 
     def __init__(self, ffi, fail=None, log="", totals=(), dropped=0, entries=()):
         self.ffi = ffi
@@ -71,6 +72,10 @@ class FakeLib:
 
     def kvmstat_bpf_set_buckets(self, eng, tgids, buckets, n):
         self.calls.append(("buckets", dict(zip(tgids[0:n], buckets[0:n]))))
+        return 0
+
+    def kvmstat_bpf_also_count(self, eng, tgids, n):
+        self.calls.append(("also", list(tgids[0:n]) if n else []))
         return 0
 
     def kvmstat_bpf_read(self, eng, totals, buckets, nbuckets, dropped):
@@ -213,6 +218,26 @@ def test_what_reaches_the_core(fake):
     assert c.fds == 0
     c.close()
     assert lib.freed == 1
+
+
+def test_processes_counted_besides_the_pid(fake):
+    lib = fake(totals=[1])
+    with BpfCounter([PIO], [(0, None)], only_pid=1234) as c:
+        c.also_count([7, 8])
+        assert lib.calls[-1] == ("also", [7, 8])
+        c.also_count([])
+        assert lib.calls[-1] == ("also", [])
+        with pytest.raises(InvalidArgument, match="bad process id 0"):
+            c.also_count([0])
+        with pytest.raises(InvalidArgument, match="too many processes to count besides pid "
+                                                  "1234: 5, at most 4"):
+            c.also_count(range(1, 6))
+        assert c.entries == 0
+        c.read()
+        assert c.entries == 7  # what the core returned: the table's entries
+    with BpfCounter([PIO], [(0, None)]) as c:
+        with pytest.raises(InvalidArgument, match="needs a counter made with only_pid"):
+            c.also_count([7])
 
 
 def test_all_processes_unless_a_pid_is_given(fake):
