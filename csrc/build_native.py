@@ -102,6 +102,7 @@ ffibuilder.cdef(
     int kvmstat_bpf_missed(struct kvmstat_bpf *eng, uint64_t *missed);
     int kvmstat_bpf_fds(const struct kvmstat_bpf *eng);
     int kvmstat_bpf_ncpus(const struct kvmstat_bpf *eng);
+    int kvmstat_bpf_max_entries(const struct kvmstat_bpf *eng);
     int kvmstat_bpf_batch_reads(const struct kvmstat_bpf *eng);
     int kvmstat_bpf_force_iteration(struct kvmstat_bpf *eng);
     void kvmstat_bpf_free(struct kvmstat_bpf *eng);

@@ -73,6 +73,7 @@ struct kvmstat_bpf {
     int *prog_fds;           /* nevents */
     int *perf_fds;           /* nevents */
     unsigned int ncpus;      /* possible CPUs: u64 values per entry */
+    unsigned int max_entries;  /* capacity of the count table */
     int use_iteration;       /* the kernel lacks batch lookups of this map */
 
     /* Fields, in compressed rows per event: parents of event e are
@@ -445,6 +446,18 @@ static int count_possible_cpus(int drops_fd)
     return rc;
 }
 
+/* The capacity of a count table whose per-CPU values take about
+ * KVMSTAT_BPF_TABLE_BUDGET bytes, within sensible bounds. */
+static unsigned int default_table_size(unsigned int ncpus)
+{
+    size_t n = KVMSTAT_BPF_TABLE_BUDGET / ((size_t)ncpus * sizeof(uint64_t));
+    if (n > KVMSTAT_BPF_TABLE_MAX)
+        n = KVMSTAT_BPF_TABLE_MAX;
+    if (n < KVMSTAT_BPF_TABLE_MIN)
+        n = KVMSTAT_BPF_TABLE_MIN;
+    return (unsigned int)n;
+}
+
 static int check_event(const struct kvmstat_bpf_event *ev)
 {
     if (ev->reason_offset < 0)
@@ -472,7 +485,7 @@ int kvmstat_bpf_new(const struct kvmstat_bpf_event *events, unsigned int nevents
 
     if (log && log_size)
         log[0] = '\0';
-    if (!out || !events || nevents == 0 || max_entries == 0 ||
+    if (!out || !events || nevents == 0 ||
         only_tgid < KVMSTAT_BPF_ALL_TGIDS || only_tgid > INT32_MAX) {
         set_error(err, 0, -1, -EINVAL);
         return -EINVAL;
@@ -504,14 +517,6 @@ int kvmstat_bpf_new(const struct kvmstat_bpf_event *events, unsigned int nevents
     for (unsigned int i = 0; i < nevents; i++)
         eng->prog_fds[i] = eng->perf_fds[i] = -1;
 
-    rc = map_create(BPF_MAP_TYPE_PERCPU_HASH, sizeof(struct count_key),
-                    sizeof(uint64_t), max_entries, BPF_F_NO_PREALLOC,
-                    "kvmstat_counts");
-    if (rc < 0) {
-        set_error(err, KVMSTAT_BPF_STAGE_MAP, -1, rc);
-        goto fail;
-    }
-    eng->counts_fd = rc;
     rc = map_create(BPF_MAP_TYPE_PERCPU_ARRAY, sizeof(uint32_t),
                     sizeof(uint64_t), 1, 0, "kvmstat_drops");
     if (rc < 0) {
@@ -519,7 +524,26 @@ int kvmstat_bpf_new(const struct kvmstat_bpf_event *events, unsigned int nevents
         goto fail;
     }
     eng->drops_fd = rc;
+    rc = count_possible_cpus(eng->drops_fd);
+    if (rc < 0) {
+        set_error(err, KVMSTAT_BPF_STAGE_CPUS, -1, rc);
+        goto fail;
+    }
+    eng->ncpus = (unsigned int)rc;
+
+    /* Preallocated: a program that must allocate an entry on first use can
+     * fail (the kernel's per-CPU element cache is refilled asynchronously,
+     * so a burst of new entries finds it empty) and would lose that hit. */
+    eng->max_entries = max_entries ? max_entries : default_table_size(eng->ncpus);
+    rc = map_create(BPF_MAP_TYPE_PERCPU_HASH, sizeof(struct count_key),
+                    sizeof(uint64_t), eng->max_entries, 0, "kvmstat_counts");
+    if (rc < 0) {
+        set_error(err, KVMSTAT_BPF_STAGE_MAP, -1, rc);
+        goto fail;
+    }
+    eng->counts_fd = rc;
     if (only_tgid >= 0) {
+        /* Written only from user space: never allocates in a program. */
         rc = map_create(BPF_MAP_TYPE_HASH, sizeof(uint32_t), sizeof(uint32_t),
                         KVMSTAT_BPF_MAX_ALSO, BPF_F_NO_PREALLOC, "kvmstat_also");
         if (rc < 0) {
@@ -528,12 +552,6 @@ int kvmstat_bpf_new(const struct kvmstat_bpf_event *events, unsigned int nevents
         }
         eng->also_fd = rc;
     }
-    rc = count_possible_cpus(eng->drops_fd);
-    if (rc < 0) {
-        set_error(err, KVMSTAT_BPF_STAGE_CPUS, -1, rc);
-        goto fail;
-    }
-    eng->ncpus = (unsigned int)rc;
 
     eng->batch_cap = BATCH_FIRST;
     eng->keys = malloc(eng->batch_cap * sizeof(*eng->keys));
@@ -1177,6 +1195,11 @@ int kvmstat_bpf_fds(const struct kvmstat_bpf *eng)
 int kvmstat_bpf_ncpus(const struct kvmstat_bpf *eng)
 {
     return eng ? (int)eng->ncpus : -EINVAL;
+}
+
+int kvmstat_bpf_max_entries(const struct kvmstat_bpf *eng)
+{
+    return eng ? (int)eng->max_entries : -EINVAL;
 }
 
 int kvmstat_bpf_batch_reads(const struct kvmstat_bpf *eng)

@@ -50,6 +50,13 @@
 /* Most processes kvmstat_bpf_also_count accepts. */
 #define KVMSTAT_BPF_MAX_ALSO 1024
 
+/* Default count table: as many entries as fit per-CPU values of about
+ * TABLE_BUDGET bytes (16384 entries up to 128 CPUs, 4681 with 448),
+ * within TABLE_MIN..TABLE_MAX.  A VM fills a few dozen entries. */
+#define KVMSTAT_BPF_TABLE_BUDGET (16u << 20)
+#define KVMSTAT_BPF_TABLE_MIN 1024u
+#define KVMSTAT_BPF_TABLE_MAX 16384u
+
 struct kvmstat_bpf_event {
     uint64_t tracepoint_id;  /* <tracefs>/events/<sys>/<name>/id */
     int32_t reason_offset;   /* byte offset of the reason field, -1 for none */
@@ -89,9 +96,11 @@ struct kvmstat_bpf;
  * only_tgid: count only this process (KVMSTAT_BPF_ALL_TGIDS for all), and
  *   those given to kvmstat_bpf_also_count (one more map, for the kernel
  *   threads that work for a VM process outside its thread group).
- * max_entries: capacity of the count table.  It is allocated on demand
- *   (BPF_F_NO_PREALLOC), so a generous value costs nothing until used;
- *   hits that find the table full are counted as "dropped" (see _read).
+ * max_entries: capacity of the count table, 0 for the default size (see
+ *   KVMSTAT_BPF_TABLE_BUDGET).  The table is preallocated: the kernel
+ *   reserves one u64 per possible CPU per entry, at once (so that counting a
+ *   new entry never needs an allocation that could fail); hits that find
+ *   the table full are counted as "dropped" (see _read).
  * log/log_size: when a program fails to load, the verifier's log for it
  *   (the end of it if it is longer than the buffer), NUL-terminated;
  *   may be NULL/0.
@@ -156,10 +165,12 @@ int kvmstat_bpf_forget(struct kvmstat_bpf *eng, const uint32_t *tgids,
  * CPU (bpf_prog_info.recursion_misses, summed over the programs). */
 int kvmstat_bpf_missed(struct kvmstat_bpf *eng, uint64_t *missed);
 
-/* File descriptors held; possible CPUs (per-CPU values per entry);
- * 1 if reads use BPF_MAP_LOOKUP_BATCH, 0 if key iteration. */
+/* File descriptors held; possible CPUs (per-CPU values per entry); the
+ * count table's capacity; 1 if reads use BPF_MAP_LOOKUP_BATCH, 0 if key
+ * iteration. */
 int kvmstat_bpf_fds(const struct kvmstat_bpf *eng);
 int kvmstat_bpf_ncpus(const struct kvmstat_bpf *eng);
+int kvmstat_bpf_max_entries(const struct kvmstat_bpf *eng);
 int kvmstat_bpf_batch_reads(const struct kvmstat_bpf *eng);
 
 /* Read by key iteration from now on (for tests of the fallback path). */

@@ -43,14 +43,16 @@ __all__ = [
     "bpf_supported",
 ]
 
-# Capacity of the count table.  A VM needs a few dozen entries (one per
-# event and reason it produces), so this is room for hundreds of VMs; the
-# entries themselves are allocated on use, but the kernel allocates the hash
-# buckets (16 bytes per entry of capacity) at once, and a read walks all of
-# them: about 1 us per 1000 entries of capacity (measured: 6 us per read at
-# 1024, 15 us at 16384, 57 us at 65536).  Entries of exited VMs can be
-# removed with BpfCounter.forget.
-DEFAULT_MAX_ENTRIES = 16384
+# Capacity of the count table when none is given: 16384 entries up to 128
+# possible CPUs, fewer beyond (KVMSTAT_BPF_TABLE_BUDGET in kvmstat_bpf.h:
+# the table is preallocated, one u64 per possible CPU per entry, so that a
+# program never has to allocate an entry, which can fail and lose a hit).
+# A VM needs a few dozen entries (one per event and reason it produces), so
+# this is room for hundreds of VMs; a read walks every hash bucket: about
+# 1 us per 1000 entries of capacity (measured: 6 us per read at 1024, 13 us
+# at 16384, 57 us at 65536).  Entries of exited VMs can be removed with
+# BpfCounter.forget.
+DEFAULT_MAX_ENTRIES = None
 
 VERIFIER_LOG_SIZE = 1 << 16
 LOG_TAIL_LINES = 4
@@ -154,7 +156,7 @@ def _describe_reason(ev: BpfEventSpec) -> str:
 
 
 def _open_error(stage: int, err: int, event: BpfEventSpec | None, log: str,
-                needed: int, max_entries: int,
+                needed: int, max_entries: int | None,
                 paranoid_path: str = PARANOID_PATH) -> Error:
     """Turn a failed kvmstat_bpf_new/_probe (stage, positive errno, verifier
     log) into a kvmstat exception with a one-line message."""
@@ -186,7 +188,8 @@ def _open_error(stage: int, err: int, event: BpfEventSpec | None, log: str,
             "most BPF programs the kernel allows (other monitors are attached)",
             err, event=name)
     if stage == _STAGE_MAP and err in (_errno.ENOMEM, _errno.E2BIG):
-        detail += f" (count table of {max_entries} entries)"
+        size = "the default size" if max_entries is None else f"{max_entries} entries"
+        detail += f" (count table of {size})"
     if stage == _STAGE_LOAD and err == _errno.EINVAL:
         detail += " (does this kernel support BPF tracepoint programs?)"
     return NativeError(f"{action}{subject} failed: {detail}", err, event=name)
@@ -260,7 +263,8 @@ class BpfCounter:
     columns of :meth:`read`, each ``(event index, None or reason codes)``.
     ``only_pid``: count only this process (the ``-p`` of kvm_stat), and
     those given to :meth:`also_count`.
-    ``max_entries``: capacity of the count table (allocated on use).
+    ``max_entries``: capacity of the count table (preallocated; None: sized
+    by the number of possible CPUs, see :attr:`max_entries` afterwards).
 
     Counting starts when the object is created.  Context manager; call
     :meth:`close` (or leave the ``with`` block) to release the descriptors.
@@ -268,14 +272,15 @@ class BpfCounter:
 
     def __init__(self, events: Sequence[BpfEventSpec], fields: Iterable,
                  only_pid: int | None = None, *,
-                 max_entries: int = DEFAULT_MAX_ENTRIES,
+                 max_entries: int | None = DEFAULT_MAX_ENTRIES,
                  paranoid_path: str = PARANOID_PATH):
         self._closed = True  # until the engine exists
         self.events: tuple[BpfEventSpec, ...] = _check_events(events)
         self.fields: tuple[BpfField, ...] = _check_fields(fields, self.events)
         if only_pid is not None and (not _is_int(only_pid) or not 0 < only_pid <= _INT32_MAX):
             raise InvalidArgument(f"bad pid {only_pid!r}: need a process id > 0")
-        if not _is_int(max_entries) or not 0 < max_entries <= _UINT32_MAX:
+        if max_entries is not None and (not _is_int(max_entries)
+                                        or not 0 < max_entries <= _UINT32_MAX):
             raise InvalidArgument(f"bad table size {max_entries!r}: need 1 to {_UINT32_MAX}")
         self.only_pid = only_pid
         self.max_entries = max_entries
@@ -286,6 +291,7 @@ class BpfCounter:
         self._ffi, self._lib = native.ffi, native.lib
         self._open(paranoid_path)
         self._closed = False
+        self.max_entries = self._lib.kvmstat_bpf_max_entries(self._eng)
         try:
             self._set_fields()
         except BaseException:
@@ -310,14 +316,15 @@ class BpfCounter:
         err = ffi.new("struct kvmstat_bpf_error *")
         out = ffi.new("struct kvmstat_bpf **")
         only = lib.KVMSTAT_BPF_ALL_TGIDS if self.only_pid is None else self.only_pid
-        rc = lib.kvmstat_bpf_new(cevents, n, only, self.max_entries, log,
+        rc = lib.kvmstat_bpf_new(cevents, n, only, self.max_entries or 0, log,
                                  VERIFIER_LOG_SIZE, err, out)
         if rc < 0:
             index = err.event_index
             event = self.events[index] if 0 <= index < n else None
             raise _open_error(err.stage, err.err or -rc, event,
                               ffi.string(log).decode(errors="replace"),
-                              needed=2 * n + 2, max_entries=self.max_entries,
+                              needed=2 * n + 2 + (self.only_pid is not None),
+                              max_entries=self.max_entries,
                               paranoid_path=paranoid_path)
         self._eng = out[0]
 

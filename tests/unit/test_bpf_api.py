@@ -56,6 +56,7 @@ class FakeLib:
         self.calls.append(("new", [(events[i].tracepoint_id, events[i].reason_offset,
                                     events[i].reason_size) for i in range(n)],
                            only, max_entries))
+        self.max_entries = max_entries or 16384  # 0: the core's default
         if self.fail:
             err.stage, err.event_index, err.err = self.fail
             data = self.log.encode()[:log_size - 1] + b"\0"
@@ -109,6 +110,9 @@ class FakeLib:
 
     def kvmstat_bpf_ncpus(self, eng):
         return 2
+
+    def kvmstat_bpf_max_entries(self, eng):
+        return self.max_entries
 
     def kvmstat_bpf_batch_reads(self, eng):
         return 1
@@ -242,8 +246,11 @@ def test_processes_counted_besides_the_pid(fake):
 
 def test_all_processes_unless_a_pid_is_given(fake):
     lib = fake()
-    BpfCounter([PIO], [(0, None)]).close()
+    c = BpfCounter([PIO], [(0, None)])
     assert lib.calls[0][2] == -1
+    # No table size given: the core sizes it (0), and says how big it made it.
+    assert lib.calls[0][3] == 0 and c.max_entries == 16384
+    c.close()
 
 
 def test_closed_counter_refuses_use(fake):
@@ -356,7 +363,10 @@ def test_tracepoint_with_too_many_programs(fake):
 def test_table_too_big(fake):
     exc = _open_with(fake, 1, -1, errno.ENOMEM)
     assert str(exc) == ("creating a BPF map failed: Cannot allocate memory "
-                        "(count table of 16384 entries)")
+                        "(count table of the default size)")
+    fake(fail=(1, -1, errno.ENOMEM))
+    with pytest.raises(NativeError, match=r"\(count table of 99999 entries\)$"):
+        BpfCounter([PIO], [(0, None)], max_entries=99999)
 
 
 def test_probe(fake):
