@@ -14,17 +14,16 @@ and helper threads that came or went.
 from __future__ import annotations
 
 import errno
-import heapq
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .. import native
-from ..errors import NativeError, NoSuchVM, VMGone
-from ..events import Event, load_events
+from ..errors import NativeError, NoSuchVM
+from ..events import Child, Event, load_events
 from ..resources import ensure_open_files
-from ..vms import VM, VMWatch
-from .base import Provider, Totals
+from ..vms import VM, VMChanges, VMWatch
+from .counting import CountingProvider
 
-__all__ = ["TracepointProvider", "online_cpus", "event_fields", "event_specs"]
+__all__ = ["TracepointProvider", "online_cpus", "event_fields", "event_specs", "selected_fields"]
 
 # perf_event_open errors meaning "that thread has just exited (or is exiting)"
 _THREAD_GONE = (errno.ESRCH, errno.ENOENT, errno.ENODEV)
@@ -52,21 +51,30 @@ def event_fields(events: Iterable[Event]) -> List[str]:
     return names
 
 
-def event_specs(events: Iterable[Event], fields: Optional[Iterable[str]] = None) -> List[native.EventSpec]:
-    """Perf event specs for the selected *fields* of *events* (all if None)."""
+def selected_fields(events: Iterable[Event], fields: Optional[Iterable[str]] = None
+                    ) -> List[Tuple[Event, Optional[Child]]]:
+    """The selected *fields* (all if None) as (event, None) for a parent and
+    (event, child) for a child, each parent followed by its children."""
     wanted = None if fields is None else set(fields)
-    specs = []
+    out: List[Tuple[Event, Optional[Child]]] = []
     for event in events:
         if wanted is None or event.name in wanted:
-            specs.append(native.EventSpec(event.name, event.id, None))
+            out.append((event, None))
         for child in event.children:
             if wanted is None or child.name in wanted:
-                specs.append(native.EventSpec(child.name, event.id, child.filter))
-    return specs
+                out.append((event, child))
+    return out
 
 
-class TracepointProvider(Provider):
-    """Counts kvm tracepoints host-wide, for one VM process, or per VM.
+def event_specs(events: Iterable[Event], fields: Optional[Iterable[str]] = None) -> List[native.EventSpec]:
+    """Perf event specs for the selected *fields* of *events* (all if None)."""
+    return [native.EventSpec(event.name, event.id, None) if child is None
+            else native.EventSpec(child.name, event.id, child.filter)
+            for event, child in selected_fields(events, fields)]
+
+
+class TracepointProvider(CountingProvider):
+    """Counts kvm tracepoints with perf groups, host-wide, for one VM process, or per VM.
 
     *tracefs* is the tracefs mount point.  *fields* limits the events opened
     (None: all).  *events* may be given to skip reading the format files
@@ -79,42 +87,44 @@ class TracepointProvider(Provider):
       once it has exited :meth:`refresh` raises :class:`VMGone` (counts stay
       readable).  :meth:`read_by_vm` gives that one VM.
     - *by_vm*: every VM process, followed as VMs start and exit; totals are
-      the sum over the VMs (see :meth:`read`).  *debugfs* (optional) makes
-      finding new VMs cheap (see :class:`kvmstat.vms.VMWatch`).
+      the sum over the VMs.  *debugfs* (optional) makes finding new VMs
+      cheap (see :class:`kvmstat.vms.VMWatch`).
+
+    Per VM (*pid*, *by_vm*) the totals are what the VMs' threads and helper
+    threads did since they were opened, including VMs that have exited
+    since; events in other threads (e.g. kworkers that inject interrupts
+    for irqfds) are not counted, unlike host-wide.  Threads a VM process
+    starts need nothing from :meth:`refresh`: they inherit.  The groups of
+    its ended threads stay open until the VM exits (closing them would stop
+    the counting of threads they started).  :meth:`reset` zeroes live
+    groups and those of ended threads.
     """
 
     name = "tracepoints"
+    engine = "perf"
 
     def __init__(self, tracefs: str, *, fields: Optional[Iterable[str]] = None,
                  pid: Optional[int] = None, by_vm: bool = False, vendor: Optional[str] = None,
                  events: Optional[Sequence[Event]] = None, backend: Optional[str] = None,
                  proc: str = "/proc", sys: str = "/sys", debugfs: Optional[str] = None):
-        self._pid = pid
         if events is None:
             events = load_events(tracefs, vendor)
         self._specs = event_specs(events, fields)
-        self._names = [spec.name for spec in self._specs]
-        self._set: Optional[native.CounterSet] = None
-        self._watch: Optional[VMWatch] = None
-        self._buckets: Dict[int, int] = {}          # VM pid -> bucket
-        self._free_buckets: List[int] = []          # heap of cleared buckets
-        self._nbuckets = 0
+        super().__init__([spec.name for spec in self._specs])
         self._vm_slots: Dict[int, Dict[int, int]] = {}  # VM pid -> {tid: slot}
-        self._exited: List[int] = []                # VMs read one last time
-        self._gone: Optional[VMGone] = None
         if not self._specs:
             return
         if pid is None and not by_vm:
-            self._set = self._open_per_cpu(online_cpus(sys), backend)
+            self._counter = self._set = self._open_per_cpu(online_cpus(sys), backend)
             return
-        self._watch = VMWatch(proc, pid=pid, debugfs=debugfs)
-        vms = list(self._watch.vms.values())
+        watch = VMWatch(proc, pid=pid, debugfs=debugfs)
+        vms = list(watch.vms.values())
         ensure_open_files(len(self._specs) * sum(len(vm.tids) + len(vm.helper_tids)
                                                  for vm in vms))
-        self._set = native.open_counter_set(self._specs, native.PER_THREAD_INHERIT, backend)
+        self._counter = self._set = native.open_counter_set(self._specs,
+                                                            native.PER_THREAD_INHERIT, backend)
         try:
-            for vm in vms:
-                self._open_vm(vm)
+            self._follow(watch, pid)
             if pid is not None and not self._vm_slots.get(pid):
                 raise NoSuchVM(f"VM process {pid} has exited", [(pid, None)])
             self._set.enable()
@@ -134,9 +144,8 @@ class TracepointProvider(Provider):
             raise
         return counter_set
 
-    # -- following VMs -------------------------------------------------------
+    # -- following VMs: one inheriting group per thread ---------------------------
     def _add_threads(self, pid: int, tids: Iterable[int]) -> None:
-        assert self._set is not None
         bucket = self._buckets[pid]
         slots = self._vm_slots[pid]
         for tid in tids:
@@ -147,132 +156,33 @@ class TracepointProvider(Provider):
                 if exc.errno not in _THREAD_GONE:
                     raise
 
-    def _open_vm(self, vm: VM) -> None:
-        if self._free_buckets:
-            bucket = heapq.heappop(self._free_buckets)
-        else:
-            bucket, self._nbuckets = self._nbuckets, self._nbuckets + 1
-        self._buckets[vm.pid] = bucket
-        self._vm_slots[vm.pid] = {}
-        self._add_threads(vm.pid, vm.tids + vm.helper_tids)
-
     def _retire_threads(self, pid: int, tids: Iterable[int]) -> None:
-        assert self._set is not None
         slots = self._vm_slots[pid]
         for tid in tids:
             if tid in slots:
                 self._set.retire(slots.pop(tid))
 
-    def _retire_vm(self, pid: int) -> None:
-        """Retire every group of an exited VM: its final counts stay in its
-        bucket until :meth:`_drop_vm`, and in the totals for good."""
+    def _vm_started(self, vm: VM, bucket: int) -> None:
+        self._vm_slots[vm.pid] = {}
+        self._add_threads(vm.pid, vm.tids + vm.helper_tids)
+
+    def _vm_ended(self, pid: int) -> None:
+        # Its final counts stay in its bucket until it is dropped, and in
+        # the totals for good.
         self._retire_threads(pid, list(self._vm_slots[pid]))
-        self._exited.append(pid)
 
-    def _drop_vm(self, pid: int) -> None:
-        """Forget an exited VM and give its bucket back."""
-        assert self._set is not None
+    def _vm_dropped(self, pid: int, bucket: int) -> None:
         del self._vm_slots[pid]
-        bucket = self._buckets.pop(pid)
         self._set.clear_bucket(bucket)
-        heapq.heappush(self._free_buckets, bucket)
 
-    def refresh(self) -> None:
-        """Follow VMs: add groups for new VMs and new helper threads, retire
-        those of exited VMs and ended helper threads.
+    def _helpers_started(self, pid: int, tids: List[int]) -> None:
+        self._add_threads(pid, tids)
 
-        Threads a VM process starts need nothing here: they inherit.  The
-        groups of its ended threads stay open until the VM exits (closing
-        them would stop the counting of threads they started).  A VM found
-        exited is read one last time, with its final counts, before the next
-        refresh drops it from :meth:`read_by_vm`.  With *pid*, raises
-        :class:`VMGone` once that VM has exited (its counts stay readable).
-        """
-        if self._watch is None or self._set is None:
-            return
-        if self._gone is not None:
-            raise self._gone
-        while self._exited:
-            self._drop_vm(self._exited.pop())
-        changes = self._watch.update()
-        if not changes:
-            return
-        for pid in changes.ended:
-            self._retire_vm(pid)
-        for pid, tids in changes.helpers_ended.items():
-            self._retire_threads(pid, tids)
+    def _helpers_ended(self, pid: int, tids: List[int]) -> None:
+        self._retire_threads(pid, tids)
+
+    def _changes_coming(self, changes: VMChanges) -> None:
         new_threads = (sum(len(vm.tids) + len(vm.helper_tids) for vm in changes.started)
                        + sum(len(tids) for tids in changes.helpers_started.values()))
         if new_threads:
             ensure_open_files(self.fds + new_threads * len(self._specs))
-        for vm in changes.started:
-            self._open_vm(vm)
-        for pid, tids in changes.helpers_started.items():
-            self._add_threads(pid, tids)
-        if self._pid is not None and self._pid in changes.ended:
-            self._gone = VMGone(f"VM process {self._pid} has exited", self._pid)
-            raise self._gone
-
-    # -- reading -------------------------------------------------------------
-    @property
-    def fields(self) -> List[str]:
-        """The counted fields (parents and children), in event order."""
-        return list(self._names)
-
-    @property
-    def fds(self) -> int:
-        """Number of perf file descriptors held."""
-        return self._set.fds if self._set is not None else 0
-
-    @property
-    def supports_by_vm(self) -> bool:
-        """True when opened with *pid* or *by_vm*."""
-        return self._watch is not None
-
-    @property
-    def vms(self) -> Dict[int, VM]:
-        """The VMs counted now (pid -> :class:`~kvmstat.vms.VM`); empty host-wide."""
-        return dict(self._watch.vms) if self._watch is not None else {}
-
-    def read(self) -> Totals:
-        """Cumulative counts of every field: one native bulk read.
-
-        Per VM (*pid*, *by_vm*) the totals are what the VMs' threads and
-        helper threads did since they were opened, including VMs that have
-        exited since; events in other threads (e.g. kworkers that inject
-        interrupts for irqfds) are not counted, unlike host-wide.
-        """
-        if self._set is None:
-            return dict.fromkeys(self._names, 0)
-        totals, _ = self._set.read()
-        return dict(zip(self._names, totals))
-
-    def read_all(self) -> Tuple[Totals, Dict[int, Totals]]:
-        """Totals and the per-VM breakdown from one native read.
-
-        The breakdown lists the VMs running at the last :meth:`refresh`,
-        and those it found exited, with their final counts; after that an
-        exited VM leaves the breakdown (its counts stay in the totals).
-        """
-        if self._set is None or self._watch is None:
-            return self.read(), {}
-        totals, flat = self._set.read(self._nbuckets)
-        names, n = self._names, len(self._names)
-        per_vm = {pid: dict(zip(names, flat[b * n:(b + 1) * n]))  # type: ignore[index]
-                  for pid, b in self._buckets.items()}
-        return dict(zip(names, totals)), per_vm
-
-    def read_by_vm(self) -> Dict[int, Totals]:
-        """Cumulative counts per VM pid (see :meth:`read_all`); ``{}`` host-wide."""
-        return self.read_all()[1]
-
-    def reset(self) -> None:
-        """Zero every counter (live and those of ended threads)."""
-        if self._set is not None:
-            self._set.reset()
-
-    def close(self) -> None:
-        """Close every perf event; safe to call twice."""
-        if self._set is not None:
-            counter_set, self._set = self._set, None
-            counter_set.close()

@@ -1,0 +1,192 @@
+"""What the tracepoint providers of both engines share: fields read in bulk
+as totals plus one row per VM, and the following of VMs.
+
+A counting engine (perf groups: :class:`kvmstat.native.CounterSet`; BPF:
+:class:`kvmstat.bpfengine.BpfCounter`) is read in one native call as
+``(totals, flat bucket matrix)``.  :class:`CountingProvider` turns that into
+the :class:`~kvmstat.providers.base.Provider` interface, gives every
+followed VM a bucket (row), and follows VMs with :class:`kvmstat.vms.VMWatch`:
+what to do when a VM or one of its kernel helper threads comes or goes is
+engine business, done in the ``_vm_*``/``_helpers_*`` hooks.
+
+The conventions both engines keep: a VM found exited is read one last time
+with its final counts before the next :meth:`~CountingProvider.refresh`
+drops it from the breakdown (its counts stay in the totals); with one
+watched VM (*pid*), ``refresh`` raises :class:`~kvmstat.errors.VMGone` once
+it has exited, and its counts stay readable.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Dict, List, Optional, Protocol, Sequence, Tuple
+
+from ..errors import VMGone
+from ..vms import VM, VMChanges, VMWatch
+from .base import Provider, Totals
+
+__all__ = ["CountingProvider", "Counter"]
+
+
+class Counter(Protocol):
+    """What a counting engine offers the provider (both engines have it)."""
+
+    fds: int
+
+    def read(self, nbuckets: int = 0) -> Tuple[List[int], Optional[List[int]]]: ...
+
+    def reset(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class CountingProvider(Provider):
+    """Fields counted by one engine object, host-wide or per VM.
+
+    Subclasses set :attr:`_counter` and, to follow VMs, call :meth:`_follow`
+    with a :class:`~kvmstat.vms.VMWatch`; they implement the hooks below.
+    """
+
+    #: how the events are counted, shown to users ("perf", "bpf")
+    engine: str = ""
+
+    def __init__(self, names: Sequence[str]):
+        self._names: List[str] = list(names)
+        self._counter: Optional[Counter] = None
+        self._pid: Optional[int] = None
+        self._watch: Optional[VMWatch] = None
+        self._buckets: Dict[int, int] = {}          # VM pid -> bucket
+        self._free_buckets: List[int] = []          # heap of cleared buckets
+        self._nbuckets = 0
+        self._exited: List[int] = []                # VMs read one last time
+        self._gone: Optional[VMGone] = None
+
+    # -- hooks for the engines -------------------------------------------------
+    def _vm_started(self, vm: VM, bucket: int) -> None:
+        """Start counting a VM (its threads and helper threads) into *bucket*."""
+
+    def _vm_ended(self, pid: int) -> None:
+        """The VM has exited: it is read once more, then dropped."""
+
+    def _vm_dropped(self, pid: int, bucket: int) -> None:
+        """Forget an exited VM; its counts stay in the totals, *bucket* is reused."""
+
+    def _helpers_started(self, pid: int, tids: List[int]) -> None:
+        """Kernel threads now work for VM *pid*."""
+
+    def _helpers_ended(self, pid: int, tids: List[int]) -> None:
+        """Kernel threads of VM *pid* have ended."""
+
+    def _changes_coming(self, changes: VMChanges) -> None:
+        """Called before the hooks of one refresh (e.g. to raise limits)."""
+
+    def _changes_done(self) -> None:
+        """Called after the hooks of the first VMs and of every refresh with changes."""
+
+    # -- following VMs -----------------------------------------------------------
+    def _follow(self, watch: VMWatch, pid: Optional[int]) -> None:
+        """Follow the VMs of *watch* (one VM when *pid* is set), starting
+        with those it lists now."""
+        self._watch, self._pid = watch, pid
+        for vm in watch.vms.values():
+            self._start_vm(vm)
+        self._changes_done()
+
+    def _start_vm(self, vm: VM) -> None:
+        if self._free_buckets:
+            bucket = heapq.heappop(self._free_buckets)
+        else:
+            bucket, self._nbuckets = self._nbuckets, self._nbuckets + 1
+        self._buckets[vm.pid] = bucket
+        self._vm_started(vm, bucket)
+
+    def _drop_vm(self, pid: int) -> None:
+        bucket = self._buckets.pop(pid)
+        self._vm_dropped(pid, bucket)
+        heapq.heappush(self._free_buckets, bucket)
+
+    def refresh(self) -> None:
+        """Follow VMs: start counting new VMs and helper threads, stop with
+        exited ones.  With *pid*, raises :class:`VMGone` once that VM has
+        exited (its counts stay readable)."""
+        if self._watch is None or self._counter is None:
+            return
+        if self._gone is not None:
+            raise self._gone
+        while self._exited:
+            self._drop_vm(self._exited.pop())
+        changes = self._watch.update()
+        if not changes:
+            return
+        self._changes_coming(changes)
+        for pid in changes.ended:
+            self._vm_ended(pid)
+            self._exited.append(pid)
+        for pid, tids in changes.helpers_ended.items():
+            self._helpers_ended(pid, tids)
+        for vm in changes.started:
+            self._start_vm(vm)
+        for pid, tids in changes.helpers_started.items():
+            self._helpers_started(pid, tids)
+        self._changes_done()
+        if self._pid is not None and self._pid in changes.ended:
+            self._gone = VMGone(f"VM process {self._pid} has exited", self._pid)
+            raise self._gone
+
+    # -- reading -------------------------------------------------------------------
+    @property
+    def fields(self) -> List[str]:
+        """The counted fields (parents and children), in event order."""
+        return list(self._names)
+
+    @property
+    def fds(self) -> int:
+        """Number of file descriptors held."""
+        return self._counter.fds if self._counter is not None else 0
+
+    @property
+    def supports_by_vm(self) -> bool:
+        """True when opened for one VM or per VM."""
+        return self._watch is not None
+
+    @property
+    def vms(self) -> Dict[int, VM]:
+        """The VMs counted now (pid -> :class:`~kvmstat.vms.VM`); empty host-wide."""
+        return dict(self._watch.vms) if self._watch is not None else {}
+
+    def read(self) -> Totals:
+        """Cumulative counts of every field: one native bulk read."""
+        if self._counter is None:
+            return dict.fromkeys(self._names, 0)
+        totals, _ = self._counter.read()
+        return dict(zip(self._names, totals))
+
+    def read_all(self) -> Tuple[Totals, Dict[int, Totals]]:
+        """Totals and the per-VM breakdown from one native read.
+
+        The breakdown lists the VMs running at the last :meth:`refresh`,
+        and those it found exited, with their final counts; after that an
+        exited VM leaves the breakdown (its counts stay in the totals).
+        """
+        if self._counter is None or self._watch is None:
+            return self.read(), {}
+        totals, flat = self._counter.read(self._nbuckets)
+        names, n = self._names, len(self._names)
+        per_vm = {pid: dict(zip(names, flat[b * n:(b + 1) * n]))  # type: ignore[index]
+                  for pid, b in self._buckets.items()}
+        return dict(zip(names, totals)), per_vm
+
+    def read_by_vm(self) -> Dict[int, Totals]:
+        """Cumulative counts per VM pid (see :meth:`read_all`); ``{}`` host-wide."""
+        return self.read_all()[1]
+
+    def reset(self) -> None:
+        """Start every count from zero again."""
+        if self._counter is not None:
+            self._counter.reset()
+
+    def close(self) -> None:
+        """Release every file descriptor; safe to call twice."""
+        if self._counter is not None:
+            counter, self._counter = self._counter, None
+            counter.close()
