@@ -81,7 +81,8 @@ class CountingProvider(Provider):
         """Called before the hooks of one refresh (e.g. to raise limits)."""
 
     def _changes_done(self) -> None:
-        """Called after the hooks of the first VMs and of every refresh with changes."""
+        """Called after the hooks of the first VMs and of every refresh that
+        changed something."""
 
     # -- following VMs -----------------------------------------------------------
     def _follow(self, watch: VMWatch, pid: Optional[int]) -> None:
@@ -113,22 +114,23 @@ class CountingProvider(Provider):
             return
         if self._gone is not None:
             raise self._gone
+        dropped = bool(self._exited)
         while self._exited:
             self._drop_vm(self._exited.pop())
         changes = self._watch.update()
-        if not changes:
-            return
-        self._changes_coming(changes)
-        for pid in changes.ended:
-            self._vm_ended(pid)
-            self._exited.append(pid)
-        for pid, tids in changes.helpers_ended.items():
-            self._helpers_ended(pid, tids)
-        for vm in changes.started:
-            self._start_vm(vm)
-        for pid, tids in changes.helpers_started.items():
-            self._helpers_started(pid, tids)
-        self._changes_done()
+        if changes:
+            self._changes_coming(changes)
+            for pid in changes.ended:
+                self._vm_ended(pid)
+                self._exited.append(pid)
+            for pid, tids in changes.helpers_ended.items():
+                self._helpers_ended(pid, tids)
+            for vm in changes.started:
+                self._start_vm(vm)
+            for pid, tids in changes.helpers_started.items():
+                self._helpers_started(pid, tids)
+        if changes or dropped:
+            self._changes_done()
         if self._pid is not None and self._pid in changes.ended:
             self._gone = VMGone(f"VM process {self._pid} has exited", self._pid)
             raise self._gone

@@ -1,0 +1,204 @@
+"""The tracepoint provider on the BPF engine, on fake /proc trees and a fake
+engine: fields, -f, host-wide, -p with helper threads, per-VM rows, VMs that
+come and go, the sweep of exited processes."""
+
+import dataclasses
+
+import pytest
+
+from kvmstat.errors import NotAvailable, VMGone
+from kvmstat.events import load_events
+from kvmstat.providers.bpf_tracepoints import BpfTracepointProvider, bpf_layout
+from kvmstat.providers.tracepoints import event_fields, event_specs
+
+import fake_bpf
+from fakeproc import FakeProc
+from test_tracepoint_provider import make_tracefs
+
+IO, HLT = 2, 5
+
+
+@pytest.fixture
+def proc(tmp_path):
+    return FakeProc(tmp_path / "proc")
+
+
+@pytest.fixture
+def tracefs(tmp_path):
+    return make_tracefs(tmp_path / "t")
+
+
+@pytest.fixture
+def created(monkeypatch):
+    return fake_bpf.install(monkeypatch)
+
+
+@pytest.fixture
+def open_provider(tracefs, proc, created):
+    def opener(fields=("kvm_pio", "kvm_userspace_exit", "kvm_userspace_exit(IO)",
+                       "kvm_userspace_exit(HLT)"), **kwargs):
+        return BpfTracepointProvider(tracefs, fields=fields, vendor="vmx", proc=proc.path,
+                                     **kwargs)
+    return opener
+
+
+def test_same_fields_as_perf_groups_in_the_same_order(tracefs):
+    events = load_events(tracefs, "vmx")
+    specs, columns, names = bpf_layout(events)
+    assert names == event_fields(events) == [s.name for s in event_specs(events)]
+    assert [s.name for s in specs] == [e.name for e in events]
+    # Each child counts its reason codes, read at the format file's offset.
+    uexit = [s.name for s in specs].index("kvm_userspace_exit")
+    assert (specs[uexit].reason_offset, specs[uexit].reason_size) == (8, 4)
+    assert columns[names.index("kvm_userspace_exit(IO)")] == (uexit, (IO,))
+    assert columns[names.index("kvm_userspace_exit")] == (uexit, None)
+
+
+def test_only_the_selected_tracepoints_get_a_program(tracefs):
+    events = load_events(tracefs, "vmx")
+    specs, columns, names = bpf_layout(events, ["kvm_userspace_exit(HLT)", "kvm_fpu"])
+    assert [s.name for s in specs] == ["kvm_fpu", "kvm_userspace_exit"]
+    assert names == ["kvm_fpu", "kvm_userspace_exit(HLT)"]
+    assert columns == [(0, None), (1, (HLT,))]
+
+
+def test_a_child_without_a_known_field_offset_is_refused(tracefs):
+    events = [dataclasses.replace(e, reason_field=None) for e in load_events(tracefs, "vmx")]
+    with pytest.raises(NotAvailable, match=r"^the BPF engine cannot count kvm_exit\(.*\): the "
+                                           r"format file of kvm_exit does not say where its "
+                                           r"exit_reason field is \(use --engine perf\)$"):
+        bpf_layout(events)
+    # Parents need no field.
+    assert bpf_layout(events, ["kvm_exit"])[2] == ["kvm_exit"]
+
+
+def test_host_wide_counts_every_process(open_provider, created, proc):
+    proc.add_vm(300, "web")
+    provider = open_provider()
+    counter = created[0]
+    assert counter.only_pid is None and provider.engine == "bpf"
+    assert not provider.supports_by_vm and provider.vms == {}
+    counter.hit(300, "kvm_userspace_exit", IO, 5)
+    counter.hit(300, "kvm_pio", n=5)
+    counter.hit(9999, "kvm_userspace_exit", HLT, 2)  # any process
+    assert provider.read() == {"kvm_pio": 5, "kvm_userspace_exit": 7,
+                               "kvm_userspace_exit(IO)": 5, "kvm_userspace_exit(HLT)": 2}
+    assert provider.read_by_vm() == {}
+    provider.refresh()
+    provider.reset()
+    assert set(provider.read().values()) == {0}
+    provider.close()
+    assert counter.closed and provider.fds == 0
+
+
+def test_pid_mode_counts_the_vm_and_its_helper_threads(open_provider, created, proc):
+    proc.add_vm(300, "web", tids=[300, 301])
+    proc.add_vm(400, "db")
+    proc.add_kthread(310, "kvm-pit/300")
+    provider = open_provider(pid=300)
+    counter = created[0]
+    assert counter.only_pid == 300 and counter.also == {310}
+    assert counter.buckets == {300: 0, 310: 0}
+    assert provider.supports_by_vm and list(provider.vms) == [300]
+    counter.hit(300, "kvm_pio", n=4)
+    counter.hit(310, "kvm_pio", n=1)
+    counter.hit(400, "kvm_pio", n=50)  # another VM: not counted
+    expected = {"kvm_pio": 5, "kvm_userspace_exit": 0, "kvm_userspace_exit(IO)": 0,
+                "kvm_userspace_exit(HLT)": 0}
+    assert provider.read_all() == (expected, {300: expected})
+
+    # Helper threads that appear later are counted too; ended ones keep their counts.
+    proc.add_kthread(311, "vhost-300")
+    provider.refresh()
+    assert counter.also == {310, 311}
+    proc.remove(310)
+    provider.refresh()
+    counter.hit(311, "kvm_pio", n=2)
+    assert provider.read()["kvm_pio"] == 7
+
+    # The VM exits: VMGone; the programs are released, the counts stay.
+    proc.remove(300)
+    with pytest.raises(VMGone, match="VM process 300 has exited"):
+        provider.refresh()
+    assert counter.closed and provider.fds == 0
+    assert provider.read()["kvm_pio"] == 7
+    assert provider.read_by_vm() == {300: {**expected, "kvm_pio": 7}}
+    with pytest.raises(VMGone):
+        provider.refresh()
+    provider.reset()
+    assert provider.read()["kvm_pio"] == 0
+    provider.close()
+
+
+def test_by_vm_rows_per_process_with_nothing_per_thread(open_provider, created, proc):
+    proc.add_vm(300, "web", tids=[300, 301])
+    proc.add_vm(400, "db")
+    proc.add_kthread(410, "kvm-pit/400")
+    provider = open_provider(fields=["kvm_pio"], by_vm=True)
+    counter = created[0]
+    assert counter.only_pid is None
+    assert counter.buckets == {300: 0, 400: 1, 410: 1}
+    counter.hit(300, "kvm_pio", n=3)
+    counter.hit(410, "kvm_pio", n=2)
+    counter.hit(77, "kvm_pio", n=1)  # a kworker: in the totals only
+    totals, per_vm = provider.read_all()
+    assert counter.reads == 1
+    assert totals == {"kvm_pio": 6}
+    assert per_vm == {300: {"kvm_pio": 3}, 400: {"kvm_pio": 2}}
+
+    # New threads need nothing; a new VM gets a row; an exited VM is read
+    # once more, then forgotten (its counts stay in the totals) and its row
+    # serves the next VM.
+    proc.add_thread(300, 302)
+    proc.add_vm(500, "new")
+    proc.remove(400)
+    proc.remove(410)
+    provider.refresh()
+    assert counter.buckets == {300: 0, 400: 1, 410: 1, 500: 2}
+    counter.hit(300, "kvm_pio", n=1)  # thread 302 belongs to process 300
+    totals, per_vm = provider.read_all()
+    assert per_vm == {300: {"kvm_pio": 4}, 400: {"kvm_pio": 2}, 500: {"kvm_pio": 0}}
+    provider.refresh()
+    assert counter.forgotten == [[400, 410]]
+    assert counter.buckets == {300: 0, 500: 2}
+    proc.add_vm(600, "next")
+    provider.refresh()
+    assert counter.buckets == {300: 0, 500: 2, 600: 1}
+    totals, per_vm = provider.read_all()
+    assert totals == {"kvm_pio": 7}  # never backwards
+    assert per_vm == {300: {"kvm_pio": 4}, 500: {"kvm_pio": 0}, 600: {"kvm_pio": 0}}
+    provider.close()
+
+
+def test_entries_of_exited_processes_are_swept_when_the_table_is_half_full(
+        open_provider, created, proc):
+    proc.add_vm(300, "web")
+    proc.add_process(700, "worker")
+    provider = open_provider(fields=["kvm_pio"], by_vm=True, max_entries=8)
+    counter = created[0]
+    counter.hit(300, "kvm_pio")
+    counter.hit(700, "kvm_pio")
+    for dead in (801, 802, 803):  # processes that have exited since
+        counter.hit(dead, "kvm_pio")
+    provider.read()
+    provider.refresh()
+    assert counter.forgotten == [[801, 802, 803]]  # not the VM, not the live process
+    assert provider.read() == {"kvm_pio": 5}
+    # The next sweep waits until the table is halfway between the live
+    # entries (2) and its capacity (8).
+    counter.hit(804, "kvm_pio")
+    provider.read()
+    provider.refresh()
+    assert counter.forgotten == [[801, 802, 803]]
+    counter.hit(805, "kvm_pio")
+    counter.hit(806, "kvm_pio")
+    provider.read()
+    provider.refresh()
+    assert counter.forgotten[-1] == [804, 805, 806]
+
+
+def test_no_field_selected_opens_nothing(open_provider, created):
+    provider = open_provider(fields=[])
+    assert created == [] and provider.read() == {} and provider.fds == 0
+    provider.refresh()
+    provider.close()
