@@ -19,11 +19,13 @@ import time
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
+from .engine import choose_engine
 from .errors import AccessDenied, Error, NotAvailable
 from .events import Event, detect_vendor, load_events
 from .paths import Paths
 from .privileges import (CAP_SYS_PTRACE, has_capability, perf_event_paranoid,
                          perf_privileged)
+from .providers.bpf_tracepoints import BpfTracepointProvider
 from .providers.debugfs import DebugfsProbe, list_vm_directories, probe_debugfs
 from .providers.tracepoints import TracepointProvider, event_fields, online_cpus
 from .vms import VM, list_vms
@@ -59,16 +61,18 @@ class ProviderCheck:
 
 @dataclass
 class HostCheck:
-    """The whole diagnosis: one row per provider, per-VM attribution, notes."""
+    """The whole diagnosis: one row per provider, the BPF engine (which
+    ``--engine auto`` uses if available), per-VM attribution, notes."""
 
     providers: List[ProviderCheck]
     attribution: ProviderCheck
     notes: List[str] = field(default_factory=list)
+    engine: Optional[ProviderCheck] = None
 
     @property
     def rows(self) -> List[ProviderCheck]:
-        """Every row of the table, providers first."""
-        return self.providers + [self.attribution]
+        """Every row of the table: providers, the BPF engine, attribution."""
+        return self.providers + ([self.engine] if self.engine else []) + [self.attribution]
 
     @property
     def usable(self) -> bool:
@@ -158,6 +162,29 @@ def _exit_note(paths: Paths, tracefs: Optional[str], events: List[Event], vms: L
             f"children stay 0; exits to user space are counted by kvm_userspace_exit(REASON), "
             f"and kvm_pio, kvm_mmio, kvm_msr, kvm_cpuid... still count")
     return f"{text} ({measured})" if measured else text
+
+
+def _check_engine(paths: Paths, tracefs: Optional[str], events: List[Event],
+                  backend: Optional[str]) -> Tuple[ProviderCheck, str]:
+    """The BPF engine's row, and the engine ``--engine auto`` picks."""
+    name = "BPF engine"
+    if tracefs is None or not events:
+        return ProviderCheck(name, False, "no kvm tracepoints to count"), "perf"
+    choice = choose_engine("auto", tracepoint_id=events[0].id, backend=backend)
+    if choice.engine != "bpf":
+        return ProviderCheck(name, False, f"--engine auto counts with perf groups: "
+                             f"{choice.reason}"), "perf"
+    # The honest test: the programs that read a reason field, at the
+    # offsets this host's format files give, as kvm_stat loads them.
+    fields = [events[0].name] + [e.children[0].name for e in events if e.children]
+    try:
+        BpfTracepointProvider(tracefs, fields=fields, events=events, proc=paths.proc).close()
+    except Error as exc:
+        return ProviderCheck(name, False, f"--engine auto counts with perf groups: the BPF "
+                             f"engine failed: {exc}"), "perf"
+    return ProviderCheck(name, True, f"--engine auto uses it: {choice.reason}; every kvm "
+                         f"tracepoint with {2 * len(events) + 2} descriptors, whatever the "
+                         f"number of CPUs"), "bpf"
 
 
 # --------------------------------------------------------------------------
@@ -312,12 +339,14 @@ def _check_binstats(paths: Paths, dev_kvm: str, vms: List[VM]) -> ProviderCheck:
 
 def _check_attribution(tracepoints: ProviderCheck, debugfs: ProviderCheck,
                        binstats: ProviderCheck, probe: Optional[DebugfsProbe],
-                       vms: List[VM]) -> ProviderCheck:
+                       vms: List[VM], engine: str = "perf") -> ProviderCheck:
     ways = []
     if debugfs.available and probe is not None:
         ways.append(f"debugfs (VM directories: {len(list_vm_directories(probe.kvm_dir))}, "
                     f"{len(probe.fields)} fields each)")
-    if tracepoints.available:
+    if tracepoints.available and engine == "bpf":
+        ways.append("tracepoints (BPF programs count per process)")
+    elif tracepoints.available:
         ways.append("tracepoints (per-thread counting of VM processes)")
     if binstats.available:
         ways.append("binary stats (stats fds held by VM processes)")
@@ -369,8 +398,9 @@ def _open_files_note(paths: Paths, events: List[Event]) -> Optional[str]:
     def text(limit: int) -> str:
         return "unlimited" if limit == resource.RLIM_INFINITY else str(limit)
 
-    start = (f"open files: counting every field host-wide needs {needed} perf events "
-             f"({fields} fields x {cpus} CPUs); the limit is {text(soft)} (hard {text(hard)})")
+    start = (f"open files: counting every field host-wide with perf groups needs {needed} "
+             f"perf events ({fields} fields x {cpus} CPUs); the limit is {text(soft)} "
+             f"(hard {text(hard)})")
     if soft == resource.RLIM_INFINITY or soft >= needed:
         return f"{start}: enough"
     if hard == resource.RLIM_INFINITY or hard >= needed or os.geteuid() == 0:
@@ -393,9 +423,10 @@ def check_host(paths: Optional[Paths] = None, *, dev_kvm: str = "/dev/kvm",
     except OSError:
         vms = []
     tracepoints, tracefs, events = _check_tracepoints(paths, notes, backend)
+    engine_row, engine = _check_engine(paths, tracefs, events, backend)
     debugfs, probe = _check_debugfs(paths, notes)
     binstats = _check_binstats(paths, dev_kvm, vms)
-    attribution = _check_attribution(tracepoints, debugfs, binstats, probe, vms)
+    attribution = _check_attribution(tracepoints, debugfs, binstats, probe, vms, engine)
     extra = [
         _exit_note(paths, tracefs if tracepoints.available else None, events, vms,
                    sample_seconds, backend),
@@ -404,7 +435,7 @@ def check_host(paths: Optional[Paths] = None, *, dev_kvm: str = "/dev/kvm",
         _open_files_note(paths, events),
     ]
     notes.extend(note for note in extra if note)
-    return HostCheck([tracepoints, debugfs, binstats], attribution, notes)
+    return HostCheck([tracepoints, debugfs, binstats], attribution, notes, engine_row)
 
 
 # --------------------------------------------------------------------------

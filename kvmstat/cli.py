@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
 from . import __version__
+from .engine import ENGINES
 from .errors import Error, InvalidArgument, NotAvailable, VMGone
 from .fields import FieldFilter
 from .paths import Paths
@@ -114,8 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="retrieve statistics from KVM's binary statistics file descriptors")
     add("--check", action="store_true",
         help="print which providers work on this host and why not, then exit")
-    add("--engine", choices=("auto", "bpf", "perf"), default="auto",
-        help="how tracepoints are counted: perf groups or BPF (default: auto)")
+    add("--engine", choices=ENGINES, default="auto",
+        help="how tracepoints are counted: 'perf' groups (one event per field per CPU "
+             "or thread), 'bpf' (one BPF program per tracepoint, counting per process "
+             "and reason), or 'auto': BPF where the kernel and privileges allow it "
+             "(default: auto)")
     add("--version", action="version", version=f"%(prog)s (kvmstat) {__version__}")
     return parser
 
@@ -245,11 +249,6 @@ def _resolve_vm(opts: Options, paths: Paths) -> None:
         find_vm(opts.pid, paths.proc)
 
 
-def _not_built(what: str) -> int:
-    print(f"Error: {what} is not available in this version of kvm_stat yet", file=sys.stderr)
-    return 1
-
-
 def _run_fields_help(opts: Options, paths: Paths) -> int:
     from .formats.text import field_help_lines
     from .sources import list_fields
@@ -265,7 +264,7 @@ def _run_batch(opts: Options, paths: Paths) -> int:
 
     sampler = open_sampler(opts.providers, fields=opts.fields, pid=opts.pid, paths=paths,
                            backend=None, include_past=opts.include_past,
-                           notify=_notify, by_vm=opts.by_guest)
+                           notify=_notify, by_vm=opts.by_guest, engine=opts.engine)
     try:
         try:
             sampler.sample()
@@ -277,7 +276,7 @@ def _run_batch(opts: Options, paths: Paths) -> int:
             sample = sampler.sample(refresh=False)
         if opts.json:
             from .formats.json import sample_json
-            sys.stdout.write(sample_json(sample))
+            sys.stdout.write(sample_json(sample, by_guest=opts.by_guest))
         else:
             lines = by_guest_batch_lines(sample) if opts.by_guest else batch_lines(sample)
             if opts.by_guest and not lines:
@@ -321,7 +320,8 @@ def _run_log(opts: Options, paths: Paths) -> int:
                             watch_fd=output.watch_fd) as signals:
         sampler = open_sampler(opts.providers, fields=opts.fields, pid=opts.pid,
                                by_vm=opts.by_guest, paths=paths, backend=None,
-                               include_past=opts.include_past, notify=_notify)
+                               include_past=opts.include_past, notify=_notify,
+                               engine=opts.engine)
         try:
             Logger(sampler, output, layout, delay=opts.delay,
                    skip_zero=opts.skip_zero).run(signals)
@@ -351,7 +351,8 @@ def _run_serve(opts: Options, paths: Paths) -> int:
             stop_on_signals() as stop:
         vm = find_vm(opts.pid, paths.proc) if opts.pid is not None else None
         sampler = open_sampler(opts.providers, fields=opts.fields, pid=opts.pid,
-                               by_vm=opts.pid is None, paths=paths, notify=_notify)
+                               by_vm=opts.pid is None, paths=paths, notify=_notify,
+                               engine=opts.engine)
         collector = KvmCollector(sampler, vm=vm, release=release_later, notify=_notify)
         try:
             server.register(collector)
@@ -367,7 +368,7 @@ def _run_tui(opts: Options, paths: Paths) -> int:
 
     return run_tui(opts.providers, paths=paths, delay=opts.delay, regex=opts.fields,
                    pid=opts.pid, parse_delay=parse_delay, parse_pid=parse_pid,
-                   notify=_notify)
+                   notify=_notify, engine=opts.engine)
 
 
 def _require_terminal() -> None:
@@ -383,8 +384,6 @@ def run(opts: Options, paths: Optional[Paths] = None) -> int:
     paths = paths or Paths()
     if opts.mode == "check":
         return _run_check(opts, paths)
-    if opts.engine == "bpf":
-        return _not_built("the BPF engine")
     if opts.mode == "fields-help":
         return _run_fields_help(opts, paths)
     if opts.mode == "tui":

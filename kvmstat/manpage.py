@@ -65,7 +65,8 @@ _SECTIONS = [
     ]),
     ("ENVIRONMENT", [
         "\t\\fBKVMSTAT_BACKEND\\fR=\\fBpython\\fR\tCount with the pure-Python implementation "
-        "of the counting core instead of the C one.",
+        "of the counting core instead of the C one (perf groups: \\fB--engine auto\\fR then "
+        "does not use BPF, which exists only in C).",
     ]),
     ("FILES", [
         "\t\\fIcontrib/systemd/kvm_stat.service\\fR\tA systemd unit logging CSV every 10 "

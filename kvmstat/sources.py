@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
 
+from .engine import ENGINES, open_tracepoints
 from .errors import Error, InvalidArgument
 from .events import detect_vendor, load_events
 from .fields import FieldFilter
@@ -17,7 +18,7 @@ from .paths import Paths
 from .providers.base import Provider
 from .providers.debugfs import DebugfsProvider, probe_debugfs
 from .providers.binstats import BinstatsProvider, binstats_fields
-from .providers.tracepoints import TracepointProvider, event_fields
+from .providers.tracepoints import event_fields
 from .stats import Sampler
 from .vms import GuestNames, find_vm
 
@@ -36,16 +37,17 @@ class Catalog:
 
     def open(self, fields: Iterable[str], *, pid: Optional[int] = None,
              backend: Optional[str] = None, by_vm: bool = False,
-             include_past: bool = False) -> Provider:
+             include_past: bool = False, engine: str = "auto") -> Provider:
         """Open the provider for *fields*, host-wide or for VM process *pid*.
 
         *by_vm* asks for a per-VM breakdown (:meth:`Provider.read_by_vm`),
-        *backend* concerns perf counting, *include_past* (count from VM
-        creation, ``-i``) the providers that can see the past; each provider
-        ignores the options that do not concern it.
+        *engine* (``auto``, ``bpf``, ``perf``: see :mod:`kvmstat.engine`)
+        and *backend* concern tracepoint counting, *include_past* (count
+        from VM creation, ``-i``) the providers that can see the past; each
+        provider ignores the options that do not concern it.
         """
         return self._opener(list(fields), pid=pid, backend=backend, by_vm=by_vm,
-                            include_past=include_past)
+                            include_past=include_past, engine=engine)
 
 
 def _mounted_debugfs(paths: Paths) -> Optional[str]:
@@ -60,12 +62,12 @@ def _tracepoint_catalog(paths: Paths, notify: Notify) -> Catalog:
     tracefs = paths.find_tracefs(notify=notify)
     events = load_events(tracefs, detect_vendor(paths.sys, paths.proc))
 
-    def opener(fields, *, pid, backend, by_vm, **_ignored):
+    def opener(fields, *, pid, backend, by_vm, engine, **_ignored):
         # Per VM, debugfs (when mounted) makes finding new VMs cheap.
         debugfs = _mounted_debugfs(paths) if by_vm and pid is None else None
-        return TracepointProvider(tracefs, fields=fields, pid=pid, by_vm=by_vm,
-                                  events=events, backend=backend, proc=paths.proc,
-                                  sys=paths.sys, debugfs=debugfs)
+        return open_tracepoints(tracefs, events, engine=engine, fields=fields, pid=pid,
+                                by_vm=by_vm, backend=backend, proc=paths.proc, sys=paths.sys,
+                                debugfs=debugfs, notify=notify)
 
     return Catalog("tracepoints", event_fields(events), opener)
 
@@ -126,16 +128,20 @@ def open_providers(providers: Sequence[str] = ("tracepoints",), *,
                    fields: Union[str, FieldFilter, None] = None, pid: Optional[int] = None,
                    paths: Optional[Paths] = None, backend: Optional[str] = None,
                    notify: Notify = None, by_vm: bool = False,
-                   include_past: bool = False) -> List[Provider]:
+                   include_past: bool = False, engine: str = "auto") -> List[Provider]:
     """Open the named providers for the fields selected by *fields*.
 
     *fields* is a ``-f`` regex or a :class:`FieldFilter`.  Only the selected
     fields are opened.  Raises :class:`InvalidArgument` if nothing matches.
-    *by_vm* opens them for a per-VM breakdown (for tracepoints: per-thread
-    counting of every VM process instead of per-CPU counting).
+    *by_vm* opens them for a per-VM breakdown (for tracepoints with perf
+    groups: per-thread counting of every VM process instead of per-CPU
+    counting; with BPF: rows per process).  *engine* chooses how
+    tracepoints are counted (:mod:`kvmstat.engine`).
     *include_past* makes debugfs values count from VM creation (``-i``).
     """
     paths = paths or Paths()
+    if engine not in ENGINES:
+        raise InvalidArgument(f"unknown engine {engine!r} (known: {', '.join(ENGINES)})")
     field_filter = fields if isinstance(fields, FieldFilter) else FieldFilter(fields)
     if pid is not None:
         find_vm(pid, paths.proc)
@@ -148,7 +154,7 @@ def open_providers(providers: Sequence[str] = ("tracepoints",), *,
         for cat, selected in chosen:
             if selected:
                 opened.append(cat.open(selected, pid=pid, backend=backend, by_vm=by_vm,
-                                       include_past=include_past))
+                                       include_past=include_past, engine=engine))
     except BaseException:
         for provider in opened:
             provider.close()
@@ -160,7 +166,7 @@ def open_sampler(providers: Sequence[str] = ("tracepoints",), *,
                  fields: Union[str, FieldFilter, None] = None, pid: Optional[int] = None,
                  by_vm: bool = False, paths: Optional[Paths] = None,
                  backend: Optional[str] = None, include_past: bool = False,
-                 notify: Notify = None) -> Sampler:
+                 notify: Notify = None, engine: str = "auto") -> Sampler:
     """Open providers (see :func:`open_providers`) and return a :class:`Sampler`.
 
     With *by_vm*, samples carry ``by_vm`` (pid -> field values) and
@@ -168,5 +174,6 @@ def open_sampler(providers: Sequence[str] = ("tracepoints",), *,
     """
     paths = paths or Paths()
     opened = open_providers(providers, fields=fields, pid=pid, paths=paths, backend=backend,
-                            notify=notify, by_vm=by_vm, include_past=include_past)
+                            notify=notify, by_vm=by_vm, include_past=include_past,
+                            engine=engine)
     return Sampler(opened, by_vm=by_vm, names=GuestNames(paths.proc))

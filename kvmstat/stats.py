@@ -31,7 +31,8 @@ class Sample:
     ``by_vm`` maps VM pids to their own field values when the sampler was
     asked for a per-VM breakdown (None otherwise; empty when no provider can
     attribute events to VMs), and ``vm_names`` maps those pids to guest
-    names (None for a VM without a name).
+    names (None for a VM without a name).  ``engine`` says how tracepoints
+    were counted (``"bpf"`` or ``"perf"``; None without tracepoints).
     """
 
     time: float
@@ -39,6 +40,7 @@ class Sample:
     values: FieldValues
     by_vm: Optional[Dict[int, FieldValues]] = None
     vm_names: Dict[int, Optional[str]] = field(default_factory=dict)
+    engine: Optional[str] = None
 
     def rate(self, name: str) -> float:
         """Per-second rate of *name* over this sample's interval."""
@@ -77,6 +79,15 @@ class Sampler:
         self._previous: Totals = {}
         self._previous_vm: Dict[int, Totals] = {}
         self._previous_time: Optional[float] = None
+
+    @property
+    def engine(self) -> Optional[str]:
+        """How tracepoints are counted (``"bpf"``, ``"perf"``), None without them."""
+        for provider in self.providers:
+            engine = getattr(provider, "engine", None)
+            if engine:
+                return engine
+        return None
 
     @property
     def fields(self) -> List[str]:
@@ -132,7 +143,7 @@ class Sampler:
         values = _with_deltas(totals, self._previous)
         self._previous = totals
         self._previous_time = now
-        return Sample(self._wallclock(), interval, values, by_vm, vm_names)
+        return Sample(self._wallclock(), interval, values, by_vm, vm_names, self.engine)
 
     def reset(self) -> None:
         """Zero every counter; the next sample starts a new interval."""

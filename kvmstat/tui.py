@@ -112,6 +112,7 @@ class Display:
         """Open the first sampler (errors propagate; nothing is drawn yet)."""
         v = self.view
         self.sampler = self._open(v.regex, v.pid, v.children, v.by_guest)
+        v.engine = self.sampler.engine
         if v.pid is not None:
             v.guest = self._guest_name(v.pid)
         self._started()
@@ -132,6 +133,7 @@ class Display:
             close_detached(old)
         if wanted.pid != self.view.pid:
             wanted.guest = None if wanted.pid is None else self._guest_name(wanted.pid)
+        wanted.engine = sampler.engine
         wanted.message = None
         self.view = wanted
         self._started()
@@ -422,9 +424,10 @@ class Display:
 def run_tui(providers: Sequence[str], *, paths: Paths, delay: float,
             parse_delay: Callable[[str], float], parse_pid: Callable[[str], int],
             regex: Optional[str] = None, pid: Optional[int] = None,
-            backend: Optional[str] = None,
+            backend: Optional[str] = None, engine: str = "auto",
             notify: Optional[Callable[[str], None]] = None) -> int:
-    """Run the display on *providers* (names from :data:`kvmstat.sources.PROVIDERS`)."""
+    """Run the display on *providers* (names from :data:`kvmstat.sources.PROVIDERS`),
+    counting tracepoints with *engine* (:mod:`kvmstat.engine`)."""
     from .sources import open_sampler
 
     display: Optional[Display] = None
@@ -438,7 +441,7 @@ def run_tui(providers: Sequence[str], *, paths: Paths, delay: float,
 
     def opener(selection: FieldFilter, vm_pid: Optional[int], by_vm: bool) -> Sampler:
         return open_sampler(providers, fields=selection, pid=vm_pid, by_vm=by_vm,
-                            paths=paths, backend=backend, notify=tell)
+                            paths=paths, backend=backend, notify=tell, engine=engine)
 
     display = Display(opener, delay=delay, parse_delay=parse_delay, parse_pid=parse_pid,
                       regex=regex, pid=pid, proc=paths.proc)

@@ -50,6 +50,7 @@ class View:
     sort: str = SORT_RATE           # o
     dead: bool = False              # the VM of pid has exited
     message: Optional[str] = None   # one-line note at the bottom
+    engine: Optional[str] = None    # how tracepoints are counted ("bpf", "perf")
 
 
 @dataclass(frozen=True)
@@ -87,8 +88,11 @@ def watched(view: View) -> str:
 
 
 def title(view: View) -> str:
-    """Row 0: summary, or the watched VM (and whether it has exited)."""
+    """Row 0: summary, or the watched VM, the tracepoint engine (e.g.
+    ``kvm statistics - summary (bpf)``), and whether the VM has exited."""
     text = "kvm statistics - " + watched(view)
+    if view.engine:
+        text += f" ({view.engine})"
     if view.dead:
         text += "  " + DEAD
     return text

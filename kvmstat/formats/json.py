@@ -2,8 +2,9 @@
 
 ``{"time": <unix seconds>, "interval": <seconds>, "fields": {"<name>":
 {"total": N, "delta": N}, ...}}``, plus ``"guests": {"<pid>": {"name":
-<name or null>, "fields": {...}}}`` when a per-VM breakdown is asked for.
-Pure functions, no I/O.
+<name or null>, "fields": {...}}}`` when a per-VM breakdown is asked for,
+and ``"engine": "bpf"`` or ``"perf"`` (after ``"interval"``) when
+tracepoints are counted.  Pure functions, no I/O.
 """
 
 from __future__ import annotations
@@ -35,15 +36,18 @@ def sample_object(sample: Sample, fields: Optional[Sequence[str]] = None,
     """The JSON-ready dict of *sample*.
 
     *fields* fixes the field list and its order (default: every field of the
-    sample, sorted).  With *by_guest*, ``"guests"`` holds every VM of
+    sample, sorted).  ``"engine"`` is there when the sample says how
+    tracepoints were counted.  With *by_guest*, ``"guests"`` holds every VM of
     ``sample.by_vm`` keyed by pid (as text, JSON keys are strings).
     """
     names = sorted(sample.values) if fields is None else list(fields)
     obj = {
         "time": round(sample.time, _TIME_DIGITS),
         "interval": round(sample.interval, _TIME_DIGITS),
-        "fields": _fields_object(sample.values, names),
     }
+    if sample.engine is not None:
+        obj["engine"] = sample.engine
+    obj["fields"] = _fields_object(sample.values, names)
     if by_guest:
         by_vm = sample.by_vm or {}
         obj["guests"] = {

@@ -88,7 +88,10 @@ class FakeCounterSet:
 
 
 def install(monkeypatch, gone=()):
-    """Make kvmstat.native.open_counter_set return FakeCounterSets; returns the list of them."""
+    """Make kvmstat.native.open_counter_set return FakeCounterSets; returns the list of them.
+
+    The fake core has no BPF engine: ``--engine auto`` picks perf groups.
+    """
     created = []
 
     def open_counter_set(events, mode, backend=None):
@@ -97,4 +100,6 @@ def install(monkeypatch, gone=()):
         return counter_set
 
     monkeypatch.setattr("kvmstat.native.open_counter_set", open_counter_set)
+    monkeypatch.setattr("kvmstat.bpfengine.bpf_supported",
+                        lambda tracepoint_id=None: (False, "the fake counting core has no BPF"))
     return created

@@ -7,7 +7,7 @@ import pytest
 from kvmstat import check as check_mod
 from kvmstat import cli
 from kvmstat.check import HostCheck, ProviderCheck, check_host, format_check
-from kvmstat.errors import AccessDenied
+from kvmstat.errors import AccessDenied, NativeError
 from kvmstat.paths import Paths
 
 import fake_native
@@ -35,8 +35,10 @@ def test_host_without_kvm(tmp_path):
     result = check_host(no_kvm_host(tmp_path), dev_kvm=str(tmp_path / "kvm"))
     assert not result.usable
     by_name = {row.name: row for row in result.rows}
-    assert list(by_name) == ["tracepoints", "debugfs", "binary stats", "per-VM attribution"]
+    assert list(by_name) == ["tracepoints", "debugfs", "binary stats", "BPF engine",
+                             "per-VM attribution"]
     assert not any(row.available for row in result.rows)
+    assert by_name["BPF engine"].reason == "no kvm tracepoints to count"
     assert "KVM is not loaded" in by_name["tracepoints"].reason
     assert "modprobe" in by_name["tracepoints"].fix
     assert "no KVM" in by_name["debugfs"].reason
@@ -85,6 +87,54 @@ def test_working_host_with_lockdown(tmp_path, monkeypatch):
     assert "readable: max_mmu_rmap_size, pages_4k" in notes
     # 4 events in the fake tracefs; their children counted from the real formats
     assert "x 4 CPUs" in notes
+
+
+def test_engine_row_without_bpf(tmp_path, monkeypatch):
+    paths = working_host(tmp_path, monkeypatch)  # the fake core has no BPF
+    result = check_host(paths, dev_kvm=str(tmp_path / "kvm"))
+    assert result.engine == ProviderCheck(
+        "BPF engine", False, "--engine auto counts with perf groups: the BPF engine cannot "
+        "be used: the fake counting core has no BPF")
+    assert "per-thread counting of VM processes" in result.attribution.reason
+    assert "BPF engine" in "\n".join(format_check(result))
+
+
+def test_engine_row_with_bpf(tmp_path, monkeypatch):
+    paths = working_host(tmp_path, monkeypatch)
+    monkeypatch.setattr("kvmstat.bpfengine.bpf_supported", lambda tracepoint_id=None: (True, ""))
+    opened = []
+
+    class Works:
+        def __init__(self, tracefs, *, fields, events, proc):
+            opened.append(fields)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(check_mod, "BpfTracepointProvider", Works)
+    result = check_host(paths, dev_kvm=str(tmp_path / "kvm"))
+    assert result.engine.available
+    # 4 events in the fake tracefs: 2 descriptors each, and 2 maps
+    assert result.engine.reason == (
+        "--engine auto uses it: BPF programs load and attach to the kvm tracepoints; every "
+        "kvm tracepoint with 10 descriptors, whatever the number of CPUs")
+    # the programs that read a reason field are loaded
+    assert opened == [["kvm_exit", "kvm_exit(EXCEPTION_NMI)", "kvm_userspace_exit(UNKNOWN)"]]
+    assert "BPF programs count per process" in result.attribution.reason
+
+
+def test_engine_row_when_loading_fails(tmp_path, monkeypatch):
+    paths = working_host(tmp_path, monkeypatch)
+    monkeypatch.setattr("kvmstat.bpfengine.bpf_supported", lambda tracepoint_id=None: (True, ""))
+
+    def rejected(*args, **kwargs):
+        raise NativeError("the kernel's verifier rejected the BPF program", 13)
+
+    monkeypatch.setattr(check_mod, "BpfTracepointProvider", rejected)
+    engine = check_host(paths, dev_kvm=str(tmp_path / "kvm")).engine
+    assert engine == ProviderCheck("BPF engine", False, "--engine auto counts with perf "
+                                   "groups: the BPF engine failed: the kernel's verifier "
+                                   "rejected the BPF program")
 
 
 def test_everything_locked_down(tmp_path, monkeypatch):

@@ -1,6 +1,7 @@
 """Golden outputs of the log formats (plain, CSV, by-guest) and JSON (SPEC §3.2, §3.3)."""
 
 import calendar
+import dataclasses
 import json
 import time
 
@@ -116,6 +117,14 @@ def test_json_golden():
         '"kvm_pio": {"total": 1056, "delta": 56}, '
         '"kvm_userspace_exit(IO)": {"total": 1056, "delta": 56}}}\n')
     assert line.count("\n") == 1
+
+
+def test_json_says_how_tracepoints_were_counted():
+    sample = dataclasses.replace(host_sample(), engine="bpf")
+    line = json_format.sample_json(sample, ["kvm_pio"])
+    assert line == ('{"time": 1709618828.25, "interval": 2.0, "engine": "bpf", "fields": {'
+                    '"kvm_pio": {"total": 1056, "delta": 56}}}\n')
+    assert "engine" not in json_format.sample_object(host_sample(), FIELDS)
 
 
 def test_json_defaults_to_every_field_sorted():

@@ -132,6 +132,13 @@ def test_dead_guest_is_marked_next_to_the_title():
     assert L.title(L.View(pid=4242)) == "kvm statistics - pid 4242"
 
 
+def test_title_names_the_tracepoint_engine():
+    assert L.title(L.View(engine="bpf")) == "kvm statistics - summary (bpf)"
+    view = L.View(pid=4242, guest="web", dead=True, engine="perf")
+    assert L.title(view) == "kvm statistics - pid 4242 (web) (perf)  Guest is DEAD"
+    assert screen(None, L.View(engine="bpf")).splitlines()[0] == "kvm statistics - summary (bpf)"
+
+
 def test_no_interval_means_no_rates():
     text = screen(Sample(0.0, 0.0, VALUES), L.View())
     assert text.splitlines()[3] == "kvm_pio                                        1000   50.0"

@@ -1,0 +1,100 @@
+"""Choosing how tracepoints are counted: ``--engine auto|bpf|perf``.
+
+``perf``: perf counting groups (:class:`~kvmstat.providers.tracepoints.TracepointProvider`),
+one event per field per CPU or per thread.  ``bpf``: one BPF program per
+tracepoint (:class:`~kvmstat.providers.bpf_tracepoints.BpfTracepointProvider`).
+``auto``: BPF where this kernel and this process's privileges allow it
+(:func:`kvmstat.bpfengine.bpf_supported`), otherwise perf groups; if the
+BPF provider still cannot be built (any :class:`~kvmstat.errors.Error`, e.g.
+a program the verifier rejects), ``auto`` falls back to perf groups and
+says why through *notify*, while ``bpf`` raises the error.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional, Sequence
+
+from . import bpfengine
+from .errors import Error, InvalidArgument, NoSuchVM
+from .events import Event
+from .providers.bpf_tracepoints import BpfTracepointProvider
+from .providers.counting import CountingProvider
+from .providers.tracepoints import TracepointProvider
+
+__all__ = ["ENGINES", "EngineChoice", "choose_engine", "open_tracepoints"]
+
+#: the values of ``--engine``
+ENGINES = ("auto", "bpf", "perf")
+
+_PYTHON_BACKEND = "python"
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    """The engine that counts (``bpf`` or ``perf``) and why, in one line."""
+
+    engine: str
+    reason: str
+
+
+def _python_backend(backend: Optional[str]) -> bool:
+    """True when perf counting is asked to use the pure-Python backend."""
+    chosen = backend if backend is not None else os.environ.get("KVMSTAT_BACKEND")
+    return chosen == _PYTHON_BACKEND
+
+
+def choose_engine(engine: str = "auto", *, tracepoint_id: Optional[int] = None,
+                  backend: Optional[str] = None) -> EngineChoice:
+    """What *engine* means on this host.
+
+    For ``auto``, probes the BPF engine (a map, a program, and with
+    *tracepoint_id* its attachment to that tracepoint; all closed again).
+    A pure-Python perf *backend* (argument or ``KVMSTAT_BACKEND``) makes
+    ``auto`` pick perf groups: the BPF engine exists only in C.
+    """
+    if engine not in ENGINES:
+        raise InvalidArgument(f"unknown engine {engine!r} (known: {', '.join(ENGINES)})")
+    if engine != "auto":
+        return EngineChoice(engine, f"--engine {engine} was asked for")
+    if _python_backend(backend):
+        return EngineChoice("perf", "the pure-Python perf backend was asked for "
+                                    "(KVMSTAT_BACKEND=python); the BPF engine is C only")
+    usable, why = bpfengine.bpf_supported(tracepoint_id)
+    if usable:
+        return EngineChoice("bpf", "BPF programs load and attach to the kvm tracepoints")
+    return EngineChoice("perf", f"the BPF engine cannot be used: {why}")
+
+
+def open_tracepoints(tracefs: str, events: Sequence[Event], *, engine: str = "auto",
+                     fields: Optional[Iterable[str]] = None, pid: Optional[int] = None,
+                     by_vm: bool = False, backend: Optional[str] = None,
+                     proc: str = "/proc", sys: str = "/sys", debugfs: Optional[str] = None,
+                     notify: Optional[Callable[[str], None]] = None) -> CountingProvider:
+    """Open the tracepoint provider of the chosen *engine* (see the module).
+
+    The arguments are those of the providers; the result's ``engine``
+    attribute says which one counts.
+    """
+    fields = None if fields is None else list(fields)
+    if engine == "auto":
+        wanted = None if fields is None else set(fields)
+        first = next((e.id for e in events if wanted is None or e.name in wanted
+                      or any(c.name in wanted for c in e.children)), None)
+        choice = choose_engine(engine, tracepoint_id=first, backend=backend)
+    else:
+        choice = choose_engine(engine, backend=backend)
+    if choice.engine == "bpf":
+        try:
+            return BpfTracepointProvider(tracefs, fields=fields, pid=pid, by_vm=by_vm,
+                                         events=events, proc=proc, debugfs=debugfs)
+        except NoSuchVM:
+            raise  # about the VM, not the engine
+        except Error as exc:
+            if engine == "bpf":
+                raise
+            if notify is not None:
+                notify(f"the BPF engine failed ({exc}): counting with perf groups")
+    return TracepointProvider(tracefs, fields=fields, pid=pid, by_vm=by_vm, events=events,
+                              backend=backend, proc=proc, sys=sys, debugfs=debugfs)

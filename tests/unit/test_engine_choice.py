@@ -1,0 +1,171 @@
+"""--engine auto|bpf|perf with fake engines: what auto picks and why, the
+fallback to perf groups, and the engine named in samples, JSON and the CLI."""
+
+import json
+
+import pytest
+
+from kvmstat import cli
+from kvmstat.engine import choose_engine, open_tracepoints
+from kvmstat.errors import InvalidArgument, NativeError, NoSuchVM, NotAvailable
+from kvmstat.events import load_events
+from kvmstat.paths import Paths
+from kvmstat.providers.bpf_tracepoints import BpfTracepointProvider
+from kvmstat.providers.tracepoints import TracepointProvider
+from kvmstat.sources import open_sampler
+
+import fake_bpf
+import fake_native
+from fakeproc import FakeProc
+from test_tracepoint_provider import make_sys, make_tracefs
+
+
+@pytest.fixture
+def perf(monkeypatch):
+    return fake_native.install(monkeypatch)
+
+
+@pytest.fixture
+def paths(tmp_path):
+    proc = FakeProc(tmp_path / "proc")
+    proc.add_vm(300, "web")
+    return Paths(proc=proc.path, sys=make_sys(tmp_path / "s"),
+                 tracefs=make_tracefs(tmp_path / "t"))
+
+
+def test_auto_picks_bpf_where_the_probe_works(monkeypatch):
+    probed = []
+    monkeypatch.setattr("kvmstat.bpfengine.bpf_supported",
+                        lambda tracepoint_id=None: probed.append(tracepoint_id) or (True, ""))
+    monkeypatch.delenv("KVMSTAT_BACKEND", raising=False)
+    choice = choose_engine("auto", tracepoint_id=42)
+    assert (choice.engine, probed) == ("bpf", [42])
+    assert choice.reason == "BPF programs load and attach to the kvm tracepoints"
+
+
+def test_auto_picks_perf_and_says_why(monkeypatch):
+    monkeypatch.setattr("kvmstat.bpfengine.bpf_supported",
+                        lambda tracepoint_id=None: (False, "loading a BPF program denied: x"))
+    monkeypatch.delenv("KVMSTAT_BACKEND", raising=False)
+    choice = choose_engine("auto")
+    assert choice.engine == "perf"
+    assert choice.reason == "the BPF engine cannot be used: loading a BPF program denied: x"
+
+
+@pytest.mark.parametrize("backend, env", [("python", None), (None, "python")])
+def test_the_python_perf_backend_means_perf_groups(monkeypatch, backend, env):
+    monkeypatch.setattr("kvmstat.bpfengine.bpf_supported",
+                        lambda tracepoint_id=None: pytest.fail("probed"))
+    if env:
+        monkeypatch.setenv("KVMSTAT_BACKEND", env)
+    assert choose_engine("auto", backend=backend).engine == "perf"
+
+
+def test_explicit_engines_are_not_probed(monkeypatch):
+    monkeypatch.setattr("kvmstat.bpfengine.bpf_supported",
+                        lambda tracepoint_id=None: pytest.fail("probed"))
+    assert choose_engine("bpf").engine == "bpf"
+    assert choose_engine("perf").reason == "--engine perf was asked for"
+    with pytest.raises(InvalidArgument, match="unknown engine 'ebpf' \\(known: auto, bpf, perf\\)"):
+        choose_engine("ebpf")
+
+
+def open_with(paths, **kwargs):
+    events = load_events(paths.tracefs, "vmx")
+    return open_tracepoints(paths.tracefs, events, fields=["kvm_pio"], proc=paths.proc,
+                            sys=paths.sys, **kwargs)
+
+
+def test_auto_opens_the_bpf_provider(paths, perf, monkeypatch):
+    bpf = fake_bpf.install(monkeypatch)
+    provider = open_with(paths)
+    assert isinstance(provider, BpfTracepointProvider) and provider.engine == "bpf"
+    assert len(bpf) == 1 and perf == []
+
+
+def test_auto_without_bpf_opens_perf_groups(paths, perf, monkeypatch):
+    fake_bpf.install(monkeypatch, supported=(False, "no"))
+    provider = open_with(paths)
+    assert isinstance(provider, TracepointProvider) and provider.engine == "perf"
+    assert len(perf) == 1
+
+
+def failing_bpf(monkeypatch, exc):
+    fake_bpf.install(monkeypatch)
+
+    def fail(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr("kvmstat.providers.bpf_tracepoints.BpfCounter", fail)
+
+
+def test_a_failing_bpf_engine_is_an_error_with_engine_bpf(paths, perf, monkeypatch):
+    failing_bpf(monkeypatch, NativeError("the kernel's verifier rejected the BPF program", 13))
+    with pytest.raises(NativeError, match="verifier rejected"):
+        open_with(paths, engine="bpf")
+    assert perf == []
+
+
+def test_auto_falls_back_to_perf_groups_and_says_so(paths, perf, monkeypatch):
+    failing_bpf(monkeypatch, NativeError("the kernel's verifier rejected the BPF program", 13))
+    notes = []
+    provider = open_with(paths, notify=notes.append)
+    assert provider.engine == "perf" and len(perf) == 1
+    assert notes == ["the BPF engine failed (the kernel's verifier rejected the BPF program): "
+                     "counting with perf groups"]
+
+
+def test_auto_does_not_fall_back_for_a_vm_that_is_gone(paths, perf, monkeypatch):
+    failing_bpf(monkeypatch, NoSuchVM("VM process 300 has exited"))
+    with pytest.raises(NoSuchVM):
+        open_with(paths, pid=300)
+    assert perf == []
+
+
+def test_auto_falls_back_when_a_reason_offset_is_unknown(paths, perf, monkeypatch):
+    fake_bpf.install(monkeypatch)
+    (paths_format := f"{paths.tracefs}/events/kvm/kvm_userspace_exit/format")
+    with open(paths_format, "w") as f:
+        f.write("garbage\n")  # the reason table is built in, its offset unknown
+    events = load_events(paths.tracefs, "vmx")
+    notes = []
+    provider = open_tracepoints(paths.tracefs, events, fields=["kvm_userspace_exit(IO)"],
+                                proc=paths.proc, sys=paths.sys, notify=notes.append)
+    assert provider.engine == "perf" and provider.fields == ["kvm_userspace_exit(IO)"]
+    assert notes and "format file of kvm_userspace_exit does not say where" in notes[0]
+    with pytest.raises(NotAvailable):
+        open_tracepoints(paths.tracefs, events, fields=["kvm_userspace_exit(IO)"],
+                         proc=paths.proc, sys=paths.sys, engine="bpf")
+
+
+def test_samples_name_the_engine(paths, perf, monkeypatch):
+    bpf = fake_bpf.install(monkeypatch)
+    with open_sampler(fields="kvm_pio", paths=paths) as sampler:
+        assert sampler.engine == "bpf"
+        bpf[0].hit(300, "kvm_pio", n=3)
+        assert sampler.sample().engine == "bpf"
+        assert sampler.sample().values == {"kvm_pio": (3, 0)}
+    with open_sampler(fields="kvm_pio", paths=paths, engine="perf") as sampler:
+        assert sampler.sample().engine == "perf"
+    with pytest.raises(InvalidArgument, match="unknown engine"):
+        open_sampler(fields="kvm_pio", paths=paths, engine="gpu")
+
+
+@pytest.mark.parametrize("engine", ["bpf", "perf"])
+def test_cli_batch_json_and_by_guest_on_either_engine(paths, perf, monkeypatch, capsys, engine):
+    bpf = fake_bpf.install(monkeypatch)
+
+    def work():
+        if engine == "bpf":
+            bpf[0].hit(300, "kvm_pio", n=6)
+        else:
+            perf[0].counts[(300, "kvm_pio")] = 6
+
+    monkeypatch.setattr("kvmstat.cli.time.sleep", lambda seconds: work())
+    argv = ["-1", "--json", "--by-guest", "-f", "kvm_pio", "--engine", engine]
+    assert cli.run(cli.parse_options(argv), paths) == 0
+    obj = json.loads(capsys.readouterr().out)
+    assert obj["engine"] == engine
+    assert obj["fields"] == {"kvm_pio": {"total": 6, "delta": 6}}
+    assert obj["guests"] == {"300": {"name": "web",
+                                     "fields": {"kvm_pio": {"total": 6, "delta": 6}}}}
