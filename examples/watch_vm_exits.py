@@ -34,7 +34,11 @@ class Watched:
     def __init__(self, vm: kvmstat.VM):
         self.vm = vm
         self.sampler = kvmstat.open_sampler(fields=EXIT_FIELDS, pid=vm.pid)
-        self.last: Optional[kvmstat.Sample] = self.sampler.sample()
+        try:
+            self.last: Optional[kvmstat.Sample] = self.sampler.sample()
+        except BaseException:  # e.g. VMGone: it exited at once
+            self.sampler.close()
+            raise
 
     @property
     def label(self) -> str:
@@ -82,7 +86,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for vm in choose_vms(args.pid, args.guest):
             try:
                 watched[vm.pid] = Watched(vm)
-            except kvmstat.NoSuchVM:
+            except (kvmstat.NoSuchVM, kvmstat.VMGone):
                 continue  # exited while we were starting
         print("watching " + (", ".join(w.label for w in watched.values()) or "no VM yet"),
               flush=True)
@@ -97,8 +101,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         try:
                             watched[vm.pid] = Watched(vm)
                             print(f"new VM: {watched[vm.pid].label}", flush=True)
-                        except kvmstat.NoSuchVM:
-                            pass
+                        except (kvmstat.NoSuchVM, kvmstat.VMGone):
+                            pass  # gone already
             for pid, w in list(watched.items()):
                 try:
                     sample = w.sampler.sample()

@@ -118,7 +118,7 @@ def test_batch_lists_every_tracepoint(tracefs):
 def test_provider_fds_match_groups_times_events(guest_process):
     guest = guest_process("pio", vcpus=2)
     tids = os.listdir(f"/proc/{guest.pid}/task")
-    with kvmstat.open_sampler(fields=FIELDS, pid=guest.pid) as sampler:
+    with kvmstat.open_sampler(fields=FIELDS, pid=guest.pid, engine="perf") as sampler:
         provider = sampler.providers[0]
         assert isinstance(provider, TracepointProvider)
         assert provider.fds == len(tids) * len(provider.fields)

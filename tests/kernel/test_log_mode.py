@@ -90,7 +90,8 @@ def test_log_into_head_ends_within_a_second_quietly(extra):
     if extra:
         objs = [json.loads(line) for line in lines]
         for obj in objs:
-            assert set(obj) == {"time", "interval", "fields"}
+            assert set(obj) == {"time", "interval", "engine", "fields"}
+            assert obj["engine"] in ("bpf", "perf")
             assert obj["fields"]["kvm_pio"].keys() == {"total", "delta"}
         assert all(0.05 < obj["interval"] < 1.0 for obj in objs)
     else:

@@ -7,6 +7,7 @@ instance is the referee: per thread, what happened in the window kvmstat
 measured must be what kvmstat counted for the VM.
 """
 
+import dataclasses
 import subprocess
 import sys
 import time
@@ -43,17 +44,24 @@ def test_qemu_is_found_by_name_with_vcpu_and_helper_threads(qemu):
     assert vm.helper_tids == (qemu.pit_thread(),)
 
 
-def test_qemu_counts_are_its_vcpu_and_helper_threads_events(qemu, tracefs):
+@pytest.mark.parametrize("engine, per_vm", [("perf", False), ("bpf", False), ("bpf", True)])
+def test_qemu_counts_are_its_vcpu_and_helper_threads_events(qemu, tracefs, engine, per_vm):
+    """For one VM (-p), or its row of the per-VM breakdown: the BPF engine
+    counts the kvm-pit thread, a process of its own, with the VM."""
     pit = qemu.pit_thread()
     # The referee traces QEMU's threads (and those they start) and the PIT thread.
     mine = sorted(qemu.threads()) + [pit]
-    with kvmstat.open_sampler(fields="|".join(f"{e}$" for e in EVENTS),
-                              pid=find_vm_by_name(qemu.name).pid) as sampler:
+    pid = find_vm_by_name(qemu.name).pid
+    with kvmstat.open_sampler(fields="|".join(f"{e}$" for e in EVENTS), engine=engine,
+                              pid=None if per_vm else pid, by_vm=per_vm) as sampler:
+        assert sampler.engine == engine
         with TraceCounter(tracefs, EVENTS, pid=mine) as outer:
             first = sampler.sample()
             with TraceCounter(tracefs, EVENTS, pid=mine) as inner:
                 time.sleep(1.0)
             second = sampler.sample()
+    if per_vm:
+        first, second = (dataclasses.replace(s, values=s.by_vm[pid]) for s in (first, second))
     assert outer.overrun == 0 and inner.overrun == 0
     for event in EVENTS:
         delta = second.values[event][0] - first.values[event][0]

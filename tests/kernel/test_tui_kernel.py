@@ -62,16 +62,18 @@ def refresh_until(term, predicate, timeout=10.0):
                 raise
 
 
-def test_layout_and_exact_counts_of_a_guest(guest_process):
+@pytest.mark.parametrize("engine", ["bpf", "perf"])
+def test_layout_and_exact_counts_of_a_guest(guest_process, engine):
     guest = guest_process("pio", name="tui-exact")
-    with kvm_stat("-p", str(guest.pid), "-f", "kvm_(pio|userspace_exit)", "-s", "25") as term:
-        term.wait_for(f"kvm statistics - pid {guest.pid} (tui-exact)")
+    with kvm_stat("-p", str(guest.pid), "-f", "kvm_(pio|userspace_exit)", "-s", "25",
+                  "--engine", engine) as term:
+        term.wait_for(f"kvm statistics - pid {guest.pid} (tui-exact) ({engine})")
         # Nothing has happened yet: every row is zero and hidden.
         term.wait_for("No matching events reported yet")
         guest.run(1234)
         refresh_until(term, lambda t: row(t, "kvm_pio") is not None)
         lines = term.text().splitlines()
-        assert lines[0] == f"kvm statistics - pid {guest.pid} (tui-exact)"
+        assert lines[0] == f"kvm statistics - pid {guest.pid} (tui-exact) ({engine})"
         assert lines[1] == "Sort: CurAvg/s   regex filter: kvm_(pio|userspace_exit)"
         assert lines[2] == HEADER
         assert term.row_style(0, 0) == (True, False)
@@ -274,7 +276,8 @@ def wait_for_releases(timeout=30.0):
 
 @pytest.mark.parametrize("how", ["q", "ctrl-c", "SIGTERM"])
 def test_leaving_is_immediate_with_every_event_open_on_every_cpu(how):
-    with kvm_stat() as term:
+    # Perf groups: the events whose teardown takes seconds.
+    with kvm_stat("--engine", "perf") as term:
         term.wait_for("kvm statistics - summary")
         term.send("x")  # children too: every kvm event and reason
         term.wait_for(lambda t: has_total(t) or "No matching events" in t.text(), timeout=20)
