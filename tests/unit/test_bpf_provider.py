@@ -12,33 +12,29 @@ from kvmstat.providers.bpf_tracepoints import BpfTracepointProvider, bpf_layout
 from kvmstat.providers.tracepoints import event_fields, event_specs
 
 import fake_bpf
-from fakeproc import FakeProc
 from test_tracepoint_provider import make_tracefs
+from test_vm_following import proc  # noqa: F401  (the fake /proc fixture)
 
 IO, HLT = 2, 5
 
 
 @pytest.fixture
-def proc(tmp_path):
-    return FakeProc(tmp_path / "proc")
-
-
-@pytest.fixture
 def tracefs(tmp_path):
+    """A tracefs tree with kvm_exit, kvm_pio, kvm_userspace_exit, kvm_fpu."""
     return make_tracefs(tmp_path / "t")
 
 
 @pytest.fixture
-def created(monkeypatch):
-    return fake_bpf.install(monkeypatch)
+def open_provider(tracefs, proc, monkeypatch):
+    """opener(fields=..., **options) -> provider; its fake engines are in
+    ``opener.created``."""
+    created = fake_bpf.install(monkeypatch)
 
-
-@pytest.fixture
-def open_provider(tracefs, proc, created):
     def opener(fields=("kvm_pio", "kvm_userspace_exit", "kvm_userspace_exit(IO)",
                        "kvm_userspace_exit(HLT)"), **kwargs):
         return BpfTracepointProvider(tracefs, fields=fields, vendor="vmx", proc=proc.path,
                                      **kwargs)
+    opener.created = created
     return opener
 
 
@@ -72,10 +68,10 @@ def test_a_child_without_a_known_field_offset_is_refused(tracefs):
     assert bpf_layout(events, ["kvm_exit"])[2] == ["kvm_exit"]
 
 
-def test_host_wide_counts_every_process(open_provider, created, proc):
+def test_host_wide_counts_every_process(open_provider, proc):
     proc.add_vm(300, "web")
     provider = open_provider()
-    counter = created[0]
+    counter = open_provider.created[0]
     assert counter.only_pid is None and provider.engine == "bpf"
     assert not provider.supports_by_vm and provider.vms == {}
     counter.hit(300, "kvm_userspace_exit", IO, 5)
@@ -91,12 +87,12 @@ def test_host_wide_counts_every_process(open_provider, created, proc):
     assert counter.closed and provider.fds == 0
 
 
-def test_pid_mode_counts_the_vm_and_its_helper_threads(open_provider, created, proc):
+def test_pid_mode_counts_the_vm_and_its_helper_threads(open_provider, proc):
     proc.add_vm(300, "web", tids=[300, 301])
     proc.add_vm(400, "db")
     proc.add_kthread(310, "kvm-pit/300")
     provider = open_provider(pid=300)
-    counter = created[0]
+    counter = open_provider.created[0]
     assert counter.only_pid == 300 and counter.also == {310}
     assert counter.buckets == {300: 0, 310: 0}
     assert provider.supports_by_vm and list(provider.vms) == [300]
@@ -130,12 +126,12 @@ def test_pid_mode_counts_the_vm_and_its_helper_threads(open_provider, created, p
     provider.close()
 
 
-def test_by_vm_rows_per_process_with_nothing_per_thread(open_provider, created, proc):
+def test_by_vm_rows_per_process_with_nothing_per_thread(open_provider, proc):
     proc.add_vm(300, "web", tids=[300, 301])
     proc.add_vm(400, "db")
     proc.add_kthread(410, "kvm-pit/400")
     provider = open_provider(fields=["kvm_pio"], by_vm=True)
-    counter = created[0]
+    counter = open_provider.created[0]
     assert counter.only_pid is None
     assert counter.buckets == {300: 0, 400: 1, 410: 1}
     counter.hit(300, "kvm_pio", n=3)
@@ -171,11 +167,11 @@ def test_by_vm_rows_per_process_with_nothing_per_thread(open_provider, created, 
 
 
 def test_entries_of_exited_processes_are_swept_when_the_table_is_half_full(
-        open_provider, created, proc):
+        open_provider, proc):
     proc.add_vm(300, "web")
     proc.add_process(700, "worker")
     provider = open_provider(fields=["kvm_pio"], by_vm=True, max_entries=8)
-    counter = created[0]
+    counter = open_provider.created[0]
     counter.hit(300, "kvm_pio")
     counter.hit(700, "kvm_pio")
     for dead in (801, 802, 803):  # processes that have exited since
@@ -197,8 +193,8 @@ def test_entries_of_exited_processes_are_swept_when_the_table_is_half_full(
     assert counter.forgotten[-1] == [804, 805, 806]
 
 
-def test_no_field_selected_opens_nothing(open_provider, created):
+def test_no_field_selected_opens_nothing(open_provider):
     provider = open_provider(fields=[])
-    assert created == [] and provider.read() == {} and provider.fds == 0
+    assert open_provider.created == [] and provider.read() == {} and provider.fds == 0
     provider.refresh()
     provider.close()
