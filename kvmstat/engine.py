@@ -78,13 +78,10 @@ def open_tracepoints(tracefs: str, events: Sequence[Event], *, engine: str = "au
     attribute says which one counts.
     """
     fields = None if fields is None else list(fields)
-    if engine == "auto":
-        wanted = None if fields is None else set(fields)
-        first = next((e.id for e in events if wanted is None or e.name in wanted
-                      or any(c.name in wanted for c in e.children)), None)
-        choice = choose_engine(engine, tracepoint_id=first, backend=backend)
-    else:
-        choice = choose_engine(engine, backend=backend)
+    # The probe loads a program without attaching it: attaching and closing a
+    # tracepoint event takes a grace period (~0.1 s), and the provider's own
+    # attachment failing falls back just the same.
+    choice = choose_engine(engine, backend=backend)
     if choice.engine == "bpf":
         try:
             return BpfTracepointProvider(tracefs, fields=fields, pid=pid, by_vm=by_vm,

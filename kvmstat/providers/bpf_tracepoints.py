@@ -34,7 +34,20 @@ from ..vms import VM, VMWatch, process_alive
 from .counting import CountingProvider
 from .tracepoints import selected_fields
 
-__all__ = ["BpfTracepointProvider", "bpf_layout"]
+__all__ = ["BpfTracepointProvider", "bpf_layout", "in_child_pid_namespace"]
+
+
+def in_child_pid_namespace(proc: str = "/proc") -> bool:
+    """True when this process runs in a PID namespace below the host's
+    (``NSpid:`` of ``<proc>/self/status`` lists more than one id)."""
+    try:
+        with open(f"{proc}/self/status") as f:
+            for line in f:
+                if line.startswith("NSpid:"):
+                    return len(line.split()) > 2
+    except OSError:
+        pass
+    return False
 
 
 def bpf_layout(events: Iterable[Event], fields: Optional[Iterable[str]] = None
@@ -98,6 +111,11 @@ class BpfTracepointProvider(CountingProvider):
         if not specs:
             return
         watch = None
+        if (pid is not None or by_vm) and in_child_pid_namespace(proc):
+            # The programs see the host's process ids, /proc shows this
+            # namespace's: the VMs could not be told apart.
+            raise NotAvailable("the BPF engine tells VMs apart by the host's process ids, "
+                               "and kvm_stat runs in a PID namespace: use --engine perf")
         if pid is not None or by_vm:
             # Lists the VM(s) first: NoSuchVM before any program is loaded.
             watch = VMWatch(proc, pid=pid, debugfs=debugfs if pid is None else None)

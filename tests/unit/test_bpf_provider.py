@@ -198,3 +198,18 @@ def test_no_field_selected_opens_nothing(open_provider):
     assert open_provider.created == [] and provider.read() == {} and provider.fds == 0
     provider.refresh()
     provider.close()
+
+
+def test_per_vm_counting_is_refused_inside_a_pid_namespace(open_provider, proc):
+    proc.add_vm(300, "web")
+    (proc.root / "self").mkdir()
+    (proc.root / "self" / "status").write_text("Name:\tkvm_stat\nNSpid:\t48213\t7\n")
+    message = "the BPF engine tells VMs apart by the host's process ids, and kvm_stat runs " \
+              "in a PID namespace: use --engine perf"
+    with pytest.raises(NotAvailable, match=message):
+        open_provider(pid=300)
+    with pytest.raises(NotAvailable, match=message):
+        open_provider(by_vm=True)
+    open_provider().close()  # host-wide counts do not depend on process ids
+    (proc.root / "self" / "status").write_text("Name:\tkvm_stat\nNSpid:\t48213\n")
+    open_provider(pid=300).close()

@@ -124,8 +124,7 @@ def test_auto_does_not_fall_back_for_a_vm_that_is_gone(paths, perf, monkeypatch)
 
 def test_auto_falls_back_when_a_reason_offset_is_unknown(paths, perf, monkeypatch):
     fake_bpf.install(monkeypatch)
-    (paths_format := f"{paths.tracefs}/events/kvm/kvm_userspace_exit/format")
-    with open(paths_format, "w") as f:
+    with open(f"{paths.tracefs}/events/kvm/kvm_userspace_exit/format", "w") as f:
         f.write("garbage\n")  # the reason table is built in, its offset unknown
     events = load_events(paths.tracefs, "vmx")
     notes = []
