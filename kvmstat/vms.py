@@ -27,12 +27,14 @@ from .errors import AccessDenied, NoSuchVM
 
 __all__ = ["VM", "VMChanges", "VMWatch", "KernelThreads", "list_vms", "find_vm",
            "find_vm_by_name", "thread_ids", "guest_name", "vm_name", "GuestNames", "is_vm_process",
-           "start_time", "process_alive", "describe_vm"]
+           "start_time", "process_alive", "thread_exiting", "describe_vm"]
 
 _KVM_VM_LINK = "anon_inode:kvm-vm"
 
 #: the process every kernel thread is created by
 _KTHREADD = 2
+#: task flag of a thread in its exit path (<linux/sched.h>)
+_PF_EXITING = 0x4
 
 #: kernel threads working for one VM, by name: the number is the id of the
 #: VM process (kvm-pit uses the process id; vhost and nx-lpage recovery used
@@ -237,10 +239,12 @@ def thread_ids(pid: int, proc: str = "/proc") -> List[int]:
         return []
 
 
-def _stat_fields(pid: int, proc: str) -> Optional[List[str]]:
-    """Fields of ``/proc/<pid>/stat`` from the state on (field 3), or None."""
+def _stat_fields(pid: int, proc: str, tid: Optional[int] = None) -> Optional[List[str]]:
+    """Fields of ``/proc/<pid>/stat`` (of ``/proc/<pid>/task/<tid>/stat``
+    with *tid*) from the state on (field 3), or None."""
+    path = f"{proc}/{pid}/stat" if tid is None else f"{proc}/{pid}/task/{tid}/stat"
     try:
-        with open(f"{proc}/{pid}/stat", "rb") as f:
+        with open(path, "rb") as f:
             raw = f.read()
     except OSError:
         return None
@@ -278,6 +282,23 @@ def process_alive(pid: int, started: Optional[int], proc: str = "/proc") -> bool
     if fields[0] in ("Z", "X"):
         return len(thread_ids(pid, proc)) > 1
     return True
+
+
+def thread_exiting(pid: int, tid: int, proc: str = "/proc") -> bool:
+    """True if thread *tid* of process *pid* has ended or is on its way out.
+
+    A thread in its exit path keeps its ``/proc`` entry, and a running
+    state, for a moment after the kernel has torn down its perf context, so
+    a perf event opened on it then fails (even with EINVAL): the thread's
+    ``PF_EXITING`` flag (field 9 of stat(5)) tells that case apart.
+    """
+    fields = _stat_fields(pid, proc, tid)
+    if not fields:
+        return True
+    try:
+        return fields[0] in ("Z", "X") or bool(int(fields[6]) & _PF_EXITING)
+    except (IndexError, ValueError):
+        return False
 
 
 # ---------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from .. import native
 from ..errors import NativeError, NoSuchVM, VMGone
 from ..events import Event, load_events
 from ..resources import ensure_open_files
-from ..vms import VM, VMWatch
+from ..vms import VM, VMWatch, thread_exiting
 from .base import Provider, Totals
 
 __all__ = ["TracepointProvider", "online_cpus", "event_fields", "event_specs"]
@@ -90,6 +90,7 @@ class TracepointProvider(Provider):
                  events: Optional[Sequence[Event]] = None, backend: Optional[str] = None,
                  proc: str = "/proc", sys: str = "/sys", debugfs: Optional[str] = None):
         self._pid = pid
+        self._proc = proc
         if events is None:
             events = load_events(tracefs, vendor)
         self._specs = event_specs(events, fields)
@@ -143,8 +144,9 @@ class TracepointProvider(Provider):
             try:
                 slots[tid] = self._set.add(tid, bucket)
             except NativeError as exc:
-                # A thread that ended between listing and opening is not an error.
-                if exc.errno not in _THREAD_GONE:
+                # A thread that ended between listing and opening is not an
+                # error; one on its way out may refuse with other errnos too.
+                if exc.errno not in _THREAD_GONE and not thread_exiting(pid, tid, self._proc):
                     raise
 
     def _open_vm(self, vm: VM) -> None:

@@ -63,8 +63,14 @@ class FakeProc:
     def add_thread(self, pid, tid):
         (self.root / str(pid) / "task" / str(tid)).mkdir(parents=True)
 
+    def set_thread_stat(self, pid, tid, state="S", flags=0):
+        """``task/<tid>/stat`` with that state and task flags (field 9)."""
+        rest = [state, 1, 0, 0, 0, 0, flags] + [0] * 12 + [self._clock] + [0] * 5
+        (self.root / str(pid) / "task" / str(tid) / "stat").write_text(
+            f"{tid} (thread) " + " ".join(str(v) for v in rest) + "\n")
+
     def remove_thread(self, pid, tid):
-        (self.root / str(pid) / "task" / str(tid)).rmdir()
+        shutil.rmtree(self.root / str(pid) / "task" / str(tid))
 
     def add_kthread(self, tid, name):
         """A kernel thread: a child of kthreadd with this (full) name."""

@@ -1,10 +1,12 @@
 """The tracepoint provider following VMs (-p, -g, by VM) on fake /proc trees
 and a fake counting core."""
 
+import errno
+
 import pytest
 
 from kvmstat import native
-from kvmstat.errors import NoSuchVM, VMGone
+from kvmstat.errors import NativeError, NoSuchVM, VMGone
 from kvmstat.paths import Paths
 from kvmstat.providers.tracepoints import TracepointProvider
 from kvmstat.sources import open_sampler
@@ -104,6 +106,23 @@ def test_pid_mode_vm_whose_threads_all_vanished(proc, open_provider, monkeypatch
     proc.add_vm(300, "web", tids=[300, 301])
     with pytest.raises(NoSuchVM, match="VM process 300 has exited"):
         open_provider(pid=300)
+
+
+@pytest.mark.parametrize("exiting", [True, False])
+def test_a_thread_on_its_way_out_may_refuse_with_any_errno(proc, open_provider, monkeypatch,
+                                                          exiting):
+    # The kernel refuses perf_event_open with EINVAL when the thread's perf
+    # context was torn down while its /proc entry still shows it running.
+    created = fake_native.install(monkeypatch, refuse={301: errno.EINVAL})
+    proc.add_vm(300, "web", tids=[300, 301])
+    proc.set_thread_stat(300, 301, "R", flags=0x4 if exiting else 0)
+    if not exiting:
+        with pytest.raises(NativeError, match="thread 301 refused"):
+            open_provider(by_vm=True)
+        return
+    provider = open_provider(by_vm=True)
+    assert groups(created[0]) == {300: 0}
+    provider.close()
 
 
 def test_host_mode_has_no_breakdown(proc, created, open_provider):
