@@ -15,7 +15,9 @@ small.
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -25,6 +27,9 @@ import pytest
 import kvmstat
 from kvmstat.errors import NotAvailable, VMGone
 from kvmstat.providers.binstats import BinstatsProvider
+
+from helpers.batchwindow import start_batch
+from helpers.logfiles import complete_lines, killed_on_failure, start_kvm_stat, wait_for
 
 PVM = os.path.isdir("/sys/module/kvm_pvm")
 
@@ -196,3 +201,75 @@ def test_kvm_stat_once_binstats_for_a_pid(guest_process):
     assert rows["io_exits"][0] == io_exits_for(27)
     assert rows["halt_exits"] == (0, 0)
     assert {"halt_wait_ns", "blocking", "pages_4k"} <= set(rows)
+
+
+# -- histograms in the JSON output -----------------------------------------------
+# This host's KVM offers three histograms per vCPU (all log-2 histograms of
+# nanoseconds): halt_poll_success_hist, halt_poll_fail_hist and
+# halt_wait_hist.  One halt wait inside the kernel (program "idle") adds one
+# sample to halt_wait_hist; whether KVM polls first depends on the host.
+HOST_HISTOGRAMS = {"halt_poll_success_hist", "halt_poll_fail_hist", "halt_wait_hist"}
+
+
+def check_log2_nanoseconds(hist):
+    """The shape of a KVM log-2 histogram of nanoseconds in the JSON output."""
+    assert hist["kind"] == "log" and hist["unit"] == "seconds"
+    assert (hist["base"], hist["exponent"]) == (10, -9)
+    bounds = hist["bounds"]
+    assert len(bounds) == len(hist["counts"]) > 2
+    assert bounds[0] == [0, 1] and bounds[1] == [1, 2] and bounds[-1][1] is None
+    assert all(isinstance(c, int) and c >= 0 for c in hist["counts"])
+
+
+def test_once_json_has_the_histograms_with_exact_halt_waits(guest_process):
+    guest = guest_process("idle")
+    guest.stats()
+    proc = start_batch(["--json", "--binstats", "-p", str(guest.pid)])
+    guest.halt_waits(6)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and err == ""
+    obj = json.loads(out)
+    assert set(obj["histograms"]) == HOST_HISTOGRAMS
+    for hist in obj["histograms"].values():
+        check_log2_nanoseconds(hist)
+        assert hist["since"] == "start"
+    assert sum(obj["histograms"]["halt_wait_hist"]["counts"]) == 6
+    # Histograms are not fields.
+    assert not HOST_HISTOGRAMS & set(obj["fields"])
+
+
+def test_json_log_by_guest_carries_each_guests_histograms(guest_process, tmp_path):
+    idle = guest_process("idle")
+    busy = guest_process("pio")
+    idle.stats()
+    busy.stats()
+    log = tmp_path / "kvm_stat.json"
+    proc = start_kvm_stat("-L", str(log), "--json", "--by-guest", "-s", "0.2", "--binstats",
+                          "-f", "exits|halt_wait")
+    with killed_on_failure(proc):
+        # The first row comes after kvm_stat has borrowed the descriptors
+        # (it counts from then on).
+        wait_for(lambda: len(complete_lines(log)) >= 1, "the first row", proc=proc)
+        idle.halt_waits(3)
+        busy.run(10)
+        idle.halt_waits(2)
+
+        def last_guests():
+            lines = complete_lines(log)
+            return json.loads(lines[-1])["guests"] if lines else {}
+
+        wait_for(lambda: sum(last_guests().get(str(idle.pid), {}).get("histograms", {})
+                             .get("halt_wait_hist", {}).get("counts", [0])) == 5,
+                 "the halt waits to be logged", proc=proc)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and err == "" and out == ""
+    last = json.loads(complete_lines(log)[-1])
+    mine = last["guests"][str(idle.pid)]["histograms"]
+    assert set(mine) == {"halt_wait_hist"}  # -f selects histograms by name too
+    check_log2_nanoseconds(mine["halt_wait_hist"])
+    assert sum(mine["halt_wait_hist"]["counts"]) == 5
+    assert sum(last["guests"][str(busy.pid)]["histograms"]["halt_wait_hist"]["counts"]) == 0
+    assert last["guests"][str(busy.pid)]["fields"]["exits"]["total"] == 10
+    # Host-wide: the sum over every VM holding descriptors (others may add more).
+    assert sum(last["histograms"]["halt_wait_hist"]["counts"]) >= 5
