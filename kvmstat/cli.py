@@ -277,7 +277,7 @@ def _run_batch(opts: Options, paths: Paths) -> int:
             sample = sampler.sample(refresh=False)
         if opts.json:
             from .formats.json import sample_json
-            sys.stdout.write(sample_json(sample))
+            sys.stdout.write(sample_json(sample, by_guest=opts.by_guest))
         else:
             lines = by_guest_batch_lines(sample) if opts.by_guest else batch_lines(sample)
             if opts.by_guest and not lines:

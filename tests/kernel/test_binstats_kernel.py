@@ -15,12 +15,14 @@ small.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import uuid
 
 import pytest
 
@@ -29,6 +31,8 @@ from kvmstat.errors import NotAvailable, VMGone
 from kvmstat.providers.binstats import BinstatsProvider
 
 from helpers.batchwindow import start_batch
+from helpers.commands import kvm_stat
+from helpers.exporter import ExporterProcess, value
 from helpers.logfiles import complete_lines, killed_on_failure, start_kvm_stat, wait_for
 
 PVM = os.path.isdir("/sys/module/kvm_pvm")
@@ -273,3 +277,94 @@ def test_json_log_by_guest_carries_each_guests_histograms(guest_process, tmp_pat
     assert last["guests"][str(busy.pid)]["fields"]["exits"]["total"] == 10
     # Host-wide: the sum over every VM holding descriptors (others may add more).
     assert sum(last["histograms"]["halt_wait_hist"]["counts"]) >= 5
+
+
+# -- --check, --by-guest and the exporter with --binstats --------------------------
+
+def test_check_finds_binary_stats_where_a_guest_holds_descriptors(guest_process):
+    guest = guest_process("pio")
+    guest.stats()
+    result = kvm_stat(["--check"])
+    assert result.returncode == 0, result.stderr
+    [row] = [line for line in result.stdout.splitlines() if line.startswith("binary stats")]
+    assert row.split()[2] == "available", row
+    assert "statistics read from the descriptors VM processes hold" in row
+    [attribution] = [line for line in result.stdout.splitlines()
+                     if line.startswith("per-VM attribution")]
+    assert "binary stats (stats fds held by VM processes)" in attribution
+
+
+def named_guests(guest_process):
+    """Two guests with statistics descriptors: one vCPU, and two vCPUs."""
+    tag = uuid.uuid4().hex[:8]
+    one = guest_process("pio", name=f"bs-one-{tag}")
+    two = guest_process("pio", vcpus=2, name=f"bs-two-{tag}")
+    one.stats()
+    two.stats()
+    return one, two
+
+
+@pytest.mark.parametrize("json_output", [False, True], ids=["text", "json"])
+def test_once_by_guest_binstats_exact_exits_per_vm(guest_process, json_output):
+    one, two = named_guests(guest_process)
+    proc = start_batch(["--by-guest", "--binstats", "-f", "exits$"]
+                       + (["--json"] if json_output else []))
+    one.run(13)
+    two.run(4, vcpu=0)
+    two.run(5, vcpu=1)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and err == ""
+    if json_output:
+        guests = json.loads(out)["guests"]
+        for guest, n in ((one, 13), (two, 9)):
+            assert guests[str(guest.pid)] == {
+                "name": guest.name, "fields": {"exits": {"total": n, "delta": n}}}
+    else:
+        for guest, n in ((one, 13), (two, 9)):
+            heading = f"{guest.name} (pid {guest.pid})\n"
+            block = out[out.index(heading) + len(heading):].split("\n", 1)[0]
+            assert block == "%-42s%10d%10d" % ("exits", n, n)
+
+
+def test_csv_log_by_guest_binstats_exact_exits_per_vm(guest_process, tmp_path):
+    one, two = named_guests(guest_process)
+    log = tmp_path / "by-guest.csv"
+    proc = start_kvm_stat("-L", str(log), "-c", "--by-guest", "--binstats", "-s", "0.2",
+                          "-f", "exits$")
+    with killed_on_failure(proc):
+        wait_for(lambda: len(complete_lines(log)) >= 1, "the CSV header", proc=proc)
+        for n in (5, 20, 1):
+            one.run(n)
+            two.run(n, vcpu=1)
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and err == "" and out == ""
+    with open(log, newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["timestamp", "pid", "guest", "exits"]
+    for guest in (one, two):
+        mine = [row for row in rows[1:] if row[1] == str(guest.pid)]
+        assert all(row[2] == guest.name for row in mine)
+        assert sum(int(row[3]) for row in mine) == 26
+
+
+def test_exporter_binstats_exact_exits_for_a_watched_guest_and_per_vm(guest_process):
+    one, two = named_guests(guest_process)
+    with ExporterProcess(["--binstats", "-p", str(one.pid)]) as watched, \
+            ExporterProcess(["--binstats", "-f", "exits$"]) as host:
+        vm_one = {"pid": str(one.pid), "guest": one.name}
+        vm_two = {"pid": str(two.pid), "guest": two.name}
+        assert value(watched.scrape(), "kvm_exits_total", **vm_one) == 0
+        before = value(host.scrape(), "kvm_exits_total")
+        one.run(77)
+        two.run(30, vcpu=0)
+        two.run(3, vcpu=1)
+        families = watched.scrape()
+        assert value(families, "kvm_exits_total", **vm_one) == 77
+        assert value(families, "kvm_halt_exits_total", **vm_one) == 0
+        families = host.scrape()
+        assert value(families, "kvm_exits_total", **vm_one) == 77
+        assert value(families, "kvm_exits_total", **vm_two) == 33
+        assert value(families, "kvm_exits_total") - before >= 110  # other VMs may add more
+        assert watched.stop() == 0 and host.stop() == 0
