@@ -171,13 +171,40 @@ def test_every_key_on_a_real_guest(guest_process):
         term.wait_for("Sort: Total")
         term.send("b")
         term.wait_for(GUEST_HEADER)
-        # Per-VM counting from tracepoints shows this guest once the provider
-        # reports per-VM data; until then the view says that nothing was reported.
+        # By guest: per-VM tracepoint counting (restarted by b) shows this
+        # guest's row with its exact count, and the Total under it.
         guest.run(3)
-        refresh_until(term, lambda t: "No matching events reported yet" in t.text()
-                      or "tui-keys" in t.text().splitlines()[3])
+        refresh_until(term, lambda t: row(t, "tui-keys") is not None
+                      and row(t, "tui-keys")[0] == 3)
+        guest_row, total_row = body(term)
+        assert guest_row.startswith("%-40s %10d%7s" % ("tui-keys", 3, "100.0"))
+        assert total_row.startswith("%-40s %10d" % ("Total", 3))
         term.send("b")
         term.wait_for(HEADER)
+        term.send("q")
+        assert term.wait_exit(5) == 0
+
+
+def test_guest_that_exits_is_dead_with_its_last_totals(guest_process):
+    guest = guest_process("pio", name="tui-dead")
+    title = f"kvm statistics - pid {guest.pid} (tui-dead)"
+    with kvm_stat("-p", str(guest.pid), "-f", "kvm_pio", "-s", "25") as term:
+        term.wait_for(title)
+        term.wait_for("No matching events reported yet")
+        guest.run(42)
+        refresh_until(term, lambda t: row(t, "kvm_pio") is not None
+                      and row(t, "kvm_pio")[0] == 42)
+        guest.run(8)  # after the last refresh, right before the guest exits
+        guest.close()
+        refresh_until(term, f"{title}  Guest is DEAD")
+        # The totals up to the exit stay; there is no current rate any more.
+        assert body(term) == [
+            "kvm_pio                                          50  100.0",
+            "Total                                            50"]
+        term.send(" ")  # nothing to refresh any more, still responsive
+        term.settle(0.5)
+        assert term.text().splitlines()[0] == f"{title}  Guest is DEAD"
+        assert row(term, "kvm_pio") == (50, None)
         term.send("q")
         assert term.wait_exit(5) == 0
 
