@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, FrozenSet, List, Optional, Tuple
 
 __all__ = ["Provider", "Totals", "HistogramValues", "Histograms", "SINCE_START",
            "SINCE_CREATION"]
@@ -64,6 +64,13 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     def fields(self) -> List[str]:
         """The fields this provider counts, in a stable order."""
+
+    @property
+    def levels(self) -> FrozenSet[str]:
+        """The fields whose value is a current level (an instant value or a
+        peak such as ``pages_4k``, ``max_mmu_rmap_size``), not a count of
+        events: they can go down.  None by default."""
+        return frozenset()
 
     @abc.abstractmethod
     def read(self) -> Totals:

@@ -29,7 +29,7 @@ import operator
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
 from .. import pidfd
 from ..errors import AccessDenied, NoSuchVM, NotAvailable, VMGone
@@ -400,6 +400,11 @@ class BinstatsProvider(Provider):
     def fields(self) -> List[str]:
         """The counted statistics names."""
         return list(self._fields)
+
+    @property
+    def levels(self) -> FrozenSet[str]:
+        """The instant and peak statistics counted (current values, not counts)."""
+        return frozenset(n for n in self._fields if self._kinds.get(n) in ("instant", "peak"))
 
     @property
     def supports_by_vm(self) -> bool:

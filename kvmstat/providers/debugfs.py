@@ -39,7 +39,7 @@ import os
 import re
 import stat
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
 from ..errors import AccessDenied, NotAvailable, NoSuchVM, VMGone
 from .base import SINCE_CREATION, HistogramValues, Histograms, Provider, Totals
@@ -470,6 +470,11 @@ class DebugfsProvider(Provider):
     def kinds(self) -> Dict[str, str]:
         """Field name -> kind (counter, time, instant, peak)."""
         return dict(self._stats)
+
+    @property
+    def levels(self) -> FrozenSet[str]:
+        """The instant and peak statistics read (current values, not counts)."""
+        return frozenset(name for name, kind in self._stats if kind in (INSTANT, PEAK))
 
     @property
     def supports_by_vm(self) -> bool:

@@ -184,6 +184,8 @@ def test_fields_are_the_single_valued_statistics(two_vms):
         assert provider.fields == ALL_FIELDS
         assert provider.supports_by_vm
         assert provider.descriptors["halt_wait_hist"].type == TYPE_LOG_HIST
+        assert provider.levels == {"pages_4k", "max_mmu_rmap_size", "blocking",
+                                   "halt_poll_max"}
         assert two_vms.open_stats_files() == {"stats-100-10", "stats-100-11", "stats-100-12",
                                               "stats-200-20"}
     assert two_vms.open_stats_files() == set()

@@ -229,6 +229,12 @@ def test_field_selection_and_lockdown_leave_fields_out(tmp_path, monkeypatch):
     assert provider.read() == {"pages_4k": 10}  # never exits = 0
 
 
+def test_levels_are_the_instant_and_peak_fields(tmp_path):
+    provider = DebugfsProvider(make_debugfs(tmp_path))
+    assert provider.levels == {"pages_4k", "max_mmu_rmap_size"}
+    assert DebugfsProvider(make_debugfs(tmp_path), fields=["exits"]).levels == set()
+
+
 def test_reset_zeroes_counters_not_levels(tmp_path):
     debugfs = make_debugfs(tmp_path)
     provider = DebugfsProvider(debugfs, include_past=True)
