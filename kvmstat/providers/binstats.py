@@ -408,6 +408,7 @@ class BinstatsProvider(Provider):
 
     @property
     def supports_by_vm(self) -> bool:
+        """True: every VM process has its own descriptors."""
         return True
 
     @property
