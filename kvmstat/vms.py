@@ -27,7 +27,7 @@ from .errors import AccessDenied, NoSuchVM
 
 __all__ = ["VM", "VMChanges", "VMWatch", "KernelThreads", "list_vms", "find_vm",
            "find_vm_by_name", "thread_ids", "guest_name", "vm_name", "GuestNames", "is_vm_process",
-           "start_time", "process_alive", "thread_exiting", "describe_vm"]
+           "start_time", "process_alive", "thread_exiting", "describe_vm", "fd_links"]
 
 _KVM_VM_LINK = "anon_inode:kvm-vm"
 
@@ -210,20 +210,28 @@ class GuestNames:
 # ---------------------------------------------------------------------------
 # Processes and threads.
 
-def _vm_fds(pid: int, proc: str) -> Tuple[int, ...]:
+def fd_links(pid: int, proc: str = "/proc") -> Dict[int, str]:
+    """What the open file descriptors of process *pid* refer to: fd -> link
+    (``anon_inode:kvm-vm``, a path...).  Empty when the process is gone or its
+    descriptors cannot be listed; a descriptor closed meanwhile is left out."""
     fd_dir = f"{proc}/{pid}/fd"
-    fds = []
     try:
         entries = os.listdir(fd_dir)
     except OSError:
-        return ()
+        return {}
+    links = {}
     for entry in entries:
+        if not entry.isdigit():
+            continue
         try:
-            if os.readlink(f"{fd_dir}/{entry}") == _KVM_VM_LINK:
-                fds.append(int(entry))
-        except (OSError, ValueError):
+            links[int(entry)] = os.readlink(f"{fd_dir}/{entry}")
+        except OSError:
             continue  # closed meanwhile, or not ours to read
-    return tuple(sorted(fds))
+    return links
+
+
+def _vm_fds(pid: int, proc: str) -> Tuple[int, ...]:
+    return tuple(sorted(fd for fd, link in fd_links(pid, proc).items() if link == _KVM_VM_LINK))
 
 
 def is_vm_process(pid: int, proc: str = "/proc") -> bool:

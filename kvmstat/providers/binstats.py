@@ -33,7 +33,7 @@ from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence
 
 from .. import pidfd
 from ..errors import AccessDenied, NoSuchVM, NotAvailable, VMGone
-from ..vms import find_vm, list_vms
+from ..vms import fd_links, find_vm, list_vms, start_time
 from .base import SINCE_CREATION, SINCE_START, HistogramValues, Histograms, Provider, Totals
 from .binstats_format import (TYPE_CUMULATIVE, TYPE_INSTANT, TYPE_LINEAR_HIST, TYPE_PEAK,
                               StatDesc, StatsFormatError, StatsLayout, bucket_bounds, read_layout)
@@ -87,24 +87,9 @@ def stats_fd_refs(pid: int, proc: str = "/proc", exclude: Iterable[int] = ()) ->
     *exclude* lists fd numbers to ignore (this process's own duplicates when
     it watches a VM it runs itself).  A process that is gone holds none.
     """
-    fd_dir = f"{proc}/{pid}/fd"
-    try:
-        entries = os.listdir(fd_dir)
-    except OSError:
-        return []
     skip = set(exclude)
-    refs = []
-    for entry in entries:
-        if not entry.isdigit() or int(entry) in skip:
-            continue
-        try:
-            link = os.readlink(f"{fd_dir}/{entry}")
-        except OSError:
-            continue  # closed meanwhile
-        if _is_stats_link(link):
-            refs.append(StatsFdRef(pid, int(entry), link))
-    refs.sort(key=lambda r: r.fd)
-    return refs
+    return [StatsFdRef(pid, fd, link) for fd, link in sorted(fd_links(pid, proc).items())
+            if fd not in skip and _is_stats_link(link)]
 
 
 def _borrow(pfd: int, ref: StatsFdRef, proc: str) -> Optional[int]:
@@ -327,14 +312,9 @@ def _histogram_values(desc: StatDesc, counts: Tuple[int, ...], since: str) -> Hi
 
 
 def _process_start(pid: int, proc: str) -> Optional[float]:
-    """Start time of *pid* in seconds since boot, from ``<proc>/<pid>/stat``."""
-    try:
-        with open(f"{proc}/{pid}/stat", "rb") as f:
-            text = f.read()
-        fields = text[text.rindex(b")") + 2:].split()
-        return int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of stat(5)
-    except (OSError, ValueError, IndexError):
-        return None
+    """Start time of *pid* in seconds since boot (None once it is gone)."""
+    ticks = start_time(pid, proc)
+    return None if ticks is None else ticks / os.sysconf("SC_CLK_TCK")
 
 
 class BinstatsProvider(Provider):

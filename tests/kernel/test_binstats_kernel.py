@@ -19,8 +19,6 @@ import csv
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 
@@ -31,9 +29,9 @@ from kvmstat.errors import NotAvailable, VMGone
 from kvmstat.providers.binstats import BinstatsProvider
 
 from helpers.batchwindow import start_batch
-from helpers.commands import kvm_stat
+from helpers.commands import fd_links, killed_on_failure, kvm_stat, start_kvm_stat, wait_for
 from helpers.exporter import ExporterProcess, value
-from helpers.logfiles import complete_lines, killed_on_failure, start_kvm_stat, wait_for
+from helpers.logfiles import complete_lines
 
 PVM = os.path.isdir("/sys/module/kvm_pvm")
 
@@ -45,24 +43,8 @@ def io_exits_for(port_writes: int) -> int:
 
 def stats_links(pid="self"):
     """Statistics descriptors held by process *pid* (link names)."""
-    links = []
-    for name in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            link = os.readlink(f"/proc/{pid}/fd/{name}")
-        except OSError:
-            continue
-        if link.startswith(("anon_inode:kvm-vm-stats", "anon_inode:kvm-vcpu-stats")):
-            links.append(link)
-    return sorted(links)
-
-
-def wchan(pid):
-    """Where process *pid* sleeps in the kernel (``hrtimer_nanosleep`` in time.sleep)."""
-    try:
-        with open(f"/proc/{pid}/wchan") as f:
-            return f.read()
-    except OSError:
-        return ""
+    return sorted(link for link in fd_links(pid)
+                  if link.startswith(("anon_inode:kvm-vm-stats", "anon_inode:kvm-vcpu-stats")))
 
 
 def test_exact_exits_per_vcpu_for_n_port_writes(guest_process):
@@ -181,16 +163,10 @@ def test_vm_without_statistics_descriptors_is_explained(guest_process):
 def test_kvm_stat_once_binstats_for_a_pid(guest_process):
     guest = guest_process("pio", vcpus=2)
     guest.stats()
-    proc = subprocess.Popen([sys.executable, "-m", "kvmstat", "-1", "--binstats", "-p",
-                             str(guest.pid)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    # Wait until kvm_stat holds its copies of the guest's 3 descriptors and
-    # sleeps between its two samples (so its baseline is taken).
-    deadline = time.monotonic() + 20
-    while len(stats_links(proc.pid)) < 3 or "nanosleep" not in wchan(proc.pid):
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "kvm_stat did not open the statistics"
-        time.sleep(0.005)
+    # Once kvm_stat sleeps between its two samples it holds its copies of the
+    # guest's 3 descriptors and has taken its baseline.
+    proc = start_batch(["--binstats", "-p", str(guest.pid)])
+    assert len(stats_links(proc.pid)) == 3
     guest.run(20, vcpu=0)
     guest.run(7, vcpu=1)
     out, err = proc.communicate(timeout=30)

@@ -8,10 +8,9 @@ import os
 import signal
 import socket
 import threading
-import time
 import uuid
 
-import pytest
+from helpers.commands import wait_for
 from helpers.exporter import ExporterProcess, series, value
 
 FIELDS = r"kvm_(pio|userspace_exit)"
@@ -22,14 +21,6 @@ def free_loopback_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_until(predicate, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def test_watched_guest_exact_counts_text_and_openmetrics_then_the_vm_is_dropped(guest_process):
@@ -58,11 +49,12 @@ def test_watched_guest_exact_counts_text_and_openmetrics_then_the_vm_is_dropped(
         assert exporter.perf_fds() > 0
 
         guest.close()
-        wait_until(lambda: value(exporter.scrape(), "kvmstat_vm_running", **vm) == 0,
-                   what="the exporter to drop the exited VM")
+        wait_for(lambda: value(exporter.scrape(), "kvmstat_vm_running", **vm) == 0,
+                 "the exporter to drop the exited VM", interval=0.1)
         families = exporter.scrape()
         assert not [n for n in families if n.startswith("kvm_")]
-        wait_until(lambda: exporter.perf_fds() == 0, what="the perf events to be released")
+        wait_for(lambda: exporter.perf_fds() == 0, "the perf events to be released",
+                 interval=0.1)
         assert exporter.scrape() is not None  # still serving
         assert exporter.stop(signal.SIGTERM) == 0
         assert exporter.stdout == b""
@@ -131,8 +123,8 @@ def test_scrapes_while_guests_start_and_stop_keep_fds_stable(guest_process):
         assert not failures, failures[:5]
         assert len(scraped) >= 4
         # Sockets of finished scrapes are closed; dropped VMs are released.
-        wait_until(lambda: sorted(exporter.fds()) == baseline, timeout=60,
-                   what="the exporter's fds to return to their baseline")
+        wait_for(lambda: sorted(exporter.fds()) == baseline,
+                 "the exporter's fds to return to their baseline", 60, interval=0.1)
         assert exporter.stop() == 0
 
 
@@ -188,8 +180,8 @@ def test_debugfs_series_per_vm_directory_then_the_vm_leaves(guest_process):
             assert families["kvm_pages_4k"].type == "gauge"
         guest.close()
         some = next(iter(samples.values()))
-        wait_until(lambda: frozenset(vm.items()) not in series(exporter.scrape(), some),
-                   what="the exited VM's series to go")
+        wait_for(lambda: frozenset(vm.items()) not in series(exporter.scrape(), some),
+                 "the exited VM's series to go", interval=0.1)
         assert exporter.stop() == 0
         assert "Traceback" not in exporter.stderr()
 

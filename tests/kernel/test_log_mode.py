@@ -14,8 +14,9 @@ import time
 
 import pytest
 
-from helpers.logfiles import (ROW_TIME, check_csv, column_sum, complete_lines,
-                              killed_on_failure, perf_event_fds, start_kvm_stat, wait_for)
+from helpers.batchwindow import start_batch
+from helpers.commands import killed_on_failure, start_kvm_stat, wait_for
+from helpers.logfiles import ROW_TIME, check_csv, column_sum, complete_lines
 
 
 def test_csv_log_through_rename_sighup_and_sigterm_keeps_every_event_once(guest_process, tmp_path):
@@ -113,11 +114,9 @@ def test_log_to_stdout_stops_on_sigint_with_the_pending_row(guest_process):
 
 def test_once_json_reports_exact_counts(guest_process):
     guest = guest_process("pio")
-    proc = start_kvm_stat("-1", "--json", "-p", str(guest.pid), "-f", "kvm_(pio|userspace_exit)")
-    # Inside kvm_stat's one-second window: its events are open, and the first
-    # sample follows the opening at once.
-    wait_for(lambda: perf_event_fds(proc.pid) > 0, "kvm_stat's perf events", proc=proc)
-    time.sleep(0.2)
+    # Inside kvm_stat's one-second window: its events are open and the first
+    # sample taken.
+    proc = start_batch(["--json", "-p", str(guest.pid), "-f", "kvm_(pio|userspace_exit)"])
     guest.run(321)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0 and err == ""

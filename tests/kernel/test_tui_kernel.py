@@ -8,13 +8,13 @@ import os
 import re
 import select
 import signal
-import sys
 import termios
 import threading
 import time
 
 import pytest
 
+from helpers.commands import KVM_STAT, perf_event_fds, wait_for
 from helpers.ptyterm import PtyTerminal
 from kvmstat import teardown
 from kvmstat.providers.tracepoints import online_cpus
@@ -25,7 +25,7 @@ GUEST_HEADER = '%-40s %10s%7s %8s' % ('Guest Name', 'Total', '%Total', 'CurAvg/s
 
 
 def kvm_stat(*args, **kwargs):
-    return PtyTerminal([sys.executable, "-m", "kvmstat", *args], **kwargs)
+    return PtyTerminal([*KVM_STAT, *args], **kwargs)
 
 
 def has_total(term):
@@ -265,18 +265,6 @@ def test_function_key_burst_keeps_the_rate_true(guest_process):
         assert rate == pytest.approx(true_rate, rel=0.2), (seen, true_rate)
 
 
-def perf_fds(pid):
-    fd_dir = f"/proc/{pid}/fd"
-    count = 0
-    for fd in os.listdir(fd_dir):
-        try:
-            if os.readlink(f"{fd_dir}/{fd}") == "anon_inode:[perf_event]":
-                count += 1
-        except OSError:
-            pass
-    return count
-
-
 def releasing_processes():
     """Pids of the detached processes that finish closing perf events."""
     pids = []
@@ -293,10 +281,8 @@ def releasing_processes():
 
 def wait_for_releases(timeout=30.0):
     """Wait until perf events released in the background are closed (not forever)."""
-    deadline = time.monotonic() + timeout
-    while releasing_processes():
-        assert time.monotonic() < deadline, "the detached teardown did not finish"
-        time.sleep(0.1)
+    wait_for(lambda: not releasing_processes(), "the detached teardown to finish", timeout,
+             interval=0.1)
 
 
 @pytest.mark.parametrize("how", ["q", "ctrl-c", "SIGTERM"])
@@ -305,7 +291,7 @@ def test_leaving_is_immediate_with_every_event_open_on_every_cpu(how):
         term.wait_for("kvm statistics - summary")
         term.send("x")  # children too: every kvm event and reason
         term.wait_for(lambda t: has_total(t) or "No matching events" in t.text(), timeout=20)
-        fds = perf_fds(term.proc.pid)
+        fds = perf_event_fds(term.proc.pid)
         assert fds == len(list_fields()) * len(online_cpus())
         wait_for_releases()  # of the events opened before x
         start = time.monotonic()
