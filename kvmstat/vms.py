@@ -247,12 +247,14 @@ def thread_ids(pid: int, proc: str = "/proc") -> List[int]:
         return []
 
 
-def _stat_fields(pid: int, proc: str, tid: Optional[int] = None) -> Optional[List[str]]:
-    """Fields of ``/proc/<pid>/stat`` (of ``/proc/<pid>/task/<tid>/stat``
-    with *tid*) from the state on (field 3), or None."""
-    path = f"{proc}/{pid}/stat" if tid is None else f"{proc}/{pid}/task/{tid}/stat"
+def _stat_fields(pid: int, proc: str) -> Optional[List[str]]:
+    """Fields of ``/proc/<pid>/stat`` from the state on (field 3), or None.
+
+    *pid* may be any thread id: ``/proc/<tid>`` exists for every thread
+    (unlisted), and its state and flags are that thread's own.
+    """
     try:
-        with open(path, "rb") as f:
+        with open(f"{proc}/{pid}/stat", "rb") as f:
             raw = f.read()
     except OSError:
         return None
@@ -292,15 +294,16 @@ def process_alive(pid: int, started: Optional[int], proc: str = "/proc") -> bool
     return True
 
 
-def thread_exiting(pid: int, tid: int, proc: str = "/proc") -> bool:
-    """True if thread *tid* of process *pid* has ended or is on its way out.
+def thread_exiting(tid: int, proc: str = "/proc") -> bool:
+    """True if thread *tid* (of a VM process, or a kernel helper thread) has
+    ended or is on its way out.
 
     A thread in its exit path keeps its ``/proc`` entry, and a running
     state, for a moment after the kernel has torn down its perf context, so
     a perf event opened on it then fails (even with EINVAL): the thread's
     ``PF_EXITING`` flag (field 9 of stat(5)) tells that case apart.
     """
-    fields = _stat_fields(pid, proc, tid)
+    fields = _stat_fields(tid, proc)
     if not fields:
         return True
     try:

@@ -26,8 +26,11 @@ from .base import Provider, Totals
 
 __all__ = ["TracepointProvider", "online_cpus", "event_fields", "event_specs"]
 
-# perf_event_open errors meaning "that thread has just exited (or is exiting)"
-_THREAD_GONE = (errno.ESRCH, errno.ENOENT, errno.ENODEV)
+# perf_event_open errors of a thread that has just exited (or is exiting),
+# and, transiently, of a live thread that is starting threads right then.
+_THREAD_BUSY = (errno.ESRCH, errno.ENOENT, errno.ENODEV, errno.EINVAL)
+# How often the group of a live thread is opened before such an error counts.
+_ADD_ATTEMPTS = 10
 
 
 def online_cpus(sys: str = "/sys") -> List[int]:
@@ -141,13 +144,23 @@ class TracepointProvider(Provider):
         bucket = self._buckets[pid]
         slots = self._vm_slots[pid]
         for tid in tids:
-            try:
-                slots[tid] = self._set.add(tid, bucket)
-            except NativeError as exc:
-                # A thread that ended between listing and opening is not an
-                # error; one on its way out may refuse with other errnos too.
-                if exc.errno not in _THREAD_GONE and not thread_exiting(pid, tid, self._proc):
-                    raise
+            for attempt in range(_ADD_ATTEMPTS):
+                try:
+                    slots[tid] = self._set.add(tid, bucket)
+                    break
+                except NativeError as exc:
+                    # A thread that ended (or is ending) between listing and
+                    # opening is not an error, whatever the errno.
+                    if thread_exiting(tid, self._proc):
+                        break
+                    # A live thread that starts threads while its group is
+                    # being opened makes perf_event_open fail now and then
+                    # (ENODEV, EINVAL: measured with a thread starting
+                    # threads non-stop, about one open in two); opening the
+                    # group again succeeds.  Any other errno, or one that
+                    # persists, is a real error.
+                    if exc.errno not in _THREAD_BUSY or attempt == _ADD_ATTEMPTS - 1:
+                        raise
 
     def _open_vm(self, vm: VM) -> None:
         if self._free_buckets:

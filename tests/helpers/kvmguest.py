@@ -40,6 +40,8 @@ one line on stdout: ``ok [value]`` or ``error <message>``.  Commands:
 ``vcpu``           :meth:`Guest.add_vcpu`; ``ok <vcpu index>``
 ``stats``          :meth:`Guest.stats_fds`; ``ok <number of fds>``
 ``idle N [VCPU]``  :meth:`Guest.halt_waits` (idle only); ``ok``
+``churn SECONDS``  the main thread starts and joins short threads for that long;
+                   ``ok <number of threads>``
 ``loop [VCPU]``    :meth:`Guest.start_loop` (cpuid-loop only); ``ok <tid>``
 ``stop``           :meth:`Guest.stop_loop`; ``ok <iterations>``
 ``tids``           ``ok <tid> <tid> ...`` of the threads of this process
@@ -558,6 +560,18 @@ class Guest:
             pass
 
 
+def _churn_threads(seconds: float) -> int:
+    """Start and join short-lived threads from the calling thread for *seconds*."""
+    deadline = time.monotonic() + seconds
+    started = 0
+    while time.monotonic() < deadline:
+        t = threading.Thread(target=time.sleep, args=(0.0005,))
+        t.start()
+        t.join()
+        started += 1
+    return started
+
+
 def _wchan(tid) -> str:
     """Where thread *tid* of this process sleeps in the kernel ("" if unknown)."""
     try:
@@ -607,6 +621,8 @@ def _serve(guest: Guest, stdin, stdout) -> int:
             elif cmd == "idle" and len(args) in (1, 2):
                 guest.halt_waits(int(args[0]), int(args[1]) if len(args) == 2 else 0)
                 reply("ok")
+            elif cmd == "churn" and len(args) == 1:
+                reply(f"ok {_churn_threads(float(args[0]))}")
             elif cmd == "loop" and len(args) <= 1:
                 reply(f"ok {guest.start_loop(int(args[0]) if args else 0)}")
             elif cmd == "stop" and not args:
@@ -733,6 +749,9 @@ class GuestProcess:
 
     def halt_waits(self, n: int, vcpu: int = 0) -> None:
         self.command(f"idle {n} {vcpu}")
+
+    def churn(self, seconds: float) -> int:
+        return int(self.command(f"churn {seconds}"))
 
     def start_loop(self, vcpu: int = 0) -> int:
         return int(self.command(f"loop {vcpu}"))

@@ -7,6 +7,7 @@ the others exactly.
 """
 
 import os
+import threading
 import time
 import uuid
 
@@ -200,3 +201,24 @@ def test_kvm_stat_unknown_or_ambiguous_guest_name(guest_process):
     assert out.stderr.startswith(f"Error: no VM named '{missing}'; running VMs: ")
     assert f"'{name}' (pid {twins[0].pid})" in out.stderr
     assert out.stderr.count("\n") == 1
+
+
+def test_opening_while_the_vm_starts_threads_non_stop_counts_its_threads(guest_process):
+    # While a thread starts threads, opening its group fails now and then
+    # (ENODEV, EINVAL); each sampler must still count that thread.
+    guest = guest_process("pio", name=unique("churn"))
+    churner = threading.Thread(target=guest.churn, args=(2.0,))
+    churner.start()
+    samplers = []
+    try:
+        time.sleep(0.1)
+        for _ in range(4):
+            samplers.append(kvmstat.open_sampler(pid=guest.pid))
+        churner.join()
+        guest.run(7)  # in the guest's main thread, whose groups were opened while it churned
+        for sampler in samplers:
+            assert sampler.sample().values["kvm_pio"][0] == 7
+    finally:
+        churner.join()
+        for sampler in samplers:
+            sampler.close()

@@ -21,7 +21,8 @@ class FakeCounterSet:
         self.retired = {}        # (bucket, event name) -> count
         self.retired_totals = {} # event name -> count (kept by clear_bucket)
         self.gone = set(gone)    # targets whose open fails with ESRCH
-        self.refuse = dict(refuse or {})  # target -> errno its open fails with
+        # target -> errnos its next opens fail with, one per attempt
+        self.refuse = {target: list(errnos) for target, errnos in (refuse or {}).items()}
         self.enabled = False
         self.closed = False
         self.reads = 0
@@ -30,8 +31,9 @@ class FakeCounterSet:
     def add(self, target, bucket=0):
         if target in self.gone:
             raise NativeError(f"thread {target} vanished", errno.ESRCH, target=target)
-        if target in self.refuse:
-            raise NativeError(f"thread {target} refused", self.refuse[target], target=target)
+        if self.refuse.get(target):
+            raise NativeError(f"thread {target} refused", self.refuse[target].pop(0),
+                              target=target)
         slot = next(self._next_slot)
         self.slots[slot] = (target, bucket)
         return slot

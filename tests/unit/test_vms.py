@@ -154,14 +154,16 @@ def test_process_alive_exit_zombie_and_reused_pid(proc):
 
 def test_thread_exiting_by_flag_state_and_absence(proc):
     proc.add_vm(300, "web", tids=[300, 301])
-    proc.set_thread_stat(300, 301, "R", flags=0x400040)
-    assert not thread_exiting(300, 301, proc.path)
-    proc.set_thread_stat(300, 301, "R", flags=0x400044)  # PF_EXITING, still running
-    assert thread_exiting(300, 301, proc.path)
-    proc.set_thread_stat(300, 301, "Z")
-    assert thread_exiting(300, 301, proc.path)
-    proc.remove_thread(300, 301)
-    assert thread_exiting(300, 301, proc.path)
+    proc.set_thread_stat(301, "R", flags=0x400040)
+    assert not thread_exiting(301, proc.path)
+    proc.set_thread_stat(301, "R", flags=0x400044)  # PF_EXITING, still running
+    assert thread_exiting(301, proc.path)
+    proc.set_thread_stat(301, "Z")
+    assert thread_exiting(301, proc.path)
+    proc.remove_thread_stat(301)
+    assert thread_exiting(301, proc.path)
+    proc.add_kthread(310, "kvm-pit/300")  # a helper thread outside the process
+    assert not thread_exiting(310, proc.path)
 
 
 def test_stat_with_spaces_and_parentheses_in_the_name(proc):
