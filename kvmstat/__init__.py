@@ -14,6 +14,16 @@ What ``kvm_stat`` does, without the command line:
   (``pid -> field -> (total, delta)``) and ``Sample.vm_names`` wherever a
   provider can attribute events to VMs; or open one sampler per VM with
   ``pid=``;
+* providers by name (``"tracepoints"``, ``"debugfs"``, ``"binstats"`` as the
+  first argument of :func:`open_sampler`), or their classes directly:
+  :class:`TracepointProvider`, :class:`DebugfsProvider`,
+  :class:`BinstatsProvider` (per-vCPU values: ``read_by_vcpu()``);
+* histogram statistics (binary stats, debugfs ``*_hist``):
+  ``open_sampler(histograms=True)`` fills ``Sample.histograms`` (name ->
+  :class:`HistogramValues`) and, with ``by_vm``, ``Sample.vm_histograms``;
+* what works on this host, why not and the fix (``kvm_stat --check``):
+  :func:`check_host` returns a :class:`HostCheck`, :func:`format_check` the
+  table;
 * serve Prometheus metrics from your own program: :class:`KvmCollector`.
 
 Child fields count one reason of their parent and are named
@@ -34,11 +44,15 @@ Typical use::
 
 from typing import Any
 
+from .check import HostCheck, ProviderCheck, check_host, format_check
 from .errors import (AccessDenied, Error, InvalidArgument, NativeError, NoSuchVM,
                      NotAvailable, TooManyEvents, VMGone)
 from .fields import FieldFilter, child_name, is_child, parent_of, reason_of
 from .paths import Paths
-from .providers.base import Provider, Totals
+from .providers.base import Histograms, HistogramValues, Provider, Totals
+from .providers.binstats import BinstatsProvider
+from .providers.debugfs import DebugfsProvider
+from .providers.tracepoints import TracepointProvider
 from .sources import list_fields, open_providers, open_sampler
 from .stats import FieldValues, Sample, Sampler
 from .vms import VM, find_vm, find_vm_by_name, list_vms
@@ -54,9 +68,12 @@ __all__ = [
     "list_fields", "FieldFilter", "parent_of", "reason_of", "is_child", "child_name",
     # providers and samples
     "open_providers", "open_sampler", "Provider", "Sampler", "Sample", "FieldValues",
-    "Totals", "Paths",
+    "Totals", "Paths", "TracepointProvider", "DebugfsProvider", "BinstatsProvider",
+    "HistogramValues", "Histograms",
     # VMs
     "VM", "list_vms", "find_vm", "find_vm_by_name",
+    # what works on this host (kvm_stat --check)
+    "check_host", "format_check", "HostCheck", "ProviderCheck",
     # Prometheus
     "KvmCollector",
 ]

@@ -10,7 +10,6 @@ in the notes).
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import os
@@ -20,14 +19,17 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
 from .engine import choose_engine
+from . import pidfd
 from .errors import AccessDenied, Error, NotAvailable
 from .events import Event, detect_vendor, load_events
 from .paths import Paths
 from .privileges import (CAP_SYS_PTRACE, has_capability, perf_event_paranoid,
                          perf_privileged)
 from .providers.bpf_tracepoints import BpfTracepointProvider
+from .providers.binstats import stats_fd_refs
 from .providers.debugfs import DebugfsProbe, list_vm_directories, probe_debugfs
 from .providers.tracepoints import TracepointProvider, event_fields, online_cpus
+from .sources import catalog
 from .vms import VM, list_vms
 
 __all__ = ["ProviderCheck", "HostCheck", "check_host", "format_check"]
@@ -36,12 +38,6 @@ __all__ = ["ProviderCheck", "HostCheck", "check_host", "format_check"]
 _KVMIO = 0xAE
 _KVM_CHECK_EXTENSION = _KVMIO << 8 | 0x03
 _KVM_CAP_BINARY_STATS_FD = 203
-# Syscall numbers of the unified table (the same on every 64-bit arch but alpha).
-_SYS_PIDFD_OPEN = 434
-_SYS_PIDFD_GETFD = 438
-# struct kvm_stats_header: six u32
-_STATS_HEADER_SIZE = 24
-_STATS_LINKS = ("anon_inode:kvm-vm-stats", "anon_inode:kvm-vcpu-stats")
 
 # Events that fire on exits handled in the kernel or in user space; if they
 # count while kvm_exit does not, exit reasons are not traced on this host.
@@ -218,74 +214,9 @@ def _check_debugfs(paths: Paths, notes: List[str]) -> Tuple[ProviderCheck, Optio
 # --------------------------------------------------------------------------
 # binary stats
 
-def _syscall(number: int, *args: int) -> int:
-    """A raw system call; OSError with its errno on failure."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    result = libc.syscall(ctypes.c_long(number), *(ctypes.c_long(a) for a in args))
-    if result < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return result
-
-
-def _take_fd(pid: int, fd: int) -> int:
-    """A copy of file descriptor *fd* of process *pid* (pidfd_getfd)."""
-    pidfd = _syscall(_SYS_PIDFD_OPEN, pid, 0)
-    try:
-        return _syscall(_SYS_PIDFD_GETFD, pidfd, fd, 0)
-    finally:
-        os.close(pidfd)
-
-
-def _stats_fds(pid: int, proc: str) -> List[int]:
-    """File descriptors of process *pid* that are KVM binary-stats files."""
-    fd_dir = os.path.join(proc, str(pid), "fd")
-    found = []
-    try:
-        entries = os.listdir(fd_dir)
-    except OSError:
-        return found
-    for entry in entries:
-        try:
-            target = os.readlink(os.path.join(fd_dir, entry))
-        except OSError:
-            continue
-        if target.startswith(_STATS_LINKS):
-            found.append(int(entry))
-    return sorted(found)
-
-
-def _try_vm_stats(vms: List[VM], proc: str) -> Tuple[int, Optional[int], Optional[OSError]]:
-    """Read the header of one stats fd held by a running VM process.
-
-    KVM answers KVM_GET_STATS_FD only inside the VM's own process, so from
-    outside only the stats fds a VM process already holds (QEMU opens them
-    for QMP query-stats) can be read, taken with pidfd_getfd.  Returns the
-    number of VM processes holding stats fds, the pid tried and the error
-    (None if it worked).
-    """
-    holders = [(vm.pid, fds) for vm in vms if vm.pid != os.getpid()
-               for fds in [_stats_fds(vm.pid, proc)] if fds]
-    for pid, fds in holders:
-        try:
-            stats_fd = _take_fd(pid, fds[0])
-        except OSError as exc:
-            if exc.errno in (errno.ESRCH, errno.EBADF):
-                continue  # exited or closed meanwhile
-            return len(holders), pid, exc
-        try:
-            header = os.pread(stats_fd, _STATS_HEADER_SIZE, 0)
-        except OSError as exc:
-            return len(holders), pid, exc
-        finally:
-            os.close(stats_fd)  # never keep a VM alive
-        if len(header) == _STATS_HEADER_SIZE:
-            return len(holders), pid, None
-    return len(holders), None, None
-
-
-def _check_binstats(paths: Paths, dev_kvm: str, vms: List[VM]) -> ProviderCheck:
+def _binstats_kernel_support(dev_kvm: str) -> Optional[ProviderCheck]:
+    """None if this kernel has binary statistics and the pidfd calls to reach
+    other processes' descriptors, else the failing row."""
     name = "binary stats"
     try:
         kvm_fd = os.open(dev_kvm, os.O_RDWR | os.O_CLOEXEC)
@@ -305,33 +236,46 @@ def _check_binstats(paths: Paths, dev_kvm: str, vms: List[VM]) -> ProviderCheck:
                                  "(KVM_CAP_BINARY_STATS_FD, Linux 5.14 or newer)",
                                  "use tracepoints (-t) or debugfs (-d)")
         try:
-            os.close(_take_fd(os.getpid(), kvm_fd))
+            # Borrow one of our own descriptors, the way the provider borrows
+            # the VMs' statistics descriptors.
+            own = pidfd.pidfd_open(os.getpid())
+            try:
+                os.close(pidfd.pidfd_getfd(own, kvm_fd))
+            finally:
+                os.close(own)
         except OSError as exc:
             if exc.errno == errno.ENOSYS:
-                return ProviderCheck(name, False, "no pidfd_getfd system call (Linux 5.6 or "
-                                     "newer) to reach the VMs' file descriptors",
+                return ProviderCheck(name, False, "no pidfd_open/pidfd_getfd system calls "
+                                     "(Linux 5.6 or newer) to reach the VMs' file descriptors",
                                      "use tracepoints (-t) or debugfs (-d)")
             return ProviderCheck(name, False, f"pidfd_getfd failed: {exc.strerror}")
     finally:
         os.close(kvm_fd)
-    holders, tried_pid, failure = _try_vm_stats(vms, paths.proc)
+    return None
+
+
+def _check_binstats(paths: Paths, dev_kvm: str, vms: List[VM]) -> ProviderCheck:
+    """What ``--binstats`` would find now: the provider's own discovery
+    (:func:`kvmstat.sources.catalog`), after the kernel's support."""
+    name = "binary stats"
+    failure = _binstats_kernel_support(dev_kvm)
     if failure is not None:
-        return ProviderCheck(name, False, f"cannot read the stats fd of VM process "
-                             f"{tried_pid} ({failure.strerror})", "run kvm_stat as root")
-    if tried_pid is not None:
-        return ProviderCheck(name, True, f"stats fds read through pidfd_getfd (tried on VM "
-                             f"process {tried_pid}); {holders} of {len(vms)} VM processes "
-                             f"hold stats fds")
-    if not has_capability(CAP_SYS_PTRACE, paths.proc):
-        return ProviderCheck(name, False, "reading the stats of other processes' VMs needs "
-                             "CAP_SYS_PTRACE (pidfd_getfd)", "run kvm_stat as root")
-    if vms:
-        return ProviderCheck(name, False, f"none of the {len(vms)} running VM processes holds "
-                             f"a KVM stats fd, and KVM_GET_STATS_FD works only inside the VM's "
-                             f"own process", "use tracepoints (-t) or debugfs (-d); QEMU opens "
-                             "stats fds when asked for them (QMP query-stats)")
-    return ProviderCheck(name, True, "KVM_GET_STATS_FD and pidfd_getfd supported "
-                         "(no VM running to try them on)")
+        return failure
+    holders = sum(1 for vm in vms if stats_fd_refs(vm.pid, paths.proc))
+    if not holders and not has_capability(CAP_SYS_PTRACE, paths.proc):
+        return ProviderCheck(name, False, "reading the statistics descriptors of other "
+                             "processes' VMs needs CAP_SYS_PTRACE (pidfd_getfd)",
+                             "run kvm_stat as root")
+    try:
+        fields = catalog("binstats", paths).fields
+    except AccessDenied as exc:
+        return ProviderCheck(name, False, str(exc), "run kvm_stat as root")
+    except Error as exc:
+        # The message --binstats itself gives, naming the alternatives.
+        return ProviderCheck(name, False, str(exc))
+    return ProviderCheck(name, True, f"{len(fields)} statistics read from the descriptors VM "
+                         f"processes hold (borrowed with pidfd_getfd); {holders} of {len(vms)} "
+                         f"VM processes hold them")
 
 
 # --------------------------------------------------------------------------

@@ -264,7 +264,8 @@ def _run_batch(opts: Options, paths: Paths) -> int:
 
     sampler = open_sampler(opts.providers, fields=opts.fields, pid=opts.pid, paths=paths,
                            backend=None, include_past=opts.include_past,
-                           notify=_notify, by_vm=opts.by_guest, engine=opts.engine)
+                           notify=_notify, by_vm=opts.by_guest, engine=opts.engine,
+                           histograms=opts.json)
     try:
         try:
             sampler.sample()
@@ -321,7 +322,8 @@ def _run_log(opts: Options, paths: Paths) -> int:
         sampler = open_sampler(opts.providers, fields=opts.fields, pid=opts.pid,
                                by_vm=opts.by_guest, paths=paths, backend=None,
                                include_past=opts.include_past, notify=_notify,
-                               engine=opts.engine)
+                               engine=opts.engine,
+                               histograms=opts.json)
         try:
             Logger(sampler, output, layout, delay=opts.delay,
                    skip_zero=opts.skip_zero).run(signals)

@@ -12,7 +12,10 @@ Metric names and labels (SPEC §3.4):
 * every field becomes a counter family named after the event with ``kvm_``
   prepended unless the name already starts with it; samples carry the
   ``_total`` suffix: ``kvm_pio`` -> ``kvm_pio_total``, debugfs ``exits`` ->
-  ``kvm_exits_total``;
+  ``kvm_exits_total``.  Fields that are current levels, not counts
+  (:attr:`Provider.levels <kvmstat.providers.base.Provider.levels>`: debugfs
+  and binary-stats instant and peak values such as ``pages_4k``), are gauges
+  without the suffix: ``kvm_pages_4k``;
 * a child field is a series of its parent's family with a ``reason`` label:
   ``kvm_exit(HLT)`` -> ``kvm_exit_total{reason="HLT"}``.  The series
   *without* a ``reason`` label is the parent itself, i.e. every reason
@@ -45,7 +48,8 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import (Callable, Dict, FrozenSet, Iterable, Iterator, List, Optional, Sequence,
+                    Tuple)
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
@@ -157,14 +161,23 @@ class _Family:
     documentation: str
     #: (field, labels) in output order: the parent first, then its children
     series: List[Tuple[str, Dict[str, str]]]
+    #: "counter", or "gauge" for a current level (samples without ``_total``)
+    type: str = "counter"
+
+    @property
+    def sample_name(self) -> str:
+        return self.name + "_total" if self.type == "counter" else self.name
 
 
-def _layout(fields: Iterable[str], provider_of: Dict[str, str]) -> Tuple[List[_Family], List[str]]:
+def _layout(fields: Iterable[str], provider_of: Dict[str, str],
+            levels: FrozenSet[str] = frozenset()) -> Tuple[List[_Family], List[str]]:
     """Group fields into families; returns (families, fields left out).
 
-    A field left out is one whose family and labels another field already
-    took (two providers naming different things alike): it is reported once
-    instead of making every scrape invalid with duplicate series.
+    Fields in *levels* (current values such as ``pages_4k``, which can go
+    down) become gauges, every other field a counter.  A field left out is
+    one whose family and labels another field already took (two providers
+    naming different things alike): it is reported once instead of making
+    every scrape invalid with duplicate series.
     """
     families: Dict[str, _Family] = {}
     owner: Dict[str, str] = {}  # family name -> parent field that owns it
@@ -179,8 +192,12 @@ def _layout(fields: Iterable[str], provider_of: Dict[str, str]) -> Tuple[List[_F
         family = families.get(name)
         if family is None:
             provider = provider_of.get(field, "kvmstat")
-            family = families[name] = _Family(
-                name, f"{parent} events counted by the {provider} provider", [])
+            if parent in levels:
+                family = families[name] = _Family(
+                    name, f"current {parent} as read by the {provider} provider", [], "gauge")
+            else:
+                family = families[name] = _Family(
+                    name, f"{parent} events counted by the {provider} provider", [])
         reason = reason_of(field)
         family.series.append((field, {} if reason is None else {"reason": reason}))
     for family in families.values():
@@ -200,10 +217,10 @@ def _vm_labels(pid: int, name: Optional[str]) -> Dict[str, str]:
 def _families_of(families: List[_Family], values: FieldValues,
                  host_labels: Optional[Dict[str, str]],
                  per_vm: Sequence[Tuple[Dict[str, str], FieldValues]]) -> Iterator[Metric]:
-    """One counter family per event: host (or watched VM) series, then per-VM series."""
+    """One family per event: host (or watched VM) series, then per-VM series."""
     for family in families:
-        metric = Metric(family.name, family.documentation, "counter")
-        sample_name = family.name + "_total"
+        metric = Metric(family.name, family.documentation, family.type)
+        sample_name = family.sample_name
         for field, labels in family.series:
             metric.add_sample(sample_name, {**host_labels, **labels} if host_labels else labels,
                               values[field][0])
@@ -241,9 +258,12 @@ class KvmCollector:
         self._fields_seen: Optional[frozenset] = None
         self._families: List[_Family] = []
         self._provider_of: Dict[str, str] = {}
+        levels = set()
         for provider in getattr(sampler, "providers", ()):
             for field in provider.fields:
                 self._provider_of.setdefault(field, provider.name)
+            levels.update(provider.levels)
+        self._levels = frozenset(levels)
 
     @property
     def dropped(self) -> bool:
@@ -276,7 +296,7 @@ class KvmCollector:
             elapsed = time.monotonic() - start
             fields = frozenset(sample.values)
             if fields != self._fields_seen:
-                self._families, skipped = _layout(fields, self._provider_of)
+                self._families, skipped = _layout(fields, self._provider_of, self._levels)
                 self._fields_seen = fields
                 if skipped:
                     self._notify("left out of the metrics (their names clash with other "

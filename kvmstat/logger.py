@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, TextIO
 
-from .errors import Error, InvalidArgument
+from .errors import Error, InvalidArgument, VMGone
 from .formats import json as json_format
 from .formats import log as log_format
 from .stats import Sample
@@ -366,8 +366,9 @@ class Logger:
 
     The field list is ``sampler.fields`` when :meth:`run` starts.  Rows with
     all deltas zero are left out with *skip_zero* (``-z``).  Each write is
-    flushed.  Errors from the sampler (e.g. :class:`~kvmstat.errors.VMGone`)
-    and from the output propagate to the caller.
+    flushed.  Errors from the sampler and from the output propagate to the
+    caller; :class:`~kvmstat.errors.VMGone` (the watched VM has exited) does
+    so after a last row with the counts up to its exit.
     """
 
     def __init__(self, sampler, output, layout: LogLayout, *, delay: float,
@@ -394,7 +395,16 @@ class Logger:
         self._rows_since_header = 0
 
     def _write_sample(self) -> None:
-        sample = self._sampler.sample()
+        try:
+            sample = self._sampler.sample()
+        except VMGone:
+            # The watched VM has exited: what it did up to its exit is still
+            # readable, and goes out as the last row before the loop ends.
+            self._write_rows(self._sampler.sample(refresh=False))
+            raise
+        self._write_rows(sample)
+
+    def _write_rows(self, sample: Sample) -> None:
         rows = self._layout.rows(sample, self._fields, self._skip_zero)
         if not rows:
             return

@@ -28,6 +28,23 @@ _SECTIONS = [
         "with the delta of each field over that interval (not per second). The field "
         "list is fixed at start. Row k is due at start + k \\(mu \\fIDELAY\\fR, so rows do "
         "not drift; every row is flushed when written.",
+        "\tExporter (\\fB--serve\\fR)\tServes \\fB/metrics\\fR in the Prometheus text "
+        "format (OpenMetrics when asked for), read at scrape time: \\fBkvm_\\fR\\fIevent\\fR"
+        "\\fB_total\\fR counters with \\fBreason\\fR labels for child events and "
+        "\\fBpid\\fR and \\fBguest\\fR labels per VM; instant and peak values are gauges.",
+        "\tCheck (\\fB--check\\fR)\tPrints a table of the providers (and of per-VM "
+        "attribution): available or not, the reason, and the fix; then notes on the host.",
+    ]),
+    ("PROVIDERS", [
+        "\ttracepoints (\\fB-t\\fR, the default)\tperf counting of every kvm tracepoint, "
+        "one counter per reason for events that carry one; per CPU host-wide, per thread "
+        "for one VM or by guest.",
+        "\tdebugfs (\\fB-d\\fR)\tKVM's statistics files, host-wide and per VM directory; "
+        "under kernel lockdown only the files that can be read are shown, the others are "
+        "named once on standard error.",
+        "\tbinary statistics (\\fB--binstats\\fR)\tKVM's own statistics, read from the "
+        "statistics descriptors VM processes hold (QEMU 8.1 and newer keep them open); "
+        "free for the guests and readable under lockdown.",
     ]),
     ("LOG FORMATS", [
         "\tplain\tA banner of the field names, each followed by one space, then rows of "
@@ -39,7 +56,9 @@ _SECTIONS = [
         "and starts a new one (with a note on standard error).",
         "\tJSON (\\fB--json\\fR)\tOne object per line: {\"time\": unix seconds, "
         "\"interval\": seconds, \"fields\": {\"name\": {\"total\": N, \"delta\": N}, ...}}, "
-        "and with \\fB--by-guest\\fR \"guests\": {\"pid\": {\"name\": ..., \"fields\": {...}}}.",
+        "and with \\fB--by-guest\\fR \"guests\": {\"pid\": {\"name\": ..., \"fields\": {...}}}. "
+        "Histogram statistics, where the providers have any, come under \"histograms\": "
+        "{\"name\": {\"since\": ..., \"counts\": [...], ...}} (and in each guest's object).",
         "\tby guest\tWith \\fB--by-guest\\fR one row per VM and interval, sorted by pid: "
         "plain rows have the pid and the guest name (\\fB-\\fR when it has none) after the "
         "time, under the banner \\fBpid guest\\fR \\fIname\\fR...; CSV rows are "
@@ -60,8 +79,9 @@ _SECTIONS = [
     ("EXIT STATUS", [
         "0 on success, also when stopped by SIGTERM or SIGINT in log mode, when the "
         "reader of a pipe goes away, and when the VM watched with \\fB-p\\fR or \\fB-g\\fR "
-        "exits. 1 on an error, reported as one line \\fBError:\\fR ... on standard error. "
-        "2 on a usage error.",
+        "exits (after its counts up to the exit). 1 on an error, reported as one line "
+        "\\fBError:\\fR ... on standard error, and for \\fB--check\\fR when no provider "
+        "works. 2 on a usage error.",
     ]),
     ("ENVIRONMENT", [
         "\t\\fBKVMSTAT_BACKEND\\fR=\\fBpython\\fR\tCount with the pure-Python implementation "

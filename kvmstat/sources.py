@@ -166,14 +166,19 @@ def open_sampler(providers: Sequence[str] = ("tracepoints",), *,
                  fields: Union[str, FieldFilter, None] = None, pid: Optional[int] = None,
                  by_vm: bool = False, paths: Optional[Paths] = None,
                  backend: Optional[str] = None, include_past: bool = False,
-                 notify: Notify = None, engine: str = "auto") -> Sampler:
+                 notify: Notify = None, engine: str = "auto",
+                 histograms: bool = False) -> Sampler:
     """Open providers (see :func:`open_providers`) and return a :class:`Sampler`.
 
     With *by_vm*, samples carry ``by_vm`` (pid -> field values) and
-    ``vm_names`` (pid -> guest name) too.
+    ``vm_names`` (pid -> guest name) too.  With *histograms*, samples carry
+    the providers' histogram statistics (``histograms``, and
+    ``vm_histograms`` with *by_vm*) whose names *fields* matches.
     """
     paths = paths or Paths()
-    opened = open_providers(providers, fields=fields, pid=pid, paths=paths, backend=backend,
-                            notify=notify, by_vm=by_vm, include_past=include_past,
-                            engine=engine)
-    return Sampler(opened, by_vm=by_vm, names=GuestNames(paths.proc))
+    field_filter = fields if isinstance(fields, FieldFilter) else FieldFilter(fields)
+    opened = open_providers(providers, fields=field_filter, pid=pid, paths=paths,
+                            backend=backend, notify=notify, by_vm=by_vm,
+                            include_past=include_past, engine=engine)
+    return Sampler(opened, by_vm=by_vm, names=GuestNames(paths.proc),
+                   histograms=field_filter.matches if histograms else None)

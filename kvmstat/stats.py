@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .fields import parent_of
-from .providers.base import Provider, Totals
+from .providers.base import Histograms, Provider, Totals
 
 __all__ = ["Sample", "Sampler", "FieldValues"]
 
@@ -33,6 +33,10 @@ class Sample:
     attribute events to VMs), and ``vm_names`` maps those pids to guest
     names (None for a VM without a name).  ``engine`` says how tracepoints
     were counted (``"bpf"`` or ``"perf"``; None without tracepoints).
+    ``histograms`` holds the providers' histogram statistics when the
+    sampler was asked for them (None otherwise; empty when no provider has
+    any), and ``vm_histograms`` the same per VM pid when a per-VM breakdown
+    was asked for too.
     """
 
     time: float
@@ -41,6 +45,8 @@ class Sample:
     by_vm: Optional[Dict[int, FieldValues]] = None
     vm_names: Dict[int, Optional[str]] = field(default_factory=dict)
     engine: Optional[str] = None
+    histograms: Optional[Histograms] = None
+    vm_histograms: Optional[Dict[int, Histograms]] = None
 
     def rate(self, name: str) -> float:
         """Per-second rate of *name* over this sample's interval."""
@@ -64,16 +70,21 @@ class Sampler:
 
     *by_vm* asks every provider that can attribute events to VMs for a per-VM
     breakdown too.  *names* is an optional callable mapping a VM pid to its
-    guest name.  The sampler owns the providers: :meth:`close` closes them.
+    guest name.  *histograms*, a predicate on histogram names, asks for the
+    providers' histogram statistics whose names it accepts (``lambda name:
+    True`` for all).  The sampler owns the providers: :meth:`close` closes
+    them.
     """
 
     def __init__(self, providers: Sequence[Provider], *, by_vm: bool = False,
                  names: Optional[Callable[[int], Optional[str]]] = None,
+                 histograms: Optional[Callable[[str], bool]] = None,
                  clock: Callable[[], float] = time.monotonic,
                  wallclock: Callable[[], float] = time.time):
         self.providers = list(providers)
         self.by_vm = by_vm
         self._names = names
+        self._histogram_filter = histograms
         self._clock = clock
         self._wallclock = wallclock
         self._previous: Totals = {}
@@ -115,6 +126,20 @@ class Sampler:
                 merged.setdefault(pid, {}).update(vm_totals)
         return totals, merged
 
+    def _read_histograms(self) -> Tuple[Histograms, Optional[Dict[int, Histograms]]]:
+        """The accepted histograms of every provider, and per VM with *by_vm*."""
+        wanted = self._histogram_filter
+        assert wanted is not None
+        merged: Histograms = {}
+        per_vm: Optional[Dict[int, Histograms]] = {} if self.by_vm else None
+        for provider in self.providers:
+            merged.update((n, h) for n, h in provider.read_histograms().items() if wanted(n))
+            if per_vm is not None:
+                for pid, histograms in provider.read_histograms_by_vm().items():
+                    mine = per_vm.setdefault(pid, {})
+                    mine.update((n, h) for n, h in histograms.items() if wanted(n))
+        return merged, per_vm
+
     def sample(self, refresh: bool = True) -> Sample:
         """Read every provider once and return the new :class:`Sample`.
 
@@ -139,11 +164,14 @@ class Sampler:
             self._previous_vm = per_vm
         else:
             totals = self._read()
+        histograms, vm_histograms = (self._read_histograms()
+                                     if self._histogram_filter is not None else (None, None))
         interval = 0.0 if self._previous_time is None else now - self._previous_time
         values = _with_deltas(totals, self._previous)
         self._previous = totals
         self._previous_time = now
-        return Sample(self._wallclock(), interval, values, by_vm, vm_names, self.engine)
+        return Sample(self._wallclock(), interval, values, by_vm, vm_names, self.engine,
+                      histograms, vm_histograms)
 
     def reset(self) -> None:
         """Zero every counter; the next sample starts a new interval."""

@@ -155,9 +155,13 @@ class Display:
         except VMGone:
             self.view.dead = True
             self._due = None
-            if self.sample is not None:
+            try:
+                last = self.sampler.sample(refresh=False)  # the counts up to its exit
+            except Error:
+                last = self.sample
+            if last is not None:
                 # Keep the totals; there is no current rate any more.
-                self.sample = dataclasses.replace(self.sample, interval=0.0)
+                self.sample = dataclasses.replace(last, interval=0.0)
             return
         except Error as exc:
             self.view.message = str(exc)

@@ -27,12 +27,14 @@ from .errors import AccessDenied, NoSuchVM
 
 __all__ = ["VM", "VMChanges", "VMWatch", "KernelThreads", "list_vms", "find_vm",
            "find_vm_by_name", "thread_ids", "guest_name", "vm_name", "GuestNames", "is_vm_process",
-           "start_time", "process_alive", "describe_vm"]
+           "start_time", "process_alive", "thread_exiting", "describe_vm", "fd_links"]
 
 _KVM_VM_LINK = "anon_inode:kvm-vm"
 
 #: the process every kernel thread is created by
 _KTHREADD = 2
+#: task flag of a thread in its exit path (<linux/sched.h>)
+_PF_EXITING = 0x4
 
 #: kernel threads working for one VM, by name: the number is the id of the
 #: VM process (kvm-pit uses the process id; vhost and nx-lpage recovery used
@@ -208,20 +210,28 @@ class GuestNames:
 # ---------------------------------------------------------------------------
 # Processes and threads.
 
-def _vm_fds(pid: int, proc: str) -> Tuple[int, ...]:
+def fd_links(pid: int, proc: str = "/proc") -> Dict[int, str]:
+    """What the open file descriptors of process *pid* refer to: fd -> link
+    (``anon_inode:kvm-vm``, a path...).  Empty when the process is gone or its
+    descriptors cannot be listed; a descriptor closed meanwhile is left out."""
     fd_dir = f"{proc}/{pid}/fd"
-    fds = []
     try:
         entries = os.listdir(fd_dir)
     except OSError:
-        return ()
+        return {}
+    links = {}
     for entry in entries:
+        if not entry.isdigit():
+            continue
         try:
-            if os.readlink(f"{fd_dir}/{entry}") == _KVM_VM_LINK:
-                fds.append(int(entry))
-        except (OSError, ValueError):
+            links[int(entry)] = os.readlink(f"{fd_dir}/{entry}")
+        except OSError:
             continue  # closed meanwhile, or not ours to read
-    return tuple(sorted(fds))
+    return links
+
+
+def _vm_fds(pid: int, proc: str) -> Tuple[int, ...]:
+    return tuple(sorted(fd for fd, link in fd_links(pid, proc).items() if link == _KVM_VM_LINK))
 
 
 def is_vm_process(pid: int, proc: str = "/proc") -> bool:
@@ -238,7 +248,11 @@ def thread_ids(pid: int, proc: str = "/proc") -> List[int]:
 
 
 def _stat_fields(pid: int, proc: str) -> Optional[List[str]]:
-    """Fields of ``/proc/<pid>/stat`` from the state on (field 3), or None."""
+    """Fields of ``/proc/<pid>/stat`` from the state on (field 3), or None.
+
+    *pid* may be any thread id: ``/proc/<tid>`` exists for every thread
+    (unlisted), and its state and flags are that thread's own.
+    """
     try:
         with open(f"{proc}/{pid}/stat", "rb") as f:
             raw = f.read()
@@ -278,6 +292,24 @@ def process_alive(pid: int, started: Optional[int], proc: str = "/proc") -> bool
     if fields[0] in ("Z", "X"):
         return len(thread_ids(pid, proc)) > 1
     return True
+
+
+def thread_exiting(tid: int, proc: str = "/proc") -> bool:
+    """True if thread *tid* (of a VM process, or a kernel helper thread) has
+    ended or is on its way out.
+
+    A thread in its exit path keeps its ``/proc`` entry, and a running
+    state, for a moment after the kernel has torn down its perf context, so
+    a perf event opened on it then fails (even with EINVAL): the thread's
+    ``PF_EXITING`` flag (field 9 of stat(5)) tells that case apart.
+    """
+    fields = _stat_fields(tid, proc)
+    if not fields:
+        return True
+    try:
+        return fields[0] in ("Z", "X") or bool(int(fields[6]) & _PF_EXITING)
+    except (IndexError, ValueError):
+        return False
 
 
 # ---------------------------------------------------------------------------

@@ -4,7 +4,17 @@
 {"total": N, "delta": N}, ...}}``, plus ``"guests": {"<pid>": {"name":
 <name or null>, "fields": {...}}}`` when a per-VM breakdown is asked for,
 and ``"engine": "bpf"`` or ``"perf"`` (after ``"interval"``) when
-tracepoints are counted.  Pure functions, no I/O.
+tracepoints are counted.
+
+``"histograms"`` (at the top and in a guest's object) appears only when the
+sample carries histogram statistics (binary stats, debugfs ``*_hist``
+files): ``{"<name>": {"since": "start"|"creation", "counts": [N, ...]}}``,
+with ``"kind"`` (``linear``/``log``), ``"bounds"`` (``[low, high]`` per
+bucket, ``high`` null for the last), ``"unit"``, ``"base"`` and
+``"exponent"`` when the provider knows them (a bound *b* is ``b * base **
+exponent`` of *unit*).  Counts are totals: since kvmstat started, or since
+the VM was created (``since``).
+Pure functions, no I/O.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ from __future__ import annotations
 import json
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+from ..providers.base import Histograms
 from ..stats import Sample
 from .log import all_zero
 
@@ -31,6 +42,21 @@ def _fields_object(values: Mapping[str, Tuple[int, int]],
     return out
 
 
+def _histograms_object(histograms: Histograms) -> Dict[str, dict]:
+    out = {}
+    for name in sorted(histograms):
+        hist = histograms[name]
+        entry: dict = {"since": hist.since, "counts": list(hist.counts)}
+        if hist.kind is not None:
+            entry["kind"] = hist.kind
+        if hist.bounds is not None:
+            entry["bounds"] = [[low, high] for low, high in hist.bounds]
+        if hist.unit is not None:
+            entry.update(unit=hist.unit, base=hist.base, exponent=hist.exponent)
+        out[name] = entry
+    return out
+
+
 def sample_object(sample: Sample, fields: Optional[Sequence[str]] = None,
                   by_guest: bool = False) -> dict:
     """The JSON-ready dict of *sample*.
@@ -39,6 +65,7 @@ def sample_object(sample: Sample, fields: Optional[Sequence[str]] = None,
     sample, sorted).  ``"engine"`` is there when the sample says how
     tracepoints were counted.  With *by_guest*, ``"guests"`` holds every VM of
     ``sample.by_vm`` keyed by pid (as text, JSON keys are strings).
+    ``"histograms"`` is there only when the sample carries any.
     """
     names = sorted(sample.values) if fields is None else list(fields)
     obj = {
@@ -48,13 +75,17 @@ def sample_object(sample: Sample, fields: Optional[Sequence[str]] = None,
     if sample.engine is not None:
         obj["engine"] = sample.engine
     obj["fields"] = _fields_object(sample.values, names)
+    if sample.histograms:
+        obj["histograms"] = _histograms_object(sample.histograms)
     if by_guest:
         by_vm = sample.by_vm or {}
-        obj["guests"] = {
-            str(pid): {"name": sample.vm_names.get(pid),
-                       "fields": _fields_object(by_vm[pid], names)}
-            for pid in sorted(by_vm)
-        }
+        vm_histograms = sample.vm_histograms or {}
+        guests = obj["guests"] = {}
+        for pid in sorted(by_vm):
+            guest = guests[str(pid)] = {"name": sample.vm_names.get(pid),
+                                        "fields": _fields_object(by_vm[pid], names)}
+            if vm_histograms.get(pid):
+                guest["histograms"] = _histograms_object(vm_histograms[pid])
     return obj
 
 

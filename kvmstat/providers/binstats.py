@@ -13,7 +13,8 @@ Reading costs the guests nothing and works under kernel lockdown.
 Fields are the kernel's stat names.  Cumulative stats count since the
 provider was opened (since VM creation with ``include_past``), summed over
 vCPUs and VMs; instant stats are current values (summed), peak stats the
-largest current value.  Histograms are read with :meth:`read_histograms`.
+largest current value.  Histograms (counted like cumulative stats) are read
+with :meth:`read_histograms` and :meth:`read_histograms_by_vm`.
 
 Duplicates are closed as soon as the VM process drops its own descriptor
 or exits: a held descriptor keeps the VM's memory alive.  Counts of
@@ -28,14 +29,14 @@ import operator
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
 from .. import pidfd
 from ..errors import AccessDenied, NoSuchVM, NotAvailable, VMGone
-from ..vms import find_vm, list_vms
-from .base import Provider, Totals
-from .binstats_format import (TYPE_CUMULATIVE, TYPE_INSTANT, TYPE_PEAK, Histogram, StatDesc,
-                              StatsFormatError, StatsLayout, read_layout)
+from ..vms import fd_links, find_vm, list_vms, start_time
+from .base import SINCE_CREATION, SINCE_START, HistogramValues, Histograms, Provider, Totals
+from .binstats_format import (TYPE_CUMULATIVE, TYPE_INSTANT, TYPE_LINEAR_HIST, TYPE_PEAK,
+                              StatDesc, StatsFormatError, StatsLayout, bucket_bounds, read_layout)
 
 __all__ = ["BinstatsProvider", "StatsFdRef", "stats_fd_refs", "binstats_fields",
            "NO_STATS_FDS_HELP"]
@@ -86,24 +87,9 @@ def stats_fd_refs(pid: int, proc: str = "/proc", exclude: Iterable[int] = ()) ->
     *exclude* lists fd numbers to ignore (this process's own duplicates when
     it watches a VM it runs itself).  A process that is gone holds none.
     """
-    fd_dir = f"{proc}/{pid}/fd"
-    try:
-        entries = os.listdir(fd_dir)
-    except OSError:
-        return []
     skip = set(exclude)
-    refs = []
-    for entry in entries:
-        if not entry.isdigit() or int(entry) in skip:
-            continue
-        try:
-            link = os.readlink(f"{fd_dir}/{entry}")
-        except OSError:
-            continue  # closed meanwhile
-        if _is_stats_link(link):
-            refs.append(StatsFdRef(pid, int(entry), link))
-    refs.sort(key=lambda r: r.fd)
-    return refs
+    return [StatsFdRef(pid, fd, link) for fd, link in sorted(fd_links(pid, proc).items())
+            if fd not in skip and _is_stats_link(link)]
 
 
 def _borrow(pfd: int, ref: StatsFdRef, proc: str) -> Optional[int]:
@@ -317,15 +303,18 @@ class _Reading:
     unused_by: set
 
 
+def _histogram_values(desc: StatDesc, counts: Tuple[int, ...], since: str) -> HistogramValues:
+    """*counts* of histogram *desc* with what its descriptor says about the buckets."""
+    return HistogramValues(counts, since,
+                           kind="linear" if desc.type == TYPE_LINEAR_HIST else "log",
+                           bounds=tuple(bucket_bounds(desc)), unit=desc.unit_name,
+                           base=desc.base_value, exponent=desc.exponent)
+
+
 def _process_start(pid: int, proc: str) -> Optional[float]:
-    """Start time of *pid* in seconds since boot, from ``<proc>/<pid>/stat``."""
-    try:
-        with open(f"{proc}/{pid}/stat", "rb") as f:
-            text = f.read()
-        fields = text[text.rindex(b")") + 2:].split()
-        return int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of stat(5)
-    except (OSError, ValueError, IndexError):
-        return None
+    """Start time of *pid* in seconds since boot (None once it is gone)."""
+    ticks = start_time(pid, proc)
+    return None if ticks is None else ticks / os.sysconf("SC_CLK_TCK")
 
 
 class BinstatsProvider(Provider):
@@ -339,9 +328,10 @@ class BinstatsProvider(Provider):
 
     One sample is :meth:`refresh` then reads, as :class:`~kvmstat.stats.Sampler`
     does: :meth:`read` takes a new reading (one pread per descriptor), and
-    :meth:`read_by_vm`, :meth:`read_by_vcpu` and :meth:`read_histograms` each
-    use that same reading once, so that the per-VM split and the totals agree
-    and a sample costs one pread per descriptor.  Called again, or with no
+    :meth:`read_by_vm`, :meth:`read_by_vcpu`, :meth:`read_histograms` and
+    :meth:`read_histograms_by_vm` each use that same reading once, so that
+    the per-VM split and the totals agree and a sample costs one pread per
+    descriptor.  Called again, or with no
     :meth:`read` since the last :meth:`refresh`, they take their own reading.
     """
 
@@ -392,7 +382,13 @@ class BinstatsProvider(Provider):
         return list(self._fields)
 
     @property
+    def levels(self) -> FrozenSet[str]:
+        """The instant and peak statistics counted (current values, not counts)."""
+        return frozenset(n for n in self._fields if self._kinds.get(n) in ("instant", "peak"))
+
+    @property
     def supports_by_vm(self) -> bool:
+        """True: every VM process has its own descriptors."""
         return True
 
     @property
@@ -593,7 +589,7 @@ class BinstatsProvider(Provider):
     def read(self) -> Totals:
         """Totals over every VM and vCPU (one pread per descriptor)."""
         words = self._read_all()
-        self._reading = _Reading(words, {"by_vm", "by_vcpu", "histograms"})
+        self._reading = _Reading(words, {"by_vm", "by_vcpu", "histograms", "histograms_by_vm"})
         return self._values(self._group(self._sources), self._host_retired(), words)
 
     def read_by_vm(self) -> Dict[int, Totals]:
@@ -621,8 +617,9 @@ class BinstatsProvider(Provider):
 
     def _histograms(self, groups: Dict[_View, List[_Source]],
                     retired: Dict[_View, Tuple[int, ...]],
-                    words: Dict[_Source, Tuple[int, ...]]) -> Dict[str, Histogram]:
-        out: Dict[str, Histogram] = {}
+                    words: Dict[_Source, Tuple[int, ...]]) -> Histograms:
+        since = SINCE_CREATION if self._include_past else SINCE_START
+        out: Histograms = {}
         for view in set(groups) | set(retired):
             sources = groups.get(view, [])
             total = _plus(_minus(_column_sums([words[s] for s in sources], view.words),
@@ -631,20 +628,22 @@ class BinstatsProvider(Provider):
             for desc in view.histograms:
                 counts = total[desc.first_word:desc.first_word + desc.size]
                 previous = out.get(desc.name)
-                if previous is not None and previous.desc.size == desc.size:
+                if previous is not None and len(previous.counts) == desc.size:
                     counts = _plus(previous.counts, counts)
-                out[desc.name] = Histogram(desc, counts)
+                out[desc.name] = _histogram_values(desc, counts, since)
         return out
 
-    def read_histograms(self, by_vm: bool = False):
-        """Histogram statistics since the baseline: ``{name: Histogram}`` summed
-        over every VM and vCPU, or ``{pid: {name: Histogram}}`` with *by_vm*."""
+    def read_histograms(self) -> Histograms:
+        """Histogram statistics since the baseline (since VM creation with
+        *include_past*), summed over every VM and vCPU."""
         words = self._words("histograms")
-        if by_vm:
-            return {vm.pid: self._histograms(self._group(vm.sources.values()), vm.retired(),
-                                             words)
-                    for vm in self._vms.values()}
         return self._histograms(self._group(self._sources), self._host_retired(), words)
+
+    def read_histograms_by_vm(self) -> Dict[int, Histograms]:
+        """Histogram statistics per VM process id, as :meth:`read_histograms`."""
+        words = self._words("histograms_by_vm")
+        return {vm.pid: self._histograms(self._group(vm.sources.values()), vm.retired(), words)
+                for vm in self._vms.values()}
 
     # -- reset / close -------------------------------------------------------------
     def reset(self) -> None:

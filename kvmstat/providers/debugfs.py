@@ -23,7 +23,7 @@ Statistic kinds (decided by :func:`stat_kind`, explained in the README):
     instant; several VMs of one process give their maximum.
 ``histogram``
     ``*_hist``: buckets, not one count; never a field, readable through
-    :meth:`DebugfsProvider.read_histograms`.
+    :meth:`DebugfsProvider.read_histograms` (and ``read_histograms_by_vm``).
 ``table``
     text reports such as ``mmu_rmaps_stat``: ignored.
 
@@ -39,10 +39,10 @@ import os
 import re
 import stat
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
 from ..errors import AccessDenied, NotAvailable, NoSuchVM, VMGone
-from .base import Provider, Totals
+from .base import SINCE_CREATION, HistogramValues, Histograms, Provider, Totals
 
 __all__ = [
     "COUNTER", "TIME", "INSTANT", "PEAK", "HISTOGRAM", "TABLE", "stat_kind",
@@ -472,6 +472,11 @@ class DebugfsProvider(Provider):
         return dict(self._stats)
 
     @property
+    def levels(self) -> FrozenSet[str]:
+        """The instant and peak statistics read (current values, not counts)."""
+        return frozenset(name for name, kind in self._stats if kind in (INSTANT, PEAK))
+
+    @property
     def supports_by_vm(self) -> bool:
         """True: every VM has its own directory."""
         return True
@@ -499,18 +504,9 @@ class DebugfsProvider(Provider):
         self._update_vms()
         return {pid: _combine(dirs, self._peaks) for pid, dirs in self._by_pid().items()}
 
-    def read_histograms(self) -> Dict[str, Tuple[int, ...]]:
-        """Bucket values of the readable ``*_hist`` files, as the kernel gives them.
-
-        Host-wide, or summed bucket by bucket over the watched process's VMs.
-        These are since VM creation (histograms have no baseline).
-        """
-        if self._pid is None:
-            directories = [self._kvm_dir]
-        else:
-            directories = [os.path.join(self._kvm_dir, name)
-                           for name in list_vm_directories(self._kvm_dir, self._pid)]
-        result: Dict[str, Tuple[int, ...]] = {}
+    def _sum_histograms(self, directories: Iterable[str]) -> Histograms:
+        """The readable ``*_hist`` files of *directories*, summed bucket by bucket."""
+        sums: Dict[str, Tuple[int, ...]] = {}
         for name in self._histograms:
             for directory in directories:
                 try:
@@ -519,12 +515,35 @@ class DebugfsProvider(Provider):
                     continue
                 if buckets is None:
                     continue
-                previous = result.get(name, ())
+                previous = sums.get(name, ())
                 width = max(len(previous), len(buckets))
-                result[name] = tuple((previous[i] if i < len(previous) else 0)
-                                     + (buckets[i] if i < len(buckets) else 0)
-                                     for i in range(width))
-        return result
+                sums[name] = tuple((previous[i] if i < len(previous) else 0)
+                                   + (buckets[i] if i < len(buckets) else 0)
+                                   for i in range(width))
+        # The files give bare bucket values: no bounds, no unit.
+        return {name: HistogramValues(counts, SINCE_CREATION) for name, counts in sums.items()}
+
+    def read_histograms(self) -> Histograms:
+        """Bucket values of the readable ``*_hist`` files, as the kernel gives them.
+
+        Host-wide, or summed bucket by bucket over the watched process's VMs.
+        These are since VM creation (histograms have no baseline).
+        """
+        if self._closed:
+            return {}
+        if self._pid is None:
+            return self._sum_histograms([self._kvm_dir])
+        return self._sum_histograms(os.path.join(self._kvm_dir, name)
+                                    for name in list_vm_directories(self._kvm_dir, self._pid))
+
+    def read_histograms_by_vm(self) -> Dict[int, Histograms]:
+        """:meth:`read_histograms` per VM process id (only the watched one with *pid*)."""
+        if self._closed or not self._histograms:
+            return {}
+        by_pid: Dict[int, List[str]] = {}
+        for name, owner in list_vm_directories(self._kvm_dir, self._pid).items():
+            by_pid.setdefault(owner, []).append(os.path.join(self._kvm_dir, name))
+        return {pid: self._sum_histograms(directories) for pid, directories in by_pid.items()}
 
     def reset(self) -> None:
         """Count cumulative statistics from zero again (files are never written)."""

@@ -20,13 +20,16 @@ from .. import native
 from ..errors import NativeError, NoSuchVM
 from ..events import Child, Event, load_events
 from ..resources import ensure_open_files
-from ..vms import VM, VMChanges, VMWatch
+from ..vms import VM, VMChanges, VMWatch, thread_exiting
 from .counting import CountingProvider
 
 __all__ = ["TracepointProvider", "online_cpus", "event_fields", "event_specs", "selected_fields"]
 
-# perf_event_open errors meaning "that thread has just exited (or is exiting)"
-_THREAD_GONE = (errno.ESRCH, errno.ENOENT, errno.ENODEV)
+# perf_event_open errors of a thread that has just exited (or is exiting),
+# and, transiently, of a live thread that is starting threads right then.
+_THREAD_BUSY = (errno.ESRCH, errno.ENOENT, errno.ENODEV, errno.EINVAL)
+# How often the group of a live thread is opened before such an error counts.
+_ADD_ATTEMPTS = 10
 
 
 def online_cpus(sys: str = "/sys") -> List[int]:
@@ -107,6 +110,7 @@ class TracepointProvider(CountingProvider):
                  pid: Optional[int] = None, by_vm: bool = False, vendor: Optional[str] = None,
                  events: Optional[Sequence[Event]] = None, backend: Optional[str] = None,
                  proc: str = "/proc", sys: str = "/sys", debugfs: Optional[str] = None):
+        self._proc = proc
         if events is None:
             events = load_events(tracefs, vendor)
         self._specs = event_specs(events, fields)
@@ -149,12 +153,23 @@ class TracepointProvider(CountingProvider):
         bucket = self._buckets[pid]
         slots = self._vm_slots[pid]
         for tid in tids:
-            try:
-                slots[tid] = self._set.add(tid, bucket)
-            except NativeError as exc:
-                # A thread that ended between listing and opening is not an error.
-                if exc.errno not in _THREAD_GONE:
-                    raise
+            for attempt in range(_ADD_ATTEMPTS):
+                try:
+                    slots[tid] = self._set.add(tid, bucket)
+                    break
+                except NativeError as exc:
+                    # A thread that ended (or is ending) between listing and
+                    # opening is not an error, whatever the errno.
+                    if thread_exiting(tid, self._proc):
+                        break
+                    # A live thread that starts threads while its group is
+                    # being opened makes perf_event_open fail now and then
+                    # (ENODEV, EINVAL: measured with a thread starting
+                    # threads non-stop, about one open in two); opening the
+                    # group again succeeds.  Any other errno, or one that
+                    # persists, is a real error.
+                    if exc.errno not in _THREAD_BUSY or attempt == _ADD_ATTEMPTS - 1:
+                        raise
 
     def _retire_threads(self, pid: int, tids: Iterable[int]) -> None:
         slots = self._vm_slots[pid]

@@ -24,9 +24,18 @@ Modules
 ``tracecount``
     :class:`~helpers.tracecount.TraceCounter`: counts tracepoint hits through a
     private tracefs instance, an independent referee for kvmstat's numbers.
+``commands``
+    the one definition of running ``kvm_stat`` (``python -m kvmstat``):
+    ``KVM_STAT``, ``kvm_stat`` (run to the end, as root or as nobody),
+    ``start_kvm_stat`` (a process with pipes), ``wait_for`` (poll a condition
+    while it runs), ``killed_on_failure``, and what a process holds
+    (``fd_links``, ``perf_event_fds``).
+``batchwindow``
+    ``start_batch``: ``kvm_stat -1`` started and inside its one-second window.
 ``logfiles``
-    running ``kvm_stat`` as a process (``start_kvm_stat``, ``wait_for``) and
-    checking the CSV files it writes (``check_csv``, ``column_sum``).
+    checking the CSV files log mode writes (``check_csv``, ``column_sum``).
+``exporter``
+    ``ExporterProcess``: ``kvm_stat --serve`` as a process, scraped.
 ``ptyterm``
     :class:`~helpers.ptyterm.PtyTerminal`: runs a program on a pseudo-terminal
     (its controlling tty) and keeps a pyte screen of what it draws; keys,
@@ -39,3 +48,8 @@ Markers: ``kernel`` (needs KVM, root and kvm tracepoints) and ``qemu`` (needs
 qemu-system-x86_64): skipped when missing, failed when KVMSTAT_REQUIRE_KVM=1.
 Every test under tests/kernel/ is marked ``kernel`` automatically.
 """
+
+import os as _os
+
+#: the repository root (the directory holding kvmstat/, tests/, README.md)
+REPO_ROOT = _os.path.dirname(_os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
-import time
+
+from .commands import start_kvm_stat, wait_for
 
 __all__ = ["start_batch", "sleeping_in_nanosleep"]
 
@@ -37,17 +37,14 @@ def sleeping_in_nanosleep(pid: int) -> bool:
 
 def start_batch(args, env=None, timeout: float = 60.0) -> subprocess.Popen:
     """Run ``python -m kvmstat -1 ARGS`` and return once it sleeps in its
-    one-second window.  Raises RuntimeError (with its stderr) if it ends or
-    does not get there within *timeout* seconds."""
-    proc = subprocess.Popen([sys.executable, "-m", "kvmstat", "-1", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env)
-    deadline = time.monotonic() + timeout
-    while not sleeping_in_nanosleep(proc.pid):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            out, err = proc.communicate()
-            raise RuntimeError(f"kvm_stat -1 {' '.join(args)} did not reach its sampling "
-                               f"window (status {proc.returncode}): {err.strip()}")
-        time.sleep(0.002)
+    one-second window.  Fails (AssertionError, with its stderr if it ended)
+    when it does not get there within *timeout* seconds."""
+    proc = start_kvm_stat("-1", *args, env=env)
+    try:
+        wait_for(lambda: sleeping_in_nanosleep(proc.pid), "the -1 sampling window",
+                 timeout=timeout, proc=proc, interval=0.002)
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
     return proc

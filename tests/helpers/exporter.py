@@ -10,21 +10,20 @@ an address is given; the URL is read from its "serving metrics at URL" line.
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
-import sys
 import tempfile
-import time
 import urllib.request
 
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
-__all__ = ["ExporterProcess", "value", "series", "REPO_ROOT", "OPENMETRICS"]
+from . import REPO_ROOT
+from .commands import KVM_STAT, fd_links, perf_event_fds, wait_for
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+__all__ = ["ExporterProcess", "value", "series", "OPENMETRICS"]
+
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 _URL = re.compile(r"serving metrics at (http://\S+)")
 
@@ -54,7 +53,7 @@ class ExporterProcess:
                  env=None):
         self._stderr = tempfile.TemporaryFile(mode="w+b")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kvmstat", "--serve", address, *args],
+            [*KVM_STAT, "--serve", address, *args],
             stdout=subprocess.PIPE, stderr=self._stderr, cwd=REPO_ROOT,
             env=env)
         self.pid = self.proc.pid
@@ -62,16 +61,14 @@ class ExporterProcess:
         self.url = self._wait_for_url(timeout)
 
     def _wait_for_url(self, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            match = _URL.search(self.stderr())
-            if match:
-                return match.group(1)
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"exporter exited with {self.proc.returncode}: {self.stderr()}")
-            time.sleep(0.05)
-        self.kill()
-        raise RuntimeError(f"exporter did not start within {timeout}s: {self.stderr()}")
+        try:
+            wait_for(lambda: _URL.search(self.stderr()), "the exporter to serve", timeout,
+                     proc=self.proc, interval=0.05, details=self.stderr)
+        except BaseException:
+            self.kill()
+            self._stderr.close()
+            raise
+        return _URL.search(self.stderr()).group(1)
 
     def stderr(self) -> str:
         """Everything the exporter wrote on stderr so far."""
@@ -98,18 +95,11 @@ class ExporterProcess:
 
     def fds(self) -> "list[str]":
         """Link targets of the exporter's open file descriptors."""
-        out = []
-        fd_dir = f"/proc/{self.pid}/fd"
-        for entry in os.listdir(fd_dir):
-            try:
-                out.append(os.readlink(f"{fd_dir}/{entry}"))
-            except OSError:
-                pass
-        return out
+        return fd_links(self.pid)
 
     def perf_fds(self) -> int:
         """How many perf events the exporter holds."""
-        return sum(1 for target in self.fds() if target == "anon_inode:[perf_event]")
+        return perf_event_fds(self.pid)
 
     def stop(self, signum: int = signal.SIGTERM, timeout: float = 60.0) -> int:
         """Send *signum*, wait, return the exit status (stdout is then in .stdout)."""

@@ -12,6 +12,11 @@ physical address 0x1000 in a single 64 KiB memory slot.  Programs:
 ``hlt``
     ``hlt; jmp <hlt>``.  Without an in-kernel irqchip every KVM_RUN returns
     KVM_EXIT_HLT: N calls make N ``kvm_userspace_exit`` (reason HLT).
+``idle``
+    ``cli; hlt; jmp <hlt>`` with an in-kernel irqchip: the vCPU halts inside
+    the kernel (KVM_RUN blocks in ``kvm_vcpu_block``) until a signal ends the
+    wait.  :meth:`Guest.halt_waits` makes exactly N such waits, so KVM's
+    ``halt_wait_hist`` binary statistic gains exactly N samples.
 ``cpuid-loop``
     An endless loop that increments a 64-bit counter in guest memory and runs
     ``cpuid`` (handled inside the kernel, ``kvm_cpuid`` fires, KVM_RUN does not
@@ -34,6 +39,9 @@ one line on stdout: ``ok [value]`` or ``error <message>``.  Commands:
 ``thread N``       :meth:`Guest.run_in_new_thread`; ``ok <tid of the thread>``
 ``vcpu``           :meth:`Guest.add_vcpu`; ``ok <vcpu index>``
 ``stats``          :meth:`Guest.stats_fds`; ``ok <number of fds>``
+``idle N [VCPU]``  :meth:`Guest.halt_waits` (idle only); ``ok``
+``churn SECONDS``  the main thread starts and joins short threads for that long;
+                   ``ok <number of threads>``
 ``loop [VCPU]``    :meth:`Guest.start_loop` (cpuid-loop only); ``ok <tid>``
 ``stop``           :meth:`Guest.stop_loop`; ``ok <iterations>``
 ``tids``           ``ok <tid> <tid> ...`` of the threads of this process
@@ -101,6 +109,7 @@ KVM_SET_REGS = _iow(0x82, KVM_REGS_SIZE)
 KVM_GET_SREGS = _ior(0x83, KVM_SREGS_SIZE)
 KVM_SET_SREGS = _iow(0x84, KVM_SREGS_SIZE)
 KVM_GET_STATS_FD = _io(0xCE)
+KVM_CREATE_IRQCHIP = _io(0x60)
 
 # Exit reasons (kvm_run.exit_reason).
 EXIT_REASONS = {
@@ -138,6 +147,8 @@ PROGRAMS = {
     "pio": bytes([0xBA, 0xF8, 0x03, 0xB0, 0x41, 0xEE, 0xEB, 0xFD]),
     # 1000: hlt / 1001: jmp 1000
     "hlt": bytes([0xF4, 0xEB, 0xFD]),
+    # 1000: cli / 1001: hlt / 1002: jmp 1001   (with an in-kernel irqchip)
+    "idle": bytes([0xFA, 0xF4, 0xEB, 0xFD]),
     # 1000: add dword [di],1 / 1004: adc dword [di+4],0 / 1009: xor eax,eax
     # 100c: cpuid / 100e: jmp 1000       (di = this vCPU's counter address)
     "cpuid-loop": bytes([
@@ -148,7 +159,7 @@ PROGRAMS = {
         0xEB, 0xF0,
     ]),
 }
-EXPECTED_EXIT = {"pio": KVM_EXIT_IO, "hlt": KVM_EXIT_HLT, "cpuid-loop": None}
+EXPECTED_EXIT = {"pio": KVM_EXIT_IO, "hlt": KVM_EXIT_HLT, "idle": None, "cpuid-loop": None}
 
 LOOP_SIGNAL = signal.SIGUSR1
 
@@ -239,6 +250,9 @@ class Guest:
         region = struct.pack("<IIQQQ", 0, 0, 0, MEM_SIZE, addr)
         self._ioctl(self.vm_fd, KVM_SET_USER_MEMORY_REGION, region,
                     "KVM_SET_USER_MEMORY_REGION")
+        if self.program == "idle":
+            # HLT is then handled in the kernel (before any vCPU exists).
+            self._ioctl(self.vm_fd, KVM_CREATE_IRQCHIP, 0, "KVM_CREATE_IRQCHIP")
 
     @staticmethod
     def _ioctl(fd, request, arg, what):
@@ -363,6 +377,68 @@ class Guest:
             raise result["error"]
         return result["tid"]
 
+    # -- idle ------------------------------------------------------------------
+    def halt_waits(self, n: int, vcpu: int = 0, timeout: float = 10.0) -> None:
+        """Program ``idle``: make ``vcpu`` wait in the kernel's halt n times.
+
+        A helper thread calls KVM_RUN n times; each time this waits until
+        the thread blocks in ``kvm_vcpu_block`` (so the wait has begun and
+        KVM will record it), then ends the wait with a signal (EINTR).
+        Must be called from the main thread the first time (it installs a
+        no-op SIGUSR1 handler).
+        """
+        if self.program != "idle":
+            raise GuestError(f"halt_waits needs program 'idle', not {self.program!r}")
+        _install_loop_signal_handler()
+        v = self._vcpu(vcpu)
+        entering = threading.Semaphore(0)
+        result: dict = {"runs": 0}
+
+        def body():
+            result["tid"] = threading.get_native_id()
+            with v.lock:
+                for _ in range(n):
+                    entering.release()
+                    try:
+                        fcntl.ioctl(v.fd, KVM_RUN, 0)
+                    except InterruptedError:
+                        result["runs"] += 1
+                        continue
+                    except OSError as e:
+                        result["error"] = GuestError(f"KVM_RUN on vCPU {v.index} failed: "
+                                                     f"{e.strerror}")
+                    else:
+                        result["error"] = GuestError(
+                            f"idle on vCPU {v.index}: unexpected "
+                            f"{_exit_name(self._exit_reason(v))}")
+                    return
+
+        t = threading.Thread(target=body, name=f"kvmguest-idle{vcpu}", daemon=True)
+        t.start()
+        deadline = time.monotonic() + timeout
+        for i in range(n):
+            while not entering.acquire(timeout=0.01):
+                if not t.is_alive() or time.monotonic() > deadline:
+                    break
+            while t.is_alive() and _wchan(result.get("tid")) != "kvm_vcpu_block":
+                if time.monotonic() > deadline:
+                    raise GuestError(f"vCPU {v.index} did not halt in the kernel")
+                time.sleep(0.001)
+            # One signal ends the wait (a second one could end the next
+            # wait before it began); sent again only if nothing happened.
+            while t.is_alive() and result["runs"] == i:
+                signal.pthread_kill(t.ident, LOOP_SIGNAL)
+                resend = time.monotonic() + 1.0
+                while t.is_alive() and result["runs"] == i and time.monotonic() < resend:
+                    t.join(0.002)
+                if time.monotonic() > deadline:
+                    raise GuestError(f"vCPU {v.index} did not leave its halt")
+        t.join(timeout)
+        if "error" in result:
+            raise result["error"]
+        if result["runs"] != n:
+            raise GuestError(f"vCPU {v.index}: {result['runs']} of {n} halt waits")
+
     # -- cpuid-loop ----------------------------------------------------------
     def start_loop(self, vcpu: int = 0) -> int:
         """Run the cpuid-loop program on ``vcpu`` in a background thread until
@@ -484,6 +560,27 @@ class Guest:
             pass
 
 
+def _churn_threads(seconds: float) -> int:
+    """Start and join short-lived threads from the calling thread for *seconds*."""
+    deadline = time.monotonic() + seconds
+    started = 0
+    while time.monotonic() < deadline:
+        t = threading.Thread(target=time.sleep, args=(0.0005,))
+        t.start()
+        t.join()
+        started += 1
+    return started
+
+
+def _wchan(tid) -> str:
+    """Where thread *tid* of this process sleeps in the kernel ("" if unknown)."""
+    try:
+        with open(f"/proc/self/task/{tid}/wchan") as f:
+            return f.read()
+    except (OSError, TypeError):
+        return ""
+
+
 def _noop_handler(signum, frame):
     pass
 
@@ -521,6 +618,11 @@ def _serve(guest: Guest, stdin, stdout) -> int:
                 reply(f"ok {guest.add_vcpu()}")
             elif cmd == "stats" and not args:
                 reply(f"ok {len(guest.stats_fds())}")
+            elif cmd == "idle" and len(args) in (1, 2):
+                guest.halt_waits(int(args[0]), int(args[1]) if len(args) == 2 else 0)
+                reply("ok")
+            elif cmd == "churn" and len(args) == 1:
+                reply(f"ok {_churn_threads(float(args[0]))}")
             elif cmd == "loop" and len(args) <= 1:
                 reply(f"ok {guest.start_loop(int(args[0]) if args else 0)}")
             elif cmd == "stop" and not args:
@@ -644,6 +746,12 @@ class GuestProcess:
 
     def stats(self) -> int:
         return int(self.command("stats"))
+
+    def halt_waits(self, n: int, vcpu: int = 0) -> None:
+        self.command(f"idle {n} {vcpu}")
+
+    def churn(self, seconds: float) -> int:
+        return int(self.command(f"churn {seconds}"))
 
     def start_loop(self, vcpu: int = 0) -> int:
         return int(self.command(f"loop {vcpu}"))

@@ -27,9 +27,9 @@ import time
 
 import pyte
 
-__all__ = ["PtyTerminal", "KEYS", "REPO_ROOT"]
+from . import REPO_ROOT
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+__all__ = ["PtyTerminal", "KEYS"]
 
 #: Key sequences of TERM=tmux (the same as xterm's for these keys).
 KEYS = {

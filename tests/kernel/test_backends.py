@@ -16,6 +16,7 @@ import pytest
 from kvmstat.errors import NativeError
 from kvmstat.native import (PER_CPU, PER_THREAD, PER_THREAD_INHERIT, EventSpec,
                             available_backends, open_counter_set)
+from kvmstat.providers.tracepoints import online_cpus
 
 pytestmark = pytest.mark.kernel
 
@@ -49,16 +50,6 @@ def _raw_events() -> tuple[EventSpec, EventSpec]:
         pytest.skip("raw_syscalls:sys_enter or getppid's number unknown here")
     return (EventSpec("sys_enter", raw),
             EventSpec("sys_enter(getppid)", raw, f"id=={GETPPID_NR}"))
-
-
-def _online_cpus() -> list[int]:
-    with open("/sys/devices/system/cpu/online") as f:
-        text = f.read().strip()
-    cpus = []
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        cpus.extend(range(int(lo), int(hi or lo) + 1))
-    return cpus
 
 
 def _work(n: int = N) -> None:
@@ -214,7 +205,7 @@ def test_buckets_split_threads(backend):
 
 
 def test_per_cpu_counts_all_cpus(backend):
-    cpus = _online_cpus()
+    cpus = online_cpus()
     with open_counter_set([_getppid_event()], PER_CPU, backend) as cs:
         for cpu in cpus:
             cs.add(cpu, cpu)

@@ -15,16 +15,23 @@ small.
 
 from __future__ import annotations
 
+import csv
+import json
 import os
-import subprocess
-import sys
+import signal
 import time
+import uuid
 
 import pytest
 
 import kvmstat
 from kvmstat.errors import NotAvailable, VMGone
 from kvmstat.providers.binstats import BinstatsProvider
+
+from helpers.batchwindow import start_batch
+from helpers.commands import fd_links, killed_on_failure, kvm_stat, start_kvm_stat, wait_for
+from helpers.exporter import ExporterProcess, value
+from helpers.logfiles import complete_lines
 
 PVM = os.path.isdir("/sys/module/kvm_pvm")
 
@@ -36,24 +43,8 @@ def io_exits_for(port_writes: int) -> int:
 
 def stats_links(pid="self"):
     """Statistics descriptors held by process *pid* (link names)."""
-    links = []
-    for name in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            link = os.readlink(f"/proc/{pid}/fd/{name}")
-        except OSError:
-            continue
-        if link.startswith(("anon_inode:kvm-vm-stats", "anon_inode:kvm-vcpu-stats")):
-            links.append(link)
-    return sorted(links)
-
-
-def wchan(pid):
-    """Where process *pid* sleeps in the kernel (``hrtimer_nanosleep`` in time.sleep)."""
-    try:
-        with open(f"/proc/{pid}/wchan") as f:
-            return f.read()
-    except OSError:
-        return ""
+    return sorted(link for link in fd_links(pid)
+                  if link.startswith(("anon_inode:kvm-vm-stats", "anon_inode:kvm-vcpu-stats")))
 
 
 def test_exact_exits_per_vcpu_for_n_port_writes(guest_process):
@@ -172,16 +163,10 @@ def test_vm_without_statistics_descriptors_is_explained(guest_process):
 def test_kvm_stat_once_binstats_for_a_pid(guest_process):
     guest = guest_process("pio", vcpus=2)
     guest.stats()
-    proc = subprocess.Popen([sys.executable, "-m", "kvmstat", "-1", "--binstats", "-p",
-                             str(guest.pid)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    # Wait until kvm_stat holds its copies of the guest's 3 descriptors and
-    # sleeps between its two samples (so its baseline is taken).
-    deadline = time.monotonic() + 20
-    while len(stats_links(proc.pid)) < 3 or "nanosleep" not in wchan(proc.pid):
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "kvm_stat did not open the statistics"
-        time.sleep(0.005)
+    # Once kvm_stat sleeps between its two samples it holds its copies of the
+    # guest's 3 descriptors and has taken its baseline.
+    proc = start_batch(["--binstats", "-p", str(guest.pid)])
+    assert len(stats_links(proc.pid)) == 3
     guest.run(20, vcpu=0)
     guest.run(7, vcpu=1)
     out, err = proc.communicate(timeout=30)
@@ -196,3 +181,166 @@ def test_kvm_stat_once_binstats_for_a_pid(guest_process):
     assert rows["io_exits"][0] == io_exits_for(27)
     assert rows["halt_exits"] == (0, 0)
     assert {"halt_wait_ns", "blocking", "pages_4k"} <= set(rows)
+
+
+# -- histograms in the JSON output -----------------------------------------------
+# This host's KVM offers three histograms per vCPU (all log-2 histograms of
+# nanoseconds): halt_poll_success_hist, halt_poll_fail_hist and
+# halt_wait_hist.  One halt wait inside the kernel (program "idle") adds one
+# sample to halt_wait_hist; whether KVM polls first depends on the host.
+HOST_HISTOGRAMS = {"halt_poll_success_hist", "halt_poll_fail_hist", "halt_wait_hist"}
+
+
+def check_log2_nanoseconds(hist):
+    """The shape of a KVM log-2 histogram of nanoseconds in the JSON output."""
+    assert hist["kind"] == "log" and hist["unit"] == "seconds"
+    assert (hist["base"], hist["exponent"]) == (10, -9)
+    bounds = hist["bounds"]
+    assert len(bounds) == len(hist["counts"]) > 2
+    assert bounds[0] == [0, 1] and bounds[1] == [1, 2] and bounds[-1][1] is None
+    assert all(isinstance(c, int) and c >= 0 for c in hist["counts"])
+
+
+def test_once_json_has_the_histograms_with_exact_halt_waits(guest_process):
+    guest = guest_process("idle")
+    guest.stats()
+    proc = start_batch(["--json", "--binstats", "-p", str(guest.pid)])
+    guest.halt_waits(6)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and err == ""
+    obj = json.loads(out)
+    assert set(obj["histograms"]) == HOST_HISTOGRAMS
+    for hist in obj["histograms"].values():
+        check_log2_nanoseconds(hist)
+        assert hist["since"] == "start"
+    assert sum(obj["histograms"]["halt_wait_hist"]["counts"]) == 6
+    # Histograms are not fields.
+    assert not HOST_HISTOGRAMS & set(obj["fields"])
+
+
+def test_json_log_by_guest_carries_each_guests_histograms(guest_process, tmp_path):
+    idle = guest_process("idle")
+    busy = guest_process("pio")
+    idle.stats()
+    busy.stats()
+    log = tmp_path / "kvm_stat.json"
+    proc = start_kvm_stat("-L", str(log), "--json", "--by-guest", "-s", "0.2", "--binstats",
+                          "-f", "exits|halt_wait")
+    with killed_on_failure(proc):
+        # The first row comes after kvm_stat has borrowed the descriptors
+        # (it counts from then on).
+        wait_for(lambda: len(complete_lines(log)) >= 1, "the first row", proc=proc)
+        idle.halt_waits(3)
+        busy.run(10)
+        idle.halt_waits(2)
+
+        def last_guests():
+            lines = complete_lines(log)
+            return json.loads(lines[-1])["guests"] if lines else {}
+
+        wait_for(lambda: sum(last_guests().get(str(idle.pid), {}).get("histograms", {})
+                             .get("halt_wait_hist", {}).get("counts", [0])) == 5,
+                 "the halt waits to be logged", proc=proc)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and err == "" and out == ""
+    last = json.loads(complete_lines(log)[-1])
+    mine = last["guests"][str(idle.pid)]["histograms"]
+    assert set(mine) == {"halt_wait_hist"}  # -f selects histograms by name too
+    check_log2_nanoseconds(mine["halt_wait_hist"])
+    assert sum(mine["halt_wait_hist"]["counts"]) == 5
+    assert sum(last["guests"][str(busy.pid)]["histograms"]["halt_wait_hist"]["counts"]) == 0
+    assert last["guests"][str(busy.pid)]["fields"]["exits"]["total"] == 10
+    # Host-wide: the sum over every VM holding descriptors (others may add more).
+    assert sum(last["histograms"]["halt_wait_hist"]["counts"]) >= 5
+
+
+# -- --check, --by-guest and the exporter with --binstats --------------------------
+
+def test_check_finds_binary_stats_where_a_guest_holds_descriptors(guest_process):
+    guest = guest_process("pio")
+    guest.stats()
+    result = kvm_stat(["--check"])
+    assert result.returncode == 0, result.stderr
+    [row] = [line for line in result.stdout.splitlines() if line.startswith("binary stats")]
+    assert row.split()[2] == "available", row
+    assert "statistics read from the descriptors VM processes hold" in row
+    [attribution] = [line for line in result.stdout.splitlines()
+                     if line.startswith("per-VM attribution")]
+    assert "binary stats (stats fds held by VM processes)" in attribution
+
+
+def named_guests(guest_process):
+    """Two guests with statistics descriptors: one vCPU, and two vCPUs."""
+    tag = uuid.uuid4().hex[:8]
+    one = guest_process("pio", name=f"bs-one-{tag}")
+    two = guest_process("pio", vcpus=2, name=f"bs-two-{tag}")
+    one.stats()
+    two.stats()
+    return one, two
+
+
+@pytest.mark.parametrize("json_output", [False, True], ids=["text", "json"])
+def test_once_by_guest_binstats_exact_exits_per_vm(guest_process, json_output):
+    one, two = named_guests(guest_process)
+    proc = start_batch(["--by-guest", "--binstats", "-f", "exits$"]
+                       + (["--json"] if json_output else []))
+    one.run(13)
+    two.run(4, vcpu=0)
+    two.run(5, vcpu=1)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and err == ""
+    if json_output:
+        guests = json.loads(out)["guests"]
+        for guest, n in ((one, 13), (two, 9)):
+            assert guests[str(guest.pid)] == {
+                "name": guest.name, "fields": {"exits": {"total": n, "delta": n}}}
+    else:
+        for guest, n in ((one, 13), (two, 9)):
+            heading = f"{guest.name} (pid {guest.pid})\n"
+            block = out[out.index(heading) + len(heading):].split("\n", 1)[0]
+            assert block == "%-42s%10d%10d" % ("exits", n, n)
+
+
+def test_csv_log_by_guest_binstats_exact_exits_per_vm(guest_process, tmp_path):
+    one, two = named_guests(guest_process)
+    log = tmp_path / "by-guest.csv"
+    proc = start_kvm_stat("-L", str(log), "-c", "--by-guest", "--binstats", "-s", "0.2",
+                          "-f", "exits$")
+    with killed_on_failure(proc):
+        wait_for(lambda: len(complete_lines(log)) >= 1, "the CSV header", proc=proc)
+        for n in (5, 20, 1):
+            one.run(n)
+            two.run(n, vcpu=1)
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and err == "" and out == ""
+    with open(log, newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["timestamp", "pid", "guest", "exits"]
+    for guest in (one, two):
+        mine = [row for row in rows[1:] if row[1] == str(guest.pid)]
+        assert all(row[2] == guest.name for row in mine)
+        assert sum(int(row[3]) for row in mine) == 26
+
+
+def test_exporter_binstats_exact_exits_for_a_watched_guest_and_per_vm(guest_process):
+    one, two = named_guests(guest_process)
+    with ExporterProcess(["--binstats", "-p", str(one.pid)]) as watched, \
+            ExporterProcess(["--binstats", "-f", "exits$"]) as host:
+        vm_one = {"pid": str(one.pid), "guest": one.name}
+        vm_two = {"pid": str(two.pid), "guest": two.name}
+        assert value(watched.scrape(), "kvm_exits_total", **vm_one) == 0
+        before = value(host.scrape(), "kvm_exits_total")
+        one.run(77)
+        two.run(30, vcpu=0)
+        two.run(3, vcpu=1)
+        families = watched.scrape()
+        assert value(families, "kvm_exits_total", **vm_one) == 77
+        assert value(families, "kvm_halt_exits_total", **vm_one) == 0
+        families = host.scrape()
+        assert value(families, "kvm_exits_total", **vm_one) == 77
+        assert value(families, "kvm_exits_total", **vm_two) == 33
+        assert value(families, "kvm_exits_total") - before >= 110  # other VMs may add more
+        assert watched.stop() == 0 and host.stop() == 0

@@ -7,13 +7,12 @@ query-stats, so there is nothing to borrow and kvm_stat must say why.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
-import time
 
 import pytest
+
+from helpers.commands import fd_links, kvm_stat, wait_for
 
 pytestmark = pytest.mark.qemu
 
@@ -26,16 +25,6 @@ def qemu_version():
     return int(match.group(1)), int(match.group(2))
 
 
-def fd_links(pid):
-    links = []
-    for name in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            links.append(os.readlink(f"/proc/{pid}/fd/{name}"))
-        except OSError:
-            pass
-    return links
-
-
 @pytest.fixture
 def qemu_vm():
     """A paused QEMU/KVM machine (its VM and vCPU exist, no guest code runs)."""
@@ -44,12 +33,8 @@ def qemu_vm():
          "-nodefaults", "-no-user-config", "-display", "none", "-S", "-name", "kvmstat-binstats"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 30
-        while "anon_inode:kvm-vcpu:0" not in fd_links(proc.pid):
-            if proc.poll() is not None:
-                pytest.fail(f"QEMU exited with status {proc.returncode}: {proc.stderr.read()}")
-            assert time.monotonic() < deadline, "QEMU did not create its vCPU"
-            time.sleep(0.05)
+        wait_for(lambda: "anon_inode:kvm-vcpu:0" in fd_links(proc.pid), "QEMU's vCPU",
+                 timeout=30, proc=proc, interval=0.05)
         yield proc
     finally:
         proc.kill()
@@ -58,8 +43,7 @@ def qemu_vm():
 
 
 def test_kvm_stat_binstats_with_this_qemu(qemu_vm):
-    result = subprocess.run([sys.executable, "-m", "kvmstat", "-1", "--binstats", "-p",
-                             str(qemu_vm.pid)], capture_output=True, text=True, timeout=60)
+    result = kvm_stat(["-1", "--binstats", "-p", str(qemu_vm.pid)])
     if qemu_version() >= (8, 1):
         # QEMU keeps each vCPU's statistics descriptor open: kvm_stat reads them.
         assert any(link.startswith("anon_inode:kvm-vcpu-stats:") for link in fd_links(qemu_vm.pid))

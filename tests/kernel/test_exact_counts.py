@@ -5,9 +5,6 @@ returns KVM_EXIT_IO), so kvm_pio and kvm_userspace_exit(IO) must be exactly N.
 """
 
 import os
-import subprocess
-import sys
-import threading
 
 import pytest
 
@@ -15,6 +12,7 @@ import kvmstat
 from kvmstat.providers.tracepoints import TracepointProvider
 
 from helpers.batchwindow import start_batch
+from helpers.commands import kvm_stat
 
 BACKENDS = ["c", "python"]
 FIELDS = r"kvm_(pio|userspace_exit)"
@@ -89,8 +87,7 @@ def test_kvm_stat_once_for_a_pid_reports_exact_counts(guest_process, backend):
 
 
 def test_every_kvm_tracepoint_and_the_kernels_reason_tables_are_listed(tracefs):
-    out = subprocess.run([sys.executable, "-m", "kvmstat", "-1", "-f", "kvm_(exit|userspace_exit|pio)"],
-                         capture_output=True, text=True, timeout=30)
+    out = kvm_stat(["-1", "-f", "kvm_(exit|userspace_exit|pio)"], timeout=30)
     assert out.returncode == 0, out.stderr
     rows = parse_batch(out.stdout)
     events = sorted(e for e in os.listdir(f"{tracefs}/events/kvm")
@@ -105,8 +102,7 @@ def test_every_kvm_tracepoint_and_the_kernels_reason_tables_are_listed(tracefs):
 
 
 def test_batch_lists_every_tracepoint(tracefs):
-    out = subprocess.run([sys.executable, "-m", "kvmstat", "-1"], capture_output=True,
-                         text=True, timeout=60)
+    out = kvm_stat(["-1"])
     assert out.returncode == 0, out.stderr
     rows = parse_batch(out.stdout)
     events = {e for e in os.listdir(f"{tracefs}/events/kvm")

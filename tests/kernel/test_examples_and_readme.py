@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-from helpers.exporter import REPO_ROOT
+from helpers import REPO_ROOT
 
 # The tree under test comes first, whatever kvmstat is installed.
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(

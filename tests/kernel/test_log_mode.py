@@ -14,8 +14,9 @@ import time
 
 import pytest
 
-from helpers.logfiles import (ROW_TIME, check_csv, column_sum, complete_lines,
-                              killed_on_failure, perf_event_fds, start_kvm_stat, wait_for)
+from helpers.batchwindow import start_batch
+from helpers.commands import killed_on_failure, start_kvm_stat, wait_for
+from helpers.logfiles import ROW_TIME, check_csv, column_sum, complete_lines
 
 
 def test_csv_log_through_rename_sighup_and_sigterm_keeps_every_event_once(guest_process, tmp_path):
@@ -114,11 +115,9 @@ def test_log_to_stdout_stops_on_sigint_with_the_pending_row(guest_process):
 
 def test_once_json_reports_exact_counts(guest_process):
     guest = guest_process("pio")
-    proc = start_kvm_stat("-1", "--json", "-p", str(guest.pid), "-f", "kvm_(pio|userspace_exit)")
-    # Inside kvm_stat's one-second window: its events are open, and the first
-    # sample follows the opening at once.
-    wait_for(lambda: perf_event_fds(proc.pid) > 0, "kvm_stat's perf events", proc=proc)
-    time.sleep(0.2)
+    # Inside kvm_stat's one-second window: its events are open and the first
+    # sample taken.
+    proc = start_batch(["--json", "-p", str(guest.pid), "-f", "kvm_(pio|userspace_exit)"])
     guest.run(321)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0 and err == ""
@@ -128,3 +127,29 @@ def test_once_json_reports_exact_counts(guest_process):
     assert obj["fields"]["kvm_pio"] == {"total": 321, "delta": 321}
     assert obj["fields"]["kvm_userspace_exit(IO)"]["total"] == 321
     assert 0.9 < obj["interval"] < 5
+
+
+@pytest.mark.parametrize("last_burst_pending", [False, True], ids=["logged", "pending"])
+def test_csv_log_of_a_guest_that_exits_mid_run(guest_process, tmp_path, last_burst_pending):
+    guest = guest_process("pio")
+    log = tmp_path / "kvm_stat.csv"
+    proc = start_kvm_stat("-L", str(log), "-c", "-s", "0.2", "-p", str(guest.pid),
+                          "-f", "kvm_pio")
+    with killed_on_failure(proc):
+        wait_for(lambda: len(complete_lines(log)) >= 1, "the CSV header", proc=proc)
+        bursts = [120, 7, 64]
+        for n in bursts:
+            guest.run(n)
+            time.sleep(0.15)
+        if not last_burst_pending:
+            wait_for(lambda: column_sum(log, "kvm_pio") == sum(bursts), "the bursts to be logged",
+                     proc=proc)
+        guest.run(33)  # the guest's last writes, then it exits at once
+        guest.close()
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert out == ""
+    assert err == f"kvm_stat: VM process {guest.pid} has exited\n"
+    header, rows = check_csv(log)
+    assert header == ["timestamp", "kvm_pio"]
+    assert sum(int(row[1]) for row in rows) == sum(bursts) + 33

@@ -18,6 +18,7 @@ import pytest
 import kvmstat
 from kvmstat.vms import find_vm_by_name
 
+from helpers.commands import kvm_stat
 from helpers.qemuguest import QemuGuest
 from helpers.tracecount import TraceCounter
 
@@ -73,8 +74,7 @@ def test_qemu_counts_are_its_vcpu_and_helper_threads_events(qemu, tracefs, engin
 
 
 def test_kvm_stat_finds_qemu_by_guest_name(qemu):
-    out = subprocess.run([sys.executable, "-m", "kvmstat", "-1", "-g", qemu.name,
-                          "-f", "kvm_(pio|cpuid)$"], capture_output=True, text=True, timeout=60)
+    out = kvm_stat(["-1", "-g", qemu.name, "-f", "kvm_(pio|cpuid)$"])
     assert out.returncode == 0, out.stderr
     rows = {line[:42].rstrip(): int(line[42:52]) for line in out.stdout.splitlines()}
     assert set(rows) == {"kvm_pio", "kvm_cpuid"}

@@ -18,8 +18,8 @@ import subprocess
 import pytest
 
 from conftest import require_kvm_env
-from helpers.logfiles import (check_csv, column_sum, complete_lines, killed_on_failure,
-                              start_kvm_stat, wait_for)
+from helpers.commands import killed_on_failure, start_kvm_stat, wait_for
+from helpers.logfiles import check_csv, column_sum, complete_lines
 from kvmstat.sources import PROVIDERS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -8,13 +8,13 @@ import os
 import re
 import select
 import signal
-import sys
 import termios
 import threading
 import time
 
 import pytest
 
+from helpers.commands import KVM_STAT, perf_event_fds, wait_for
 from helpers.ptyterm import PtyTerminal
 from kvmstat import teardown
 from kvmstat.providers.tracepoints import online_cpus
@@ -25,7 +25,7 @@ GUEST_HEADER = '%-40s %10s%7s %8s' % ('Guest Name', 'Total', '%Total', 'CurAvg/s
 
 
 def kvm_stat(*args, **kwargs):
-    return PtyTerminal([sys.executable, "-m", "kvmstat", *args], **kwargs)
+    return PtyTerminal([*KVM_STAT, *args], **kwargs)
 
 
 def has_total(term):
@@ -173,13 +173,40 @@ def test_every_key_on_a_real_guest(guest_process):
         term.wait_for("Sort: Total")
         term.send("b")
         term.wait_for(GUEST_HEADER)
-        # Per-VM counting from tracepoints shows this guest once the provider
-        # reports per-VM data; until then the view says that nothing was reported.
+        # By guest: per-VM tracepoint counting (restarted by b) shows this
+        # guest's row with its exact count, and the Total under it.
         guest.run(3)
-        refresh_until(term, lambda t: "No matching events reported yet" in t.text()
-                      or "tui-keys" in t.text().splitlines()[3])
+        refresh_until(term, lambda t: row(t, "tui-keys") is not None
+                      and row(t, "tui-keys")[0] == 3)
+        guest_row, total_row = body(term)
+        assert guest_row.startswith("%-40s %10d%7s" % ("tui-keys", 3, "100.0"))
+        assert total_row.startswith("%-40s %10d" % ("Total", 3))
         term.send("b")
         term.wait_for(HEADER)
+        term.send("q")
+        assert term.wait_exit(5) == 0
+
+
+def test_guest_that_exits_is_dead_with_its_last_totals(guest_process):
+    guest = guest_process("pio", name="tui-dead")
+    title = f"kvm statistics - pid {guest.pid} (tui-dead) (perf)"
+    with kvm_stat("-p", str(guest.pid), "-f", "kvm_pio", "-s", "25", "--engine", "perf") as term:
+        term.wait_for(title)
+        term.wait_for("No matching events reported yet")
+        guest.run(42)
+        refresh_until(term, lambda t: row(t, "kvm_pio") is not None
+                      and row(t, "kvm_pio")[0] == 42)
+        guest.run(8)  # after the last refresh, right before the guest exits
+        guest.close()
+        refresh_until(term, f"{title}  Guest is DEAD")
+        # The totals up to the exit stay; there is no current rate any more.
+        assert body(term) == [
+            "kvm_pio                                          50  100.0",
+            "Total                                            50"]
+        term.send(" ")  # nothing to refresh any more, still responsive
+        term.settle(0.5)
+        assert term.text().splitlines()[0] == f"{title}  Guest is DEAD"
+        assert row(term, "kvm_pio") == (50, None)
         term.send("q")
         assert term.wait_exit(5) == 0
 
@@ -240,18 +267,6 @@ def test_function_key_burst_keeps_the_rate_true(guest_process):
         assert rate == pytest.approx(true_rate, rel=0.2), (seen, true_rate)
 
 
-def perf_fds(pid):
-    fd_dir = f"/proc/{pid}/fd"
-    count = 0
-    for fd in os.listdir(fd_dir):
-        try:
-            if os.readlink(f"{fd_dir}/{fd}") == "anon_inode:[perf_event]":
-                count += 1
-        except OSError:
-            pass
-    return count
-
-
 def releasing_processes():
     """Pids of the detached processes that finish closing perf events."""
     pids = []
@@ -268,10 +283,8 @@ def releasing_processes():
 
 def wait_for_releases(timeout=30.0):
     """Wait until perf events released in the background are closed (not forever)."""
-    deadline = time.monotonic() + timeout
-    while releasing_processes():
-        assert time.monotonic() < deadline, "the detached teardown did not finish"
-        time.sleep(0.1)
+    wait_for(lambda: not releasing_processes(), "the detached teardown to finish", timeout,
+             interval=0.1)
 
 
 @pytest.mark.parametrize("how", ["q", "ctrl-c", "SIGTERM"])
@@ -281,7 +294,7 @@ def test_leaving_is_immediate_with_every_event_open_on_every_cpu(how):
         term.wait_for("kvm statistics - summary")
         term.send("x")  # children too: every kvm event and reason
         term.wait_for(lambda t: has_total(t) or "No matching events" in t.text(), timeout=20)
-        fds = perf_fds(term.proc.pid)
+        fds = perf_event_fds(term.proc.pid)
         assert fds == len(list_fields()) * len(online_cpus())
         wait_for_releases()  # of the events opened before x
         start = time.monotonic()

@@ -7,8 +7,7 @@ the others exactly.
 """
 
 import os
-import subprocess
-import sys
+import threading
 import time
 import uuid
 
@@ -18,6 +17,7 @@ import kvmstat
 from kvmstat.vms import find_vm_by_name, list_vms
 
 from helpers.batchwindow import start_batch
+from helpers.commands import kvm_stat, wait_for
 
 FIELDS = r"kvm_(pio|userspace_exit)$"
 COUNTS = (300, 500, 700)
@@ -28,10 +28,7 @@ def unique(tag):
 
 
 def wait_until_gone(path, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while os.path.exists(path):
-        assert time.monotonic() < deadline, f"{path} still exists"
-        time.sleep(0.002)
+    wait_for(lambda: not os.path.exists(path), f"{path} to go", timeout, interval=0.002)
 
 
 def parse_rows(lines):
@@ -193,16 +190,35 @@ def test_kvm_stat_guest_by_name(guest_process):
 def test_kvm_stat_unknown_or_ambiguous_guest_name(guest_process):
     name = unique("twin")
     twins = [guest_process("pio", name=name) for _ in range(2)]
-    out = subprocess.run([sys.executable, "-m", "kvmstat", "-1", "-g", name],
-                         capture_output=True, text=True, timeout=60)
+    out = kvm_stat(["-1", "-g", name])
     assert out.returncode == 1 and out.stdout == ""
     assert out.stderr.startswith(f"Error: 2 VMs are named '{name}': ")
     for twin in twins:
         assert f"'{name}' (pid {twin.pid})" in out.stderr
     missing = unique("missing")
-    out = subprocess.run([sys.executable, "-m", "kvmstat", "-1", "-g", missing],
-                         capture_output=True, text=True, timeout=60)
+    out = kvm_stat(["-1", "-g", missing])
     assert out.returncode == 1
     assert out.stderr.startswith(f"Error: no VM named '{missing}'; running VMs: ")
     assert f"'{name}' (pid {twins[0].pid})" in out.stderr
     assert out.stderr.count("\n") == 1
+
+
+def test_opening_while_the_vm_starts_threads_non_stop_counts_its_threads(guest_process):
+    # While a thread starts threads, opening its group fails now and then
+    # (ENODEV, EINVAL); each sampler must still count that thread.
+    guest = guest_process("pio", name=unique("churn"))
+    churner = threading.Thread(target=guest.churn, args=(2.0,))
+    churner.start()
+    samplers = []
+    try:
+        time.sleep(0.1)
+        for _ in range(4):
+            samplers.append(kvmstat.open_sampler(pid=guest.pid))
+        churner.join()
+        guest.run(7)  # in the guest's main thread, whose groups were opened while it churned
+        for sampler in samplers:
+            assert sampler.sample().values["kvm_pio"][0] == 7
+    finally:
+        churner.join()
+        for sampler in samplers:
+            sampler.close()

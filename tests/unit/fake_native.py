@@ -13,7 +13,7 @@ from kvmstat.errors import NativeError
 
 
 class FakeCounterSet:
-    def __init__(self, events, mode, gone=()):
+    def __init__(self, events, mode, gone=(), refuse=None):
         self.events = tuple(events)
         self.mode = mode
         self.counts = {}
@@ -21,6 +21,8 @@ class FakeCounterSet:
         self.retired = {}        # (bucket, event name) -> count
         self.retired_totals = {} # event name -> count (kept by clear_bucket)
         self.gone = set(gone)    # targets whose open fails with ESRCH
+        # target -> errnos its next opens fail with, one per attempt
+        self.refuse = {target: list(errnos) for target, errnos in (refuse or {}).items()}
         self.enabled = False
         self.closed = False
         self.reads = 0
@@ -29,6 +31,9 @@ class FakeCounterSet:
     def add(self, target, bucket=0):
         if target in self.gone:
             raise NativeError(f"thread {target} vanished", errno.ESRCH, target=target)
+        if self.refuse.get(target):
+            raise NativeError(f"thread {target} refused", self.refuse[target].pop(0),
+                              target=target)
         slot = next(self._next_slot)
         self.slots[slot] = (target, bucket)
         return slot
@@ -87,7 +92,7 @@ class FakeCounterSet:
         self.closed = True
 
 
-def install(monkeypatch, gone=()):
+def install(monkeypatch, gone=(), refuse=None):
     """Make kvmstat.native.open_counter_set return FakeCounterSets; returns the list of them.
 
     The fake core has no BPF engine: ``--engine auto`` picks perf groups.
@@ -95,7 +100,7 @@ def install(monkeypatch, gone=()):
     created = []
 
     def open_counter_set(events, mode, backend=None):
-        counter_set = FakeCounterSet(events, mode, gone)
+        counter_set = FakeCounterSet(events, mode, gone, refuse)
         created.append(counter_set)
         return counter_set
 

@@ -63,8 +63,19 @@ class FakeProc:
     def add_thread(self, pid, tid):
         (self.root / str(pid) / "task" / str(tid)).mkdir(parents=True)
 
+    def set_thread_stat(self, tid, state="S", flags=0):
+        """``/proc/<tid>/stat`` of a thread (reachable by its id, as in the real
+        /proc) with that state and task flags (field 9)."""
+        rest = [state, 1, 0, 0, 0, 0, flags] + [0] * 12 + [self._clock] + [0] * 5
+        (self.root / str(tid)).mkdir(exist_ok=True)
+        (self.root / str(tid) / "stat").write_text(
+            f"{tid} (thread) " + " ".join(str(v) for v in rest) + "\n")
+
+    def remove_thread_stat(self, tid):
+        shutil.rmtree(self.root / str(tid))
+
     def remove_thread(self, pid, tid):
-        (self.root / str(pid) / "task" / str(tid)).rmdir()
+        shutil.rmtree(self.root / str(pid) / "task" / str(tid))
 
     def add_kthread(self, tid, name):
         """A kernel thread: a child of kthreadd with this (full) name."""

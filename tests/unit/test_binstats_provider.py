@@ -10,6 +10,7 @@ a descriptor opens its file.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import time
 
@@ -20,6 +21,7 @@ from kvmstat import cli, pidfd
 from kvmstat.errors import AccessDenied, NoSuchVM, NotAvailable, VMGone
 from kvmstat.paths import Paths
 from kvmstat.providers import binstats as binstats_module
+from kvmstat.providers.base import SINCE_CREATION, SINCE_START, HistogramValues
 from kvmstat.providers.binstats import BinstatsProvider, binstats_fields, stats_fd_refs
 from kvmstat.providers.binstats_format import (TYPE_CUMULATIVE, TYPE_INSTANT, TYPE_LOG_HIST,
                                                TYPE_PEAK, StatDesc, StatsFormatError,
@@ -182,6 +184,8 @@ def test_fields_are_the_single_valued_statistics(two_vms):
         assert provider.fields == ALL_FIELDS
         assert provider.supports_by_vm
         assert provider.descriptors["halt_wait_hist"].type == TYPE_LOG_HIST
+        assert provider.levels == {"pages_4k", "max_mmu_rmap_size", "blocking",
+                                   "halt_poll_max"}
         assert two_vms.open_stats_files() == {"stats-100-10", "stats-100-11", "stats-100-12",
                                               "stats-200-20"}
     assert two_vms.open_stats_files() == set()
@@ -220,12 +224,40 @@ def test_histograms_since_open_summed_and_per_vm(two_vms):
         assert provider.read_histograms()["halt_wait_hist"].counts == (0, 0, 0, 0)
         two_vms.set_stats(100, 11, 0, exits=100, halt_wait_hist=[1, 3, 3, 9])
         two_vms.set_stats(200, 20, 0, exits=1000, halt_wait_hist=[12, 0, 0, 1])
+        provider.refresh()
+        provider.read()
         hist = provider.read_histograms()["halt_wait_hist"]
-        assert hist.counts == (2, 1, 0, 6)
-        assert hist.bounds() == [(0, 1), (1, 2), (2, 4), (4, None)]
-        per_vm = provider.read_histograms(by_vm=True)
+        assert hist == HistogramValues((2, 1, 0, 6), SINCE_START, kind="log",
+                                       bounds=((0, 1), (1, 2), (2, 4), (4, None)),
+                                       unit="seconds", base=10, exponent=-9)
+        per_vm = provider.read_histograms_by_vm()
         assert per_vm[100]["halt_wait_hist"].counts == (0, 1, 0, 5)
         assert per_vm[200]["halt_wait_hist"].counts == (2, 0, 0, 1)
+
+
+def test_histograms_since_creation_with_include_past(two_vms):
+    with open_provider(two_vms, include_past=True) as provider:
+        hist = provider.read_histograms()["halt_wait_hist"]
+    assert hist.counts == (11, 2, 3, 4) and hist.since == SINCE_CREATION
+
+
+def test_json_carries_the_histograms(two_vms, monkeypatch, capsys):
+    def fake_sleep(seconds):
+        two_vms.set_stats(100, 11, 0, exits=103, halt_wait_hist=[1, 2, 4, 4])
+
+    monkeypatch.setattr(cli.time, "sleep", fake_sleep)
+    opts = cli.parse_options(["-1", "--json", "--binstats", "-f", "exits|halt_wait"])
+    assert cli.run(opts, Paths(proc=two_vms.proc)) == 0
+    obj = json.loads(capsys.readouterr().out)
+    assert obj["fields"] == {"exits": {"total": 3, "delta": 3}}
+    assert obj["histograms"] == {"halt_wait_hist": {
+        "since": "start", "counts": [0, 0, 1, 0], "kind": "log",
+        "bounds": [[0, 1], [1, 2], [2, 4], [4, None]],
+        "unit": "seconds", "base": 10, "exponent": -9}}
+    # -f selects histograms by name as it selects fields
+    opts = cli.parse_options(["-1", "--json", "--binstats", "-f", "exits"])
+    assert cli.run(opts, Paths(proc=two_vms.proc)) == 0
+    assert "histograms" not in json.loads(capsys.readouterr().out)
 
 
 def test_one_pread_per_descriptor_per_sample(two_vms, monkeypatch):

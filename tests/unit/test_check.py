@@ -1,5 +1,6 @@
 """``--check`` on fake hosts: rows, reasons, fixes, notes, exit status; the pure table."""
 
+import errno
 import os
 
 import pytest
@@ -7,7 +8,7 @@ import pytest
 from kvmstat import check as check_mod
 from kvmstat import cli
 from kvmstat.check import HostCheck, ProviderCheck, check_host, format_check
-from kvmstat.errors import AccessDenied, NativeError
+from kvmstat.errors import AccessDenied, NativeError, NotAvailable
 from kvmstat.paths import Paths
 
 import fake_native
@@ -207,3 +208,69 @@ def test_format_check_without_notes():
     lines = format_check(result)
     assert "notes:" not in lines
     assert not result.usable
+
+
+# -- binary stats: what --binstats would find --------------------------------------
+
+@pytest.fixture
+def binstats_host(tmp_path, monkeypatch):
+    """A fake host whose kernel has binary statistics (VMs added by the tests)."""
+    from test_binstats_provider import FakeHost
+
+    host = FakeHost(tmp_path / "bs", monkeypatch)
+    # CapEff with CAP_SYS_PTRACE (bit 19)
+    with open(f"{host.proc}/self/status", "w") as f:
+        f.write("Name:\tx\nCapEff:\t0000000000080000\n")
+    monkeypatch.setattr(check_mod, "_binstats_kernel_support", lambda dev_kvm: None)
+    yield host
+    host.close()
+
+
+def binstats_row(host):
+    vms = check_mod.list_vms(host.proc)
+    return check_mod._check_binstats(Paths(proc=host.proc), "/dev/kvm", vms)
+
+
+def test_binstats_check_agrees_with_the_provider_when_no_vm_holds_descriptors(
+        binstats_host, capsys):
+    binstats_host.add_vm(100)  # a VM without statistics descriptors (QEMU 7.2)
+    row = binstats_row(binstats_host)
+    assert not row.available
+    # The very message --binstats gives.
+    opts = cli.parse_options(["-1", "--binstats"])
+    with pytest.raises(NotAvailable) as info:
+        cli.run(opts, Paths(proc=binstats_host.proc))
+    assert row.reason == str(info.value)
+    assert row.reason.startswith("no VM process holds KVM binary statistics file descriptors")
+
+
+def test_binstats_check_reads_what_the_provider_reads(binstats_host):
+    from test_binstats_provider import ALL_FIELDS
+
+    binstats_host.add_vm(100)
+    binstats_host.add_stats(100, 10, None, remote_tlb_flush=1)
+    binstats_host.add_stats(100, 11, 0, exits=3)
+    binstats_host.add_vm(200)  # holds none
+    row = binstats_row(binstats_host)
+    assert row.available
+    assert row.reason == (f"{len(ALL_FIELDS)} statistics read from the descriptors VM "
+                          f"processes hold (borrowed with pidfd_getfd); 1 of 2 VM processes "
+                          f"hold them")
+    assert binstats_host.open_stats_files() == set()  # nothing kept open
+
+
+def test_binstats_check_borrowing_refused(binstats_host):
+    binstats_host.add_vm(100)
+    binstats_host.add_stats(100, 11, 0, exits=3)
+    binstats_host.getfd_error = errno.EPERM
+    row = binstats_row(binstats_host)
+    assert not row.available
+    assert "not allowed to borrow the statistics descriptors of VM process 100" in row.reason
+    assert row.fix == "run kvm_stat as root"
+
+
+def test_binstats_check_without_ptrace_capability(binstats_host):
+    with open(f"{binstats_host.proc}/self/status", "w") as f:
+        f.write("Name:\tx\nCapEff:\t0000000000000000\n")
+    row = binstats_row(binstats_host)
+    assert not row.available and "CAP_SYS_PTRACE" in row.reason

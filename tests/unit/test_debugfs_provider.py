@@ -11,6 +11,8 @@ from kvmstat.providers.debugfs import (COUNTER, HISTOGRAM, INSTANT, PEAK, TABLE,
                                        DebugfsProvider, list_vm_directories, parse_histogram,
                                        parse_value, probe_debugfs, stat_kind, vm_directory_pid)
 
+from kvmstat.providers.base import SINCE_CREATION, HistogramValues
+
 from fake_debugfs import HOST, lock_down, make_debugfs, set_value
 
 U64_MAX = 2 ** 64 - 1
@@ -227,6 +229,12 @@ def test_field_selection_and_lockdown_leave_fields_out(tmp_path, monkeypatch):
     assert provider.read() == {"pages_4k": 10}  # never exits = 0
 
 
+def test_levels_are_the_instant_and_peak_fields(tmp_path):
+    provider = DebugfsProvider(make_debugfs(tmp_path))
+    assert provider.levels == {"pages_4k", "max_mmu_rmap_size"}
+    assert DebugfsProvider(make_debugfs(tmp_path), fields=["exits"]).levels == set()
+
+
 def test_reset_zeroes_counters_not_levels(tmp_path):
     debugfs = make_debugfs(tmp_path)
     provider = DebugfsProvider(debugfs, include_past=True)
@@ -246,7 +254,9 @@ def test_histograms_are_not_fields_but_readable(tmp_path):
     provider = DebugfsProvider(debugfs)
     assert "halt_poll_fail_hist" not in provider.fields
     assert "halt_poll_fail_hist" not in provider.read()
-    assert provider.read_histograms() == {"halt_poll_fail_hist": (1, 2, 3)}
+    # Bare bucket values since VM creation: debugfs tells nothing about the buckets.
+    assert provider.read_histograms() == {
+        "halt_poll_fail_hist": HistogramValues((1, 2, 3), SINCE_CREATION)}
 
 
 def test_close_is_idempotent(tmp_path):
@@ -363,4 +373,21 @@ def test_per_vm_histograms_sum_bucket_by_bucket(tmp_path):
     vm_b = dict(vm_stats(1, 1), halt_poll_fail_hist="10 20 30\n")
     debugfs = make_debugfs(tmp_path, vms={"8-1": vm_a, "8-2": vm_b})
     provider = DebugfsProvider(debugfs, pid=8)
-    assert provider.read_histograms() == {"halt_poll_fail_hist": (11, 22, 30)}
+    assert provider.read_histograms()["halt_poll_fail_hist"].counts == (11, 22, 30)
+    assert provider.read_histograms_by_vm() == {
+        8: {"halt_poll_fail_hist": HistogramValues((11, 22, 30), SINCE_CREATION)}}
+
+
+def test_histograms_of_every_vm_by_pid(tmp_path):
+    debugfs = make_debugfs(tmp_path, vms={
+        "8-1": dict(vm_stats(1, 1), halt_poll_fail_hist="1 2\n"),
+        "8-2": dict(vm_stats(1, 1), halt_poll_fail_hist="10 20 30\n"),
+        "128-11": dict(vm_stats(1, 1), halt_poll_fail_hist="5\n"),
+        "9-3": vm_stats(1, 1),  # no histogram file: nothing for it
+    })
+    provider = DebugfsProvider(debugfs)
+    by_vm = provider.read_histograms_by_vm()
+    assert {pid: {n: h.counts for n, h in hists.items()} for pid, hists in by_vm.items()} == {
+        8: {"halt_poll_fail_hist": (11, 22, 30)}, 128: {"halt_poll_fail_hist": (5,)}, 9: {}}
+    provider.close()
+    assert provider.read_histograms() == {} and provider.read_histograms_by_vm() == {}

@@ -27,9 +27,10 @@ from kvmstat.vms import VM
 class FakeProvider(Provider):
     """Counts set by the test; optional per-VM counts; refresh can raise VMGone."""
 
-    def __init__(self, counts, by_vm=None, name="tracepoints"):
+    def __init__(self, counts, by_vm=None, name="tracepoints", levels=()):
         self.name = name
         self.counts = dict(counts)
+        self._levels = frozenset(levels)
         self.by_vm = by_vm
         self.gone = False
         self.reads = self.closed = 0
@@ -44,6 +45,10 @@ class FakeProvider(Provider):
     @property
     def supports_by_vm(self):
         return self.by_vm is not None
+
+    @property
+    def levels(self):
+        return self._levels
 
     def refresh(self):
         if self.gone:
@@ -205,6 +210,22 @@ def test_debugfs_style_names_get_the_kvm_prefix():
     assert series(families, "kvm_exits_total") == {labels(): 3}
     assert series(families, "kvm_halt_exits_total") == {labels(): 1}
     assert "debugfs provider" in families["kvm_exits"].documentation
+
+
+@pytest.mark.parametrize("openmetrics", [False, True])
+def test_levels_are_gauges_without_the_total_suffix(openmetrics):
+    provider = FakeProvider({"exits": 3, "pages_4k": 512, "max_mmu_rmap_size": 9},
+                            by_vm={7: {"exits": 3, "pages_4k": 500, "max_mmu_rmap_size": 9}},
+                            name="debugfs", levels={"pages_4k", "max_mmu_rmap_size"})
+    sampler = Sampler([provider], by_vm=True, names={7: "vm"}.get)
+    families, text = scrape(KvmCollector(sampler), openmetrics=openmetrics)
+    assert families["kvm_exits"].type == "counter"
+    assert series(families, "kvm_exits_total") == {labels(): 3, labels(pid="7", guest="vm"): 3}
+    for name in ("kvm_pages_4k", "kvm_max_mmu_rmap_size"):
+        assert families[name].type == "gauge"
+        assert "current" in families[name].documentation
+    assert series(families, "kvm_pages_4k") == {labels(): 512, labels(pid="7", guest="vm"): 500}
+    assert "kvm_pages_4k_total" not in text
 
 
 def test_per_vm_series_carry_pid_and_guest_and_host_totals_have_neither():

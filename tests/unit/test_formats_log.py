@@ -9,6 +9,7 @@ import pytest
 
 from kvmstat.formats import json as json_format
 from kvmstat.formats import log as log_format
+from kvmstat.providers.base import SINCE_CREATION, SINCE_START, HistogramValues
 from kvmstat.stats import Sample
 
 FIELDS = ["kvm_exit", "kvm_pio", "kvm_userspace_exit(IO)"]
@@ -153,3 +154,28 @@ def test_json_guests_object_is_present_even_without_vms():
 def test_json_rows_skip_zero():
     assert json_format.json_rows(host_sample((0, 0, 0)), FIELDS, True) == []
     assert len(json_format.json_rows(host_sample((0, 0, 0)), FIELDS, False)) == 1
+
+
+def test_json_histograms_golden_only_where_there_are_some():
+    bounds = ((0, 1), (1, 2), (2, None))
+    kvm_hist = HistogramValues((4, 0, 1), SINCE_START, kind="log", bounds=bounds,
+                               unit="seconds", base=10, exponent=-9)
+    bare = HistogramValues((7,), SINCE_CREATION)  # debugfs: no bounds, no unit
+    sample = guest_sample()
+    sample.histograms = {"halt_wait_hist": kvm_hist, "halt_poll_fail_hist": bare}
+    sample.vm_histograms = {4242: {"halt_wait_hist": kvm_hist}, 17: {}}
+    obj = json.loads(json_format.sample_json(sample, ["kvm_pio"], by_guest=True))
+    kvm_json = {"since": "start", "counts": [4, 0, 1], "kind": "log",
+                "bounds": [[0, 1], [1, 2], [2, None]], "unit": "seconds", "base": 10,
+                "exponent": -9}
+    assert obj["histograms"] == {
+        "halt_poll_fail_hist": {"since": "creation", "counts": [7]},
+        "halt_wait_hist": kvm_json}
+    assert list(obj["histograms"]) == ["halt_poll_fail_hist", "halt_wait_hist"]
+    assert obj["guests"]["4242"]["histograms"] == {"halt_wait_hist": kvm_json}
+    assert "histograms" not in obj["guests"]["17"]  # none for that VM
+    assert "histograms" not in obj["guests"]["99"]
+    # Asked for, but no provider has any: no key.
+    sample.histograms, sample.vm_histograms = {}, {}
+    assert "histograms" not in json_format.sample_object(sample, by_guest=True)
+    assert "histograms" not in json_format.sample_object(host_sample())

@@ -41,8 +41,8 @@ class ScriptedSampler:
         self.times = []
         self.totals = {"a": 0, "b": 0}
 
-    def sample(self):
-        if self.fail_at is not None and len(self.times) == self.fail_at:
+    def sample(self, refresh=True):
+        if refresh and self.fail_at is not None and len(self.times) == self.fail_at:
             raise VMGone("the VM process 42 has exited", 42)
         self.times.append(self.clock.now)
         self.clock.now += self.cost
@@ -172,6 +172,18 @@ def test_vm_gone_propagates_to_the_caller():
     with pytest.raises(VMGone):
         Logger(sampler, StreamOutput(io.StringIO()), log_layout("csv"), delay=1,
                clock=clock).run(FakeSignals(clock, stop_after=None))
+
+
+def test_vm_gone_writes_the_counts_up_to_the_exit_first():
+    clock = FakeClock()
+    # baseline, two rows, then the VM exits with 4 and 1 counted since row 2
+    sampler = ScriptedSampler(clock, [[0, 0], [1, 2], [3, 0], [4, 1]], fail_at=3)
+    out = io.StringIO()
+    with pytest.raises(VMGone):
+        Logger(sampler, StreamOutput(out), log_layout("csv"), delay=1,
+               clock=clock).run(FakeSignals(clock, stop_after=None))
+    rows = [line.split(",")[1:] for line in out.getvalue().splitlines()[1:]]
+    assert rows == [["1", "2"], ["3", "0"], ["4", "1"]]
 
 
 def test_bad_layout_and_delay_are_invalid_arguments():

@@ -11,7 +11,7 @@ import kvmstat
 
 PACKAGE_DIR = os.path.dirname(kvmstat.__file__)
 REPO_ROOT = os.path.dirname(PACKAGE_DIR)
-TYPE_ALIASES = {"FieldValues", "Totals"}
+TYPE_ALIASES = {"FieldValues", "Totals", "Histograms"}
 
 
 def public_members(cls):
@@ -58,6 +58,13 @@ def test_the_api_covers_the_spec():
     assert "pid" in inspect.signature(kvmstat.open_sampler).parameters
     assert "by_vm" in inspect.signature(kvmstat.open_sampler).parameters
     assert {"by_vm", "vm_names", "values"} <= set(inspect.signature(kvmstat.Sample).parameters)
+    # every provider, histograms, and the diagnosis of the host
+    for name in ("TracepointProvider", "DebugfsProvider", "BinstatsProvider",
+                 "HistogramValues", "check_host", "format_check", "HostCheck"):
+        assert name in kvmstat.__all__
+    for cls in (kvmstat.TracepointProvider, kvmstat.DebugfsProvider, kvmstat.BinstatsProvider):
+        assert issubclass(cls, kvmstat.Provider)
+    assert "histograms" in inspect.signature(kvmstat.open_sampler).parameters
 
 
 def test_every_exception_derives_from_error():

@@ -1,6 +1,6 @@
 """Samples: totals, deltas and intervals combined over providers."""
 
-from kvmstat.providers.base import Provider
+from kvmstat.providers.base import HistogramValues, Provider
 from kvmstat.stats import Sampler
 
 
@@ -110,3 +110,46 @@ def test_by_vm_sampler_takes_totals_and_breakdown_from_one_reading():
 def test_default_read_all_is_read_and_read_by_vm():
     provider = ScriptedProvider([{"a": 3}], by_vm=[{10: {"a": 3}}])
     assert provider.read_all() == ({"a": 3}, {10: {"a": 3}})
+
+
+class HistogramProvider(ScriptedProvider):
+    """A scripted provider with histogram statistics, host-wide and per VM."""
+
+    def __init__(self, readings, histograms, vm_histograms):
+        super().__init__(readings)
+        self.histograms = histograms
+        self.vm_histograms = vm_histograms
+        self.histogram_reads = 0
+
+    def read_histograms(self):
+        self.histogram_reads += 1
+        return dict(self.histograms)
+
+    def read_histograms_by_vm(self):
+        return {pid: dict(h) for pid, h in self.vm_histograms.items()}
+
+
+def test_histograms_only_when_asked_filtered_by_name_and_merged():
+    wait = HistogramValues((1, 2))
+    poll = HistogramValues((3,))
+    one = HistogramProvider([{"a": 1}], {"halt_wait_hist": wait, "halt_poll_hist": poll},
+                            {7: {"halt_wait_hist": wait}})
+    plain = ScriptedProvider([{"b": 1}])  # the base class: no histograms
+    sampler = Sampler([one, plain], clock=Clock(0.0))
+    sample = sampler.sample()
+    assert sample.histograms is None and sample.vm_histograms is None
+    assert one.histogram_reads == 0  # not asked: not read
+
+    sampler = Sampler([one, plain], histograms=lambda name: name.startswith("halt_wait"),
+                      clock=Clock(0.0))
+    sample = sampler.sample()
+    assert sample.histograms == {"halt_wait_hist": wait} and sample.vm_histograms is None
+
+    sampler = Sampler([one, plain], by_vm=True, histograms=lambda name: True,
+                      clock=Clock(0.0))
+    sample = sampler.sample()
+    assert sample.histograms == {"halt_wait_hist": wait, "halt_poll_hist": poll}
+    assert sample.vm_histograms == {7: {"halt_wait_hist": wait}}
+
+    sampler = Sampler([plain], histograms=lambda name: True, clock=Clock(0.0))
+    assert sampler.sample().histograms == {}

@@ -15,7 +15,8 @@ import time
 
 import pytest
 
-from helpers.ptyterm import REPO_ROOT, PtyTerminal
+from helpers import REPO_ROOT
+from helpers.ptyterm import PtyTerminal
 
 APP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tui_fake_app.py")
 HEADER = '%-40s %10s%7s %8s' % ('Event', 'Total', '%Total', 'CurAvg/s')

@@ -1,10 +1,12 @@
 """The tracepoint provider following VMs (-p, -g, by VM) on fake /proc trees
 and a fake counting core."""
 
+import errno
+
 import pytest
 
 from kvmstat import native
-from kvmstat.errors import NoSuchVM, VMGone
+from kvmstat.errors import NativeError, NoSuchVM, VMGone
 from kvmstat.paths import Paths
 from kvmstat.providers.tracepoints import TracepointProvider
 from kvmstat.sources import open_sampler
@@ -102,7 +104,54 @@ def test_pid_mode_refresh_is_one_stat_and_one_children_read(proc, created, open_
 def test_pid_mode_vm_whose_threads_all_vanished(proc, open_provider, monkeypatch):
     fake_native.install(monkeypatch, gone={300, 301})
     proc.add_vm(300, "web", tids=[300, 301])
+    proc.set_state(300, "Z")  # every thread has ended (301 has no /proc entry left)
     with pytest.raises(NoSuchVM, match="VM process 300 has exited"):
+        open_provider(pid=300)
+
+
+@pytest.mark.parametrize("exiting", [True, False])
+def test_a_thread_on_its_way_out_may_refuse_with_any_errno(proc, open_provider, monkeypatch,
+                                                          exiting):
+    # The kernel refuses perf_event_open with EINVAL when the thread's perf
+    # context was torn down while its /proc entry still shows it running.
+    created = fake_native.install(monkeypatch, refuse={301: [errno.EINVAL] * 10})
+    proc.add_vm(300, "web", tids=[300, 301])
+    proc.set_thread_stat(301, "R", flags=0x4 if exiting else 0)
+    if not exiting:
+        with pytest.raises(NativeError, match="thread 301 refused"):
+            open_provider(by_vm=True)
+        return
+    provider = open_provider(by_vm=True)
+    assert groups(created[0]) == {300: 0}
+    provider.close()
+
+
+@pytest.mark.parametrize("refusals, opened", [
+    ([errno.EINVAL], True),                    # it was starting a thread: again
+    ([errno.ENODEV, errno.EINVAL, errno.ENODEV], True),
+    ([errno.ESRCH] * 9, True),
+    ([errno.ENODEV] * 10, False),              # always: a real error
+    ([errno.EACCES], False),                   # another errno: not retried
+])
+def test_a_live_thread_refusing_for_a_moment_is_opened_again(proc, open_provider, monkeypatch,
+                                                            refusals, opened):
+    created = fake_native.install(monkeypatch, refuse={301: refusals})
+    proc.add_vm(300, "web", tids=[300, 301])
+    proc.set_thread_stat(301, "R")
+    if not opened:
+        with pytest.raises(NativeError, match="thread 301 refused"):
+            open_provider(pid=300)
+        return
+    provider = open_provider(pid=300)
+    assert groups(created[0]) == {300: 0, 301: 0}
+    provider.close()
+
+
+def test_a_live_helper_thread_refusing_is_an_error(proc, open_provider, monkeypatch):
+    fake_native.install(monkeypatch, refuse={310: [errno.EACCES]})
+    proc.add_vm(300, "web")
+    proc.add_kthread(310, "kvm-pit/300")  # not in the VM's thread group
+    with pytest.raises(NativeError, match="thread 310 refused"):
         open_provider(pid=300)
 
 

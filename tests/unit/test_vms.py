@@ -6,7 +6,8 @@ import pytest
 
 from kvmstat.errors import NoSuchVM
 from kvmstat.vms import (VM, GuestNames, KernelThreads, VMWatch, describe_vm, find_vm,
-                         find_vm_by_name, list_vms, process_alive, start_time, vm_name)
+                         find_vm_by_name, list_vms, process_alive, start_time, thread_exiting,
+                         vm_name)
 
 from fakeproc import FakeProc
 
@@ -149,6 +150,20 @@ def test_process_alive_exit_zombie_and_reused_pid(proc):
     assert not process_alive(300, started, proc.path) and start_time(300, proc.path) is None
     proc.add_vm(300, "other")  # the pid names another process now
     assert not process_alive(300, started, proc.path)
+
+
+def test_thread_exiting_by_flag_state_and_absence(proc):
+    proc.add_vm(300, "web", tids=[300, 301])
+    proc.set_thread_stat(301, "R", flags=0x400040)
+    assert not thread_exiting(301, proc.path)
+    proc.set_thread_stat(301, "R", flags=0x400044)  # PF_EXITING, still running
+    assert thread_exiting(301, proc.path)
+    proc.set_thread_stat(301, "Z")
+    assert thread_exiting(301, proc.path)
+    proc.remove_thread_stat(301)
+    assert thread_exiting(301, proc.path)
+    proc.add_kthread(310, "kvm-pit/300")  # a helper thread outside the process
+    assert not thread_exiting(310, proc.path)
 
 
 def test_stat_with_spaces_and_parentheses_in_the_name(proc):
