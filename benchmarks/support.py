@@ -8,6 +8,7 @@ Every ``bench_*.py`` module imports this first: it puts the repository root
 from __future__ import annotations
 
 import compileall
+import gzip
 import json
 import os
 import signal
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Set
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS_DIR = os.path.join(REPO_ROOT, "tests")
@@ -155,23 +156,6 @@ class ReleaseWatch:
         return time.monotonic() - self.started
 
 
-# ---------------------------------------------------------------------------
-# The busy test guest
-
-def guest_loop(guest, seconds: float) -> Tuple[int, float, int]:
-    """Run *guest*'s cpuid-loop (a GuestProcess("cpuid-loop")) for about
-    *seconds*: returns (iterations counted in guest memory, wall seconds,
-    ns of CPU its vCPU thread used).  The CPU time is read just before the
-    stop, which lets a few more iterations run: negligible over seconds."""
-    started = time.monotonic()
-    tid = guest.start_loop()
-    cpu_start = thread_cpu_ns(guest.pid, tid)
-    time.sleep(seconds)
-    cpu = thread_cpu_ns(guest.pid, tid) - cpu_start
-    iterations = guest.stop_loop()
-    return iterations, time.monotonic() - started, cpu
-
-
 def interrupt(proc: subprocess.Popen) -> None:
     """Send SIGINT to *proc* if it still runs."""
     if proc.poll() is None:
@@ -187,6 +171,22 @@ def stop_process(proc: subprocess.Popen, timeout: float = 30.0) -> Optional[int]
         proc.kill()
         proc.wait()
         return None
+
+
+def cpu_accounting() -> str:
+    """How the kernel accounts CPU time to user and system mode (from
+    /proc/config.gz): "precise" or "tick-based" (the user/system split of
+    getrusage is then sampled at each timer tick), or "unknown"."""
+    try:
+        with gzip.open("/proc/config.gz", "rt") as f:
+            config = set(line.strip() for line in f)
+    except OSError:
+        return "unknown"
+    if config & {"CONFIG_VIRT_CPU_ACCOUNTING_GEN=y", "CONFIG_VIRT_CPU_ACCOUNTING_NATIVE=y"}:
+        return "precise"
+    if "CONFIG_TICK_CPU_ACCOUNTING=y" in config:
+        return "tick-based (user/system split sampled at each tick)"
+    return "unknown"
 
 
 def machine() -> Dict[str, str]:
@@ -211,5 +211,6 @@ def machine() -> Dict[str, str]:
         "kernel": f"{uname.sysname} {uname.release} {uname.machine}",
         "KVM module": ", ".join(modules) or "none found",
         "Python": sys.version.split()[0],
+        "CPU time accounting": cpu_accounting(),
         "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 
-import support
+import support  # noqa: F401  (puts tests/ on sys.path, for helpers.kvmguest)
 
 
 def serve(threads: int) -> int:
