@@ -27,7 +27,6 @@ This is a measurement, not a test: it asserts nothing about speed.
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import time
@@ -35,6 +34,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import support
 from support import ReleaseWatch, Target, markdown_table, median, targets_table
+
+from helpers.logfiles import perf_event_fds
 
 WINDOW = 0.25  # seconds
 QUIET = 0.10   # the percentile of the windows taken as the quiet-machine cost
@@ -59,7 +60,7 @@ class Monitor:
         if not self.proc.stdout.readline():
             self.proc.wait()
             raise RuntimeError(f"kvm_stat {' '.join(args)} failed: {self.proc.stderr.read()}")
-        self.perf_events = support.perf_event_fds(self.proc.pid)
+        self.perf_events = perf_event_fds(self.proc.pid)
 
     def close(self) -> None:
         release = ReleaseWatch()
@@ -185,13 +186,5 @@ def run(quick: bool = False) -> str:
     return report(measure(rounds, seconds), rounds, seconds)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="one short round")
-    args = parser.parse_args(argv)
-    print(run(args.quick))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(support.bench_main(run, __doc__))

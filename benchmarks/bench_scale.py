@@ -23,7 +23,6 @@ This is a measurement, not a test: it asserts nothing about speed.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -180,13 +179,5 @@ def run(quick: bool = False) -> str:
     return report(measure(groups, rounds, samples), rounds, samples)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="16 groups, one short run")
-    args = parser.parse_args(argv)
-    print(run(args.quick))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(support.bench_main(run, __doc__))

@@ -25,7 +25,6 @@ This is a measurement, not a test: it asserts nothing about speed.
 
 from __future__ import annotations
 
-import argparse
 import errno
 import os
 import select
@@ -33,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import support
 from support import ReleaseWatch, Target, markdown_table, median, targets_table
@@ -208,13 +207,5 @@ def run(quick: bool = False) -> str:
     return report(measure(rounds, scale), rounds)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="one round, host-wide only")
-    args = parser.parse_args(argv)
-    print(run(args.quick))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(support.bench_main(run, __doc__))

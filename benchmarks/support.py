@@ -7,6 +7,7 @@ Every ``bench_*.py`` module imports this first: it puts the repository root
 
 from __future__ import annotations
 
+import argparse
 import compileall
 import gzip
 import json
@@ -17,7 +18,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence, Set
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS_DIR = os.path.join(REPO_ROOT, "tests")
@@ -34,6 +35,17 @@ CHILD_ENV = {name: value for name, value in os.environ.items()
 #: comm of the detached process that pays the kernel's perf-event teardown
 #: (kvmstat.teardown.PROCESS_NAME; repeated so this module imports no kvmstat)
 RELEASE_COMM = "kvmstat-release"
+
+
+def bench_main(run: Callable[[bool], str], doc: str,
+               argv: Optional[Sequence[str]] = None) -> int:
+    """The command line of a benchmark module run as a script: ``[--quick]``,
+    then print the Markdown section that *run* returns."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="the short smoke version")
+    args = parser.parse_args(argv)
+    print(run(args.quick))
+    return 0
 
 
 def median(values: Iterable[float]) -> float:
@@ -101,22 +113,6 @@ def thread_cpu_ns(pid: int, tid: int) -> int:
     """CPU time thread *tid* of process *pid* has used, in ns (schedstat)."""
     with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
         return int(f.read().split()[0])
-
-
-def perf_event_fds(pid: int) -> int:
-    """How many perf events process *pid* holds open."""
-    count = 0
-    try:
-        names = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return 0
-    for name in names:
-        try:
-            if os.readlink(f"/proc/{pid}/fd/{name}") == "anon_inode:[perf_event]":
-                count += 1
-        except OSError:
-            pass  # closed meanwhile
-    return count
 
 
 def _release_pids() -> Set[int]:
