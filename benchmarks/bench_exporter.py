@@ -165,5 +165,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
+def run(quick: bool = False) -> str:
+    """Run the benchmark (benchmarks/run.py convention); returns its Markdown
+    section.  *quick*: 8 threads and 5 scrapes."""
+    import contextlib
+    import io
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        status = main(["--threads", "8", "--scrapes", "5"] if quick else [])
+    if status != 0:
+        raise RuntimeError(f"bench_exporter failed with status {status}")
+    return ("## Exporter: scrape latency of kvm_stat --serve\n\n"
+            f"```\n{printed.getvalue()}```")
+
+
 if __name__ == "__main__":
     sys.exit(main())

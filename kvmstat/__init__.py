@@ -44,14 +44,11 @@ Typical use::
 
 from typing import Any
 
-from .check import HostCheck, ProviderCheck, check_host, format_check
 from .errors import (AccessDenied, Error, InvalidArgument, NativeError, NoSuchVM,
                      NotAvailable, TooManyEvents, VMGone)
 from .fields import FieldFilter, child_name, is_child, parent_of, reason_of
 from .paths import Paths
 from .providers.base import Histograms, HistogramValues, Provider, Totals
-from .providers.binstats import BinstatsProvider
-from .providers.debugfs import DebugfsProvider
 from .providers.tracepoints import TracepointProvider
 from .sources import list_fields, open_providers, open_sampler
 from .stats import FieldValues, Sample, Sampler
@@ -79,10 +76,24 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    # The exporter imports prometheus_client: only load it when asked for.
-    if name == "KvmCollector":
-        from .exporter import KvmCollector
+# Names loaded when first asked for, so that `kvm_stat` does not pay at
+# start-up for what its mode does not use (prometheus_client for the
+# exporter, the debugfs and binary-stats providers, the host diagnosis).
+_LAZY = {
+    "KvmCollector": "exporter",
+    "DebugfsProvider": "providers.debugfs",
+    "BinstatsProvider": "providers.binstats",
+    "HostCheck": "check",
+    "ProviderCheck": "check",
+    "check_host": "check",
+    "format_check": "check",
+}
 
-        return KvmCollector
-    raise AttributeError(f"module 'kvmstat' has no attribute '{name}'")
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kvmstat' has no attribute '{name}'")
+    import importlib
+
+    return getattr(importlib.import_module(f".{module}", __name__), name)

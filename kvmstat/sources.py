@@ -16,8 +16,6 @@ from .events import detect_vendor, load_events
 from .fields import FieldFilter
 from .paths import Paths
 from .providers.base import Provider
-from .providers.debugfs import DebugfsProvider, probe_debugfs
-from .providers.binstats import BinstatsProvider, binstats_fields
 from .providers.tracepoints import event_fields
 from .stats import Sampler
 from .vms import GuestNames, find_vm
@@ -72,7 +70,12 @@ def _tracepoint_catalog(paths: Paths, notify: Notify) -> Catalog:
     return Catalog("tracepoints", event_fields(events), opener)
 
 
+# The debugfs and binstats providers are imported when asked for: the
+# default (tracepoints) path does not pay for loading them.
+
 def _debugfs_catalog(paths: Paths, notify: Notify) -> Catalog:
+    from .providers.debugfs import DebugfsProvider, probe_debugfs
+
     # The files left out (kernel lockdown, unusable contents) are reported
     # here, once; with none readable at all, -d fails with that reason.
     debugfs = paths.find_debugfs(notify=notify)
@@ -91,6 +94,8 @@ def _debugfs_catalog(paths: Paths, notify: Notify) -> Catalog:
 
 
 def _binstats_catalog(paths: Paths, notify: Notify) -> Catalog:
+    from .providers.binstats import BinstatsProvider, binstats_fields
+
     def opener(fields, *, pid, include_past, **_ignored):
         return BinstatsProvider(fields=fields, pid=pid, include_past=include_past,
                                 proc=paths.proc)

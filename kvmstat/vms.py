@@ -322,21 +322,34 @@ class KernelThreads:
     of those threads.  Kernel threads are the children of kthreadd (pid 2):
     ``/proc/2/task/2/children`` lists them in one read; without it (a kernel
     without CONFIG_PROC_CHILDREN) ``/proc`` is listed.  Each thread's name
-    is read once and remembered while it exists, so a scan costs one or two
-    reads when no kernel thread came or went.
+    is read once and remembered while it exists, and when kthreadd's list
+    of children is the same as last time the previous answer is reused, so
+    a scan costs one read when no kernel thread came or went.
     """
 
     def __init__(self, proc: str = "/proc"):
         self._proc = proc
         self._owner: Dict[int, Optional[int]] = {}    # kernel thread -> VM pid or None
         self._is_kthread: Dict[int, bool] = {}        # fallback: pid -> ppid is kthreadd
+        self._children: Optional[bytes] = None        # kthreadd's children at the last scan
+        self._found: Dict[int, Set[int]] = {}         # what that scan found
 
-    def _kernel_thread_ids(self) -> Set[int]:
+    def _read_children(self) -> Optional[bytes]:
+        """kthreadd's list of children, or None where the kernel has no such file."""
         try:
-            with open(f"{self._proc}/{_KTHREADD}/task/{_KTHREADD}/children") as f:
-                return {int(t) for t in f.read().split()}
-        except (OSError, ValueError):
-            pass
+            # Unbuffered: one read of a small file, on every refresh.
+            with open(f"{self._proc}/{_KTHREADD}/task/{_KTHREADD}/children", "rb",
+                      buffering=0) as f:
+                return f.read()
+        except OSError:
+            return None
+
+    def _kernel_thread_ids(self, children: Optional[bytes]) -> Set[int]:
+        if children is not None:
+            try:
+                return {int(t) for t in children.split()}
+            except ValueError:
+                pass
         pids = {int(p) for p in os.listdir(self._proc) if p.isdigit()}
         known = self._is_kthread
         for pid in list(known):
@@ -378,7 +391,13 @@ class KernelThreads:
 
     def scan(self) -> Dict[int, Set[int]]:
         """VM process id -> ids of the kernel threads working for it now."""
-        current = self._kernel_thread_ids()
+        children = self._read_children()
+        if children is None or children != self._children:
+            self._found = self._scan(self._kernel_thread_ids(children))
+            self._children = children
+        return {pid: set(tids) for pid, tids in self._found.items()}
+
+    def _scan(self, current: Set[int]) -> Dict[int, Set[int]]:
         owner = self._owner
         for tid in list(owner):
             if tid not in current:

@@ -44,6 +44,7 @@ one line on stdout: ``ok [value]`` or ``error <message>``.  Commands:
                    ``ok <number of threads>``
 ``loop [VCPU]``    :meth:`Guest.start_loop` (cpuid-loop only); ``ok <tid>``
 ``stop``           :meth:`Guest.stop_loop`; ``ok <iterations>``
+``count [VCPU]``   :meth:`Guest.loop_iterations`; ``ok <counter>`` (while it runs)
 ``tids``           ``ok <tid> <tid> ...`` of the threads of this process
 ``quit``           ``ok``, then exit 0
 =================  ==========================================================
@@ -627,6 +628,8 @@ def _serve(guest: Guest, stdin, stdout) -> int:
                 reply(f"ok {guest.start_loop(int(args[0]) if args else 0)}")
             elif cmd == "stop" and not args:
                 reply(f"ok {guest.stop_loop()}")
+            elif cmd == "count" and len(args) <= 1:
+                reply(f"ok {guest.loop_iterations(int(args[0]) if args else 0)}")
             elif cmd == "tids" and not args:
                 reply("ok " + " ".join(sorted(os.listdir("/proc/self/task"), key=int)))
             elif cmd == "quit" and not args:
@@ -758,6 +761,10 @@ class GuestProcess:
 
     def stop_loop(self) -> int:
         return int(self.command("stop"))
+
+    def loop_iterations(self, vcpu: int = 0) -> int:
+        """The guest's loop counter of *vcpu*, readable while the loop runs."""
+        return int(self.command(f"count {vcpu}"))
 
     def tids(self) -> list:
         return [int(t) for t in self.command("tids").split()]

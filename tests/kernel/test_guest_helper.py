@@ -105,6 +105,18 @@ def test_cpuid_loop(tracefs):
     assert tc.count("kvm_userspace_exit") == 1
 
 
+def test_cpuid_loop_counter_of_the_process_form():
+    with GuestProcess("cpuid-loop") as p:
+        p.start_loop()
+        first = p.loop_iterations()
+        time.sleep(0.05)
+        second = p.loop_iterations()
+        iterations = p.stop_loop()
+        stopped = p.loop_iterations()
+    assert 0 <= first < second <= stopped
+    assert stopped == iterations  # the counter started at 0: one loop so far
+
+
 def test_errors_are_clear(guest):
     with pytest.raises(GuestError, match="no vCPU 5"):
         guest.run(1, vcpu=5)

@@ -124,6 +124,18 @@ def test_helper_scan_reads_each_name_once_and_follows_changes(proc, monkeypatch)
     assert kthreads.scan() == {300: {312}}
 
 
+def test_helper_scan_reuses_its_answer_while_no_kernel_thread_comes_or_goes(proc):
+    proc.add_vm(300, "web")
+    proc.add_kthread(310, "kvm-pit/300")
+    kthreads = KernelThreads(proc.path)
+    first = kthreads.scan()
+    first[300].add(999)  # the caller's copy: the next answer is unchanged
+    first[400] = {401}
+    assert kthreads.scan() == {300: {310}}
+    proc.add_kthread(311, "kvm-pit/300")
+    assert kthreads.scan() == {300: {310, 311}}
+
+
 def test_helper_scan_without_the_children_file(proc):
     proc.add_vm(300, "web")
     proc.add_kthread(310, "kvm-pit/300")
