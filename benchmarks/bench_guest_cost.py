@@ -35,7 +35,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import support
 from support import ReleaseWatch, Target, markdown_table, median, targets_table
 
-from helpers.logfiles import perf_event_fds
+from helpers.commands import perf_event_fds
 
 WINDOW = 0.25  # seconds
 QUIET = 0.10   # the percentile of the windows taken as the quiet-machine cost
