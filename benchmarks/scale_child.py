@@ -43,7 +43,7 @@ def main(pid: int, backend: str, samples: int) -> dict:
 
     mark = cpu()
     try:
-        sampler = open_sampler(pid=pid, backend=backend)
+        sampler = open_sampler(pid=pid, backend=backend, engine="perf")
     except Error as exc:  # what kvm_stat would say, e.g. too many open files
         return {"error": str(exc)}
     out["open"] = since(mark)
