@@ -172,7 +172,7 @@ def report(runs: Runs, rounds: int, seconds: float) -> str:
         f"rotating from round to round, each run cut into {WINDOW:g} s windows; monitors "
         f"are `kvm_stat -l` processes, host-wide. Per window: the vCPU thread's CPU time "
         f"per iteration (other work on the host only adds to it, so the "
-        f"{QUIET:.0%} percentile of the windows is the quiet-machine figure), and the "
+        f"{QUIET * 100:.0f}th percentile of the windows is the quiet-machine figure), and the "
         f"wall-clock rate.",
         markdown_table(["monitor", "perf events", "windows", "vCPU ns/iteration, quiet",
                         "vs none", "median", "vs none", "iterations/s (wall, median)",

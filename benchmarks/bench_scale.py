@@ -175,7 +175,7 @@ def report(results: Results, rounds: int, samples: int) -> str:
 
 def run(quick: bool = False) -> str:
     """Run the benchmark; returns its Markdown section."""
-    groups, rounds, samples = ((16,), 1, 200) if quick else ((16, 64, 128), 3, 1000)
+    groups, rounds, samples = ((16,), 1, 200) if quick else ((16, 64, 128), 5, 1000)
     return report(measure(groups, rounds, samples), rounds, samples)
 
 
