@@ -54,6 +54,7 @@ class Monitor:
     """A ``kvm_stat`` log-mode process, running once its header is out."""
 
     def __init__(self, args: Sequence[str]):
+        self._release = ReleaseWatch()
         self.proc = subprocess.Popen(support.kvm_stat_command(*args), cwd=support.REPO_ROOT,
                                      env=support.CHILD_ENV, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
@@ -64,11 +65,11 @@ class Monitor:
         self.perf_events = perf_event_fds(self.proc.pid)
 
     def close(self) -> None:
-        release = ReleaseWatch()
+        self._release.stopping()
         status = support.stop_process(self.proc)
         self.proc.stdout.close()
         self.proc.stderr.close()
-        release.wait()
+        self._release.wait()
         if status != 0:
             raise RuntimeError(f"kvm_stat exited with status {status}")
 

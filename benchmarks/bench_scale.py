@@ -156,7 +156,7 @@ def report(results: Results, rounds: int, samples: int) -> str:
         raise RuntimeError(f"no configuration could run: {errors}")
     events = next(iter(figures.values())).events
     return "\n\n".join([
-        "## Scale: kvm_stat -p on a VM process with many threads",
+        "## Scale: kvm_stat -p --engine perf on a VM process with many threads",
         f"Every kvm event and reason child ({events} events) counted per thread of a VM "
         f"process whose threads all sleep, one perf group per thread (the cost of as "
         f"many CPUs host-wide). Each configuration ran in a fresh process, backends "

@@ -115,41 +115,65 @@ def thread_cpu_ns(pid: int, tid: int) -> int:
         return int(f.read().split()[0])
 
 
+#: a release process that appears this long after kvm_stat was told to
+#: stop is taken for that run's (other users' kvm_stat may release too)
+RELEASE_GRACE = 0.5
+
+
 def _release_pids() -> Set[int]:
+    """Release processes that have not exited (zombies left out)."""
     pids = set()
     for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/comm") as f:
-                    if f.read().strip() == RELEASE_COMM:
-                        pids.add(int(entry))
-            except OSError:
-                pass
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue  # gone meanwhile
+        comm, _, rest = stat.partition(b"(")[2].rpartition(b")")
+        if comm == RELEASE_COMM.encode() and rest[1:2] not in (b"Z", b"X"):
+            pids.add(int(entry))
     return pids
 
 
 class ReleaseWatch:
-    """Waits for the detached release processes started after it was made.
+    """Waits for the detached release process of one kvm_stat run.
 
     kvm_stat hands the kernel's slow perf-event teardown to a detached
     process (kvmstat.teardown.close_detached).  Measurements that follow
     one another wait for it, so that one run's teardown does not load the
-    next run's measurement.
+    next.  Call :meth:`stopping` as kvm_stat is stopped: the release
+    processes that appear within RELEASE_GRACE seconds are that run's.
     """
 
     def __init__(self) -> None:
+        self.stopping()
+
+    def stopping(self) -> float:
+        """Note that kvm_stat is being stopped now; returns that time."""
         self._before = _release_pids()
-        self.started = time.monotonic()
+        self.stopped = time.monotonic()
+        return self.stopped
 
     def wait(self, timeout: float = 60.0) -> float:
-        """Wait until the new release processes have exited; returns the
-        seconds since this watch was made (or since *timeout* ran out)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not _release_pids() - self._before:
+        """Wait until the run's release processes have exited; returns when
+        they were last seen, in seconds after :meth:`stopping`."""
+        mine: Set[int] = set()
+        last_seen = self.stopped
+        while True:
+            now = time.monotonic()
+            current = _release_pids()
+            if now - self.stopped <= RELEASE_GRACE:
+                mine |= current - self._before
+            if mine & current:
+                last_seen = now
+            elif now - self.stopped > RELEASE_GRACE:
+                break
+            if now - self.stopped > timeout:
                 break
             time.sleep(0.02)
-        return time.monotonic() - self.started
+        return last_seen - self.stopped
 
 
 def interrupt(proc: subprocess.Popen) -> None:
