@@ -55,13 +55,24 @@ def marker(name: str) -> str:
     return f"<!-- benchmark: {name} -->"
 
 
-def _commit() -> str:
+def _git(*args: str) -> str:
     try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=support.REPO_ROOT,
-                             capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", *args], cwd=support.REPO_ROOT, capture_output=True,
+                             text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def _commit() -> str:
+    """The commit measured, "-dirty" when tracked files differ from it (the
+    results file itself, which a run rewrites, aside)."""
+    commit = _git("rev-parse", "--short", "HEAD")
+    if not commit:
         return "unknown"
-    return out.stdout.strip() or "unknown"
+    changed = _git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                   ":(exclude)benchmarks/RESULTS.md")
+    return commit + ("-dirty" if changed else "")
 
 
 def header(quick: bool) -> str:
