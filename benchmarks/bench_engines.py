@@ -53,12 +53,12 @@ for _path in (REPO_ROOT, os.path.join(REPO_ROOT, "tests"), os.path.dirname(__fil
 from bench_exporter import GuestThreads  # noqa: E402
 from helpers.kvmguest import KVM_RUN, Guest, GuestProcess  # noqa: E402
 from kvmstat.errors import Error  # noqa: E402
-from kvmstat.events import Child, Event, detect_vendor, load_events, parse_format  # noqa: E402
-from kvmstat.paths import Paths  # noqa: E402
+from kvmstat.tracefs.events import Child, Event, detect_vendor, load_events, parse_format  # noqa: E402
+from kvmstat.host.paths import Paths  # noqa: E402
 from kvmstat.providers.bpf_tracepoints import BpfTracepointProvider  # noqa: E402
 from kvmstat.providers.tracepoints import TracepointProvider  # noqa: E402
-from kvmstat.sources import open_sampler  # noqa: E402
-from kvmstat.teardown import close_detached  # noqa: E402
+from kvmstat.sampling.sources import open_sampler  # noqa: E402
+from kvmstat.sampling.teardown import close_detached  # noqa: E402
 
 TITLE = "Tracepoint engines: perf groups vs BPF"
 

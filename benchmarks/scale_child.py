@@ -4,7 +4,7 @@
     python benchmarks/scale_child.py PID BACKEND SAMPLES
 
 Counts every kvm event of VM process PID the way ``kvm_stat -p PID`` does
-(the command's imports, then :func:`kvmstat.sources.open_sampler`), with the
+(the command's imports, then :func:`kvmstat.sampling.sources.open_sampler`), with the
 counting backend BACKEND ("c" or "python"), takes SAMPLES samples, then
 SAMPLES reads of the provider alone, and prints one JSON object: CPU times
 (user and system, seconds) of each phase, peak RSS, open descriptors and
@@ -36,9 +36,9 @@ def main(pid: int, backend: str, samples: int) -> dict:
     out = {"interpreter": since((0.0, 0.0))}
     mark = cpu()
     sys.path.insert(0, REPO_ROOT)
-    import kvmstat.cli  # noqa: F401  (what the kvm_stat command imports)
+    import kvmstat.frontends.cli  # noqa: F401  (what the kvm_stat command imports)
     from kvmstat.errors import Error
-    from kvmstat.sources import open_sampler
+    from kvmstat.sampling.sources import open_sampler
     out["imports"] = since(mark)
 
     mark = cpu()

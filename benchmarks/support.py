@@ -33,7 +33,7 @@ CHILD_ENV = {name: value for name, value in os.environ.items()
              if name != "PYTHONDONTWRITEBYTECODE"}
 
 #: comm of the detached process that pays the kernel's perf-event teardown
-#: (kvmstat.teardown.PROCESS_NAME; repeated so this module imports no kvmstat)
+#: (kvmstat.sampling.teardown.PROCESS_NAME; repeated so this module imports no kvmstat)
 RELEASE_COMM = "kvmstat-release"
 
 
@@ -141,7 +141,7 @@ class ReleaseWatch:
     """Waits for the detached release process of one kvm_stat run.
 
     kvm_stat hands the kernel's slow perf-event teardown to a detached
-    process (kvmstat.teardown.close_detached).  Measurements that follow
+    process (kvmstat.sampling.teardown.close_detached).  Measurements that follow
     one another wait for it, so that one run's teardown does not load the
     next.  Call :meth:`stopping` as kvm_stat is stopped: the release
     processes that appear within RELEASE_GRACE seconds are that run's.

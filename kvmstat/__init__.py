@@ -44,17 +44,20 @@ Typical use::
 
 from typing import Any
 
+from . import _compat
 from .errors import (AccessDenied, Error, InvalidArgument, NativeError, NoSuchVM,
                      NotAvailable, TooManyEvents, VMGone)
-from .fields import FieldFilter, child_name, is_child, parent_of, reason_of
-from .paths import Paths
+from .sampling.fields import FieldFilter, child_name, is_child, parent_of, reason_of
+from .host.paths import Paths
 from .providers.base import Histograms, HistogramValues, Provider, Totals
 from .providers.tracepoints import TracepointProvider
-from .sources import list_fields, open_providers, open_sampler
-from .stats import FieldValues, Sample, Sampler
-from .vms import VM, find_vm, find_vm_by_name, list_vms
+from .sampling.sources import list_fields, open_providers, open_sampler
+from .sampling.sampler import FieldValues, Sample, Sampler
+from .host.vms import VM, find_vm, find_vm_by_name, list_vms
 
 __version__ = "0.1.0"
+
+_compat.install()
 
 __all__ = [
     "__version__",
@@ -80,13 +83,13 @@ __all__ = [
 # start-up for what its mode does not use (prometheus_client for the
 # exporter, the debugfs and binary-stats providers, the host diagnosis).
 _LAZY = {
-    "KvmCollector": "exporter",
+    "KvmCollector": "frontends.exporter",
     "DebugfsProvider": "providers.debugfs",
     "BinstatsProvider": "providers.binstats",
-    "HostCheck": "check",
-    "ProviderCheck": "check",
-    "check_host": "check",
-    "format_check": "check",
+    "HostCheck": "frontends.check",
+    "ProviderCheck": "frontends.check",
+    "check_host": "frontends.check",
+    "format_check": "frontends.check",
 }
 
 

@@ -1,6 +1,6 @@
 """``python -m kvmstat`` runs the ``kvm_stat`` command."""
 
-from .cli import console_main
+from .frontends.cli import console_main
 
 if __name__ == "__main__":
     console_main()

@@ -1,16 +1,208 @@
-"""Write man/kvm_stat.1 from kvm_stat's argument parser.
+"""The ``kvm_stat(1)`` man page, rendered in roff from the argument parser.
 
-Run from the repository root after changing an option or a man page text:
+The synopsis and the OPTIONS section come from :func:`kvmstat.frontends.cli.build_parser`,
+so the page cannot fall behind the options; the other sections are text
+kept here.  ``man/kvm_stat.1`` in the repository is the output of
+:func:`render`.  Run from the repository root after changing an option or a
+man page text (a test checks the page is fresh)::
+
     python tools/manpage.py
 """
 
+from __future__ import annotations
+
+import argparse
 import os
 import sys
+from typing import List, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-from kvmstat.manpage import render  # noqa: E402
+__all__ = ["render", "roff_escape"]
+
+_TITLE = 'kvm_stat \\- show what KVM guests make the host do'
+
+# Sections after OPTIONS: (title, paragraphs); a paragraph starting with
+# ".EX" is an example block, one with "\t" a tagged paragraph (tag, text).
+_SECTIONS = [
+    ("MODES", [
+        "Without \\fB-1\\fR, \\fB-l\\fR, \\fB-L\\fR, \\fB--serve\\fR or \\fB--check\\fR "
+        "the curses display runs.",
+        "\tBatch (\\fB-1\\fR)\tOpens the events, waits one second and prints every field "
+        "sorted by name, one line each: the name left-aligned in 42 columns, the count "
+        "since start and the count during that second, each right-aligned in 10 columns.",
+        "\tLog (\\fB-l\\fR, \\fB-L\\fR \\fIFILE\\fR)\tEvery \\fIDELAY\\fR seconds one row "
+        "with the delta of each field over that interval (not per second). The field "
+        "list is fixed at start. Row k is due at start + k \\(mu \\fIDELAY\\fR, so rows do "
+        "not drift; every row is flushed when written.",
+        "\tExporter (\\fB--serve\\fR)\tServes \\fB/metrics\\fR in the Prometheus text "
+        "format (OpenMetrics when asked for), read at scrape time: \\fBkvm_\\fR\\fIevent\\fR"
+        "\\fB_total\\fR counters with \\fBreason\\fR labels for child events and "
+        "\\fBpid\\fR and \\fBguest\\fR labels per VM; instant and peak values are gauges.",
+        "\tCheck (\\fB--check\\fR)\tPrints a table of the providers (and of per-VM "
+        "attribution): available or not, the reason, and the fix; then notes on the host.",
+    ]),
+    ("PROVIDERS", [
+        "\ttracepoints (\\fB-t\\fR, the default)\tperf counting of every kvm tracepoint, "
+        "one counter per reason for events that carry one; per CPU host-wide, per thread "
+        "for one VM or by guest.",
+        "\tdebugfs (\\fB-d\\fR)\tKVM's statistics files, host-wide and per VM directory; "
+        "under kernel lockdown only the files that can be read are shown, the others are "
+        "named once on standard error.",
+        "\tbinary statistics (\\fB--binstats\\fR)\tKVM's own statistics, read from the "
+        "statistics descriptors VM processes hold (QEMU 8.1 and newer keep them open); "
+        "free for the guests and readable under lockdown.",
+    ]),
+    ("LOG FORMATS", [
+        "\tplain\tA banner of the field names, each followed by one space, then rows of "
+        "the local time (YYYY-MM-DD HH:MM:SS) followed by each delta in 10 columns. The "
+        "banner is repeated after every 20 printed rows.",
+        "\tCSV (\\fB-c\\fR)\tA header \\fBtimestamp,\\fR\\fIname\\fR,... written once per "
+        "file or stream, then rows \\fItimestamp\\fR,\\fIdelta\\fR,.... Appending to a "
+        "file whose header differs moves that file aside to \\fIFILE\\fR.\\fItimestamp\\fR "
+        "and starts a new one (with a note on standard error).",
+        "\tJSON (\\fB--json\\fR)\tOne object per line: {\"time\": unix seconds, "
+        "\"interval\": seconds, \"fields\": {\"name\": {\"total\": N, \"delta\": N}, ...}}, "
+        "and with \\fB--by-guest\\fR \"guests\": {\"pid\": {\"name\": ..., \"fields\": {...}}}. "
+        "Histogram statistics, where the providers have any, come under \"histograms\": "
+        "{\"name\": {\"since\": ..., \"counts\": [...], ...}} (and in each guest's object).",
+        "\tby guest\tWith \\fB--by-guest\\fR one row per VM and interval, sorted by pid: "
+        "plain rows have the pid and the guest name (\\fB-\\fR when it has none) after the "
+        "time, under the banner \\fBpid guest\\fR \\fIname\\fR...; CSV rows are "
+        "\\fItimestamp\\fR,\\fIpid\\fR,\\fIguest\\fR,\\fIdelta\\fR,... under the header "
+        "\\fBtimestamp,pid,guest,\\fR\\fIname\\fR,....",
+        "With \\fB-z\\fR, rows whose deltas are all zero are left out (they do not count "
+        "for the banner).",
+    ]),
+    ("SIGNALS", [
+        "\tSIGHUP\tWith \\fB-L\\fR: close and reopen \\fIFILE\\fR (after logrotate or "
+        "\\fBsystemctl reload\\fR); a new or empty file gets the header first. Ignored with "
+        "\\fB-l\\fR.",
+        "\tSIGTERM, SIGINT\tWrite the row of the interval in progress, close and exit 0. "
+        "No row is lost or torn.",
+        "\tSIGPIPE\tA reader that goes away (\\fBkvm_stat -l | head\\fR) ends the program "
+        "quietly with status 0.",
+    ]),
+    ("EXIT STATUS", [
+        "0 on success, also when stopped by SIGTERM or SIGINT in log mode, when the "
+        "reader of a pipe goes away, and when the VM watched with \\fB-p\\fR or \\fB-g\\fR "
+        "exits (after its counts up to the exit). 1 on an error, reported as one line "
+        "\\fBError:\\fR ... on standard error, and for \\fB--check\\fR when no provider "
+        "works. 2 on a usage error.",
+    ]),
+    ("ENVIRONMENT", [
+        "\t\\fBKVMSTAT_BACKEND\\fR=\\fBpython\\fR\tCount with the pure-Python implementation "
+        "of the counting core instead of the C one (perf groups: \\fB--engine auto\\fR then "
+        "does not use BPF, which exists only in C).",
+    ]),
+    ("FILES", [
+        "\t\\fIcontrib/systemd/kvm_stat.service\\fR\tA systemd unit logging CSV every 10 "
+        "seconds from debugfs and tracepoints, without zero rows, to "
+        "\\fI/var/log/kvm_stat.csv\\fR; reloaded by SIGHUP, restarted on failure.",
+        "\t\\fIcontrib/logrotate/kvm_stat\\fR\tIts logrotate configuration.",
+    ]),
+    ("EXAMPLES", [
+        ".EX\nkvm_stat -1 -p 1234\nkvm_stat -l -s 0.5 -f 'kvm_(exit|pio)'\n"
+        "kvm_stat -dtcz -s 10 -L /var/log/kvm_stat.csv\nkvm_stat -l --json | jq .fields",
+    ]),
+    ("SEE ALSO", [
+        "\\fBperf\\fR(1), \\fBperf_event_open\\fR(2), \\fBlogrotate\\fR(8), "
+        "\\fBsystemd.service\\fR(5)",
+    ]),
+]
+
+
+def roff_escape(text: str) -> str:
+    """Escape plain *text* for roff: backslashes, minus signs, and a leading
+    ``.`` or ``'`` that would start a request."""
+    text = text.replace("\\", "\\e").replace("-", "\\-")
+    return "\n".join("\\&" + line if line[:1] in (".", "'") else line
+                     for line in text.split("\n"))
+
+
+def _marked_up(text: str) -> str:
+    # Section text already holds roff font escapes; only the minus signs of
+    # option names need escaping.
+    return text.replace("-", "\\-")
+
+
+def _option_label(action: argparse.Action) -> str:
+    value = _value_name(action)
+    names = ", ".join(f"\\fB{roff_escape(opt)}\\fR" for opt in action.option_strings)
+    return f"{names} \\fI{roff_escape(value)}\\fR" if value else names
+
+
+def _value_name(action: argparse.Action) -> Optional[str]:
+    if action.nargs == 0:
+        return None
+    if action.metavar is not None:
+        return action.metavar
+    if action.choices:
+        return "|".join(str(c) for c in action.choices)
+    return action.dest.upper()
+
+
+def _help_text(action: argparse.Action, parser: argparse.ArgumentParser) -> str:
+    text = action.help or ""
+    if "%" in text:  # the same expansion argparse does for --help
+        text = text % dict(vars(action), prog=parser.prog)
+    if action.choices and action.metavar is not None:
+        text += f" (one of: {', '.join(str(c) for c in action.choices)})"
+    return text
+
+
+def _synopsis(parser: argparse.ArgumentParser) -> List[str]:
+    lines = [".SY kvm_stat"]
+    for action in parser._actions:
+        if not action.option_strings:
+            continue
+        first = roff_escape(action.option_strings[0])
+        value = _value_name(action)
+        if value:
+            lines.append(f".OP {first} {roff_escape(value)}")
+        else:
+            lines.append(f".OP {first}")
+    lines.append(".YS")
+    return lines
+
+
+def _paragraph(text: str) -> List[str]:
+    if text.startswith(".EX\n"):
+        return [".PP", ".EX", *(roff_escape(line) for line in text.split("\n")[1:]), ".EE"]
+    if text.startswith("\t"):
+        tag, body = text[1:].split("\t", 1)
+        return [".TP", _marked_up(tag), _marked_up(body)]
+    return [".PP", _marked_up(text)]
+
+
+def render(parser: Optional[argparse.ArgumentParser] = None, version: Optional[str] = None) -> str:
+    """The man page of *parser* (default: kvm_stat's) as roff text."""
+    if parser is None or version is None:
+        if ROOT not in sys.path:
+            sys.path.insert(0, ROOT)
+        from kvmstat import __version__
+        from kvmstat.frontends.cli import build_parser
+        parser = parser or build_parser()
+        version = version or __version__
+    lines = [
+        '.\\" Generated from kvm_stat\'s argument parser by tools/manpage.py: do not edit.',
+        f'.TH KVM_STAT 1 "" "kvmstat {version}" "User Commands"',
+        ".SH NAME", _TITLE,
+        ".SH SYNOPSIS", *_synopsis(parser),
+        ".SH DESCRIPTION", roff_escape(parser.description or ""),
+        ".SH OPTIONS",
+    ]
+    for action in parser._actions:
+        if action.option_strings:
+            lines += [".TP", _option_label(action), roff_escape(_help_text(action, parser))]
+    if parser.epilog:
+        lines += [".SH NOTES", roff_escape(parser.epilog)]
+    for title, paragraphs in _SECTIONS:
+        lines.append(f".SH {title}")
+        for text in paragraphs:
+            lines += _paragraph(text)
+    return "\n".join(lines) + "\n"
+
 
 if __name__ == "__main__":
     target = os.path.join(ROOT, "man", "kvm_stat.1")

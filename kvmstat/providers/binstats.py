@@ -31,9 +31,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
-from .. import pidfd
+from ..host import pidfd
 from ..errors import AccessDenied, NoSuchVM, NotAvailable, VMGone
-from ..vms import fd_links, find_vm, list_vms, start_time
+from ..host.vms import fd_links, find_vm, list_vms, start_time
 from .base import SINCE_CREATION, SINCE_START, HistogramValues, Histograms, Provider, Totals
 from .binstats_format import (TYPE_CUMULATIVE, TYPE_INSTANT, TYPE_LINEAR_HIST, TYPE_PEAK,
                               StatDesc, StatsFormatError, StatsLayout, bucket_bounds, read_layout)
@@ -326,7 +326,7 @@ class BinstatsProvider(Provider):
     not a VM and :class:`NotAvailable` if no VM process (or not *pid*)
     holds statistics descriptors.
 
-    One sample is :meth:`refresh` then reads, as :class:`~kvmstat.stats.Sampler`
+    One sample is :meth:`refresh` then reads, as :class:`~kvmstat.sampling.sampler.Sampler`
     does: :meth:`read` takes a new reading (one pread per descriptor), and
     :meth:`read_by_vm`, :meth:`read_by_vcpu`, :meth:`read_histograms` and
     :meth:`read_histograms_by_vm` each use that same reading once, so that

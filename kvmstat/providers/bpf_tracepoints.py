@@ -1,7 +1,7 @@
 """The tracepoint provider on the BPF engine (``--engine bpf``).
 
 One BPF program per selected tracepoint counts every hit, on every CPU, per
-process and per reason (:mod:`kvmstat.bpfengine`); the fields are the same
+process and per reason (:mod:`kvmstat.counting.bpf`); the fields are the same
 as with perf groups (:class:`~kvmstat.providers.tracepoints.TracepointProvider`):
 each parent counts all its reasons, each child ``parent(REASON)`` the codes
 of its reason.  The descriptors held do not depend on the number of CPUs,
@@ -27,10 +27,10 @@ from __future__ import annotations
 
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
-from ..bpfengine import BpfCounter, BpfEventSpec
+from ..counting.bpf import BpfCounter, BpfEventSpec
 from ..errors import NotAvailable
-from ..events import Event, load_events
-from ..vms import VM, VMWatch, process_alive
+from ..tracefs.events import Event, load_events
+from ..host.vms import VM, VMWatch, process_alive
 from .counting import CountingProvider
 from .tracepoints import selected_fields
 
@@ -89,7 +89,7 @@ class BpfTracepointProvider(CountingProvider):
     :class:`~kvmstat.providers.tracepoints.TracepointProvider` (no
     *backend*: the BPF engine exists only in the C extension), plus
     *max_entries*, the capacity of the count table (None: sized by the
-    number of CPUs, see :class:`~kvmstat.bpfengine.BpfCounter`).
+    number of CPUs, see :class:`~kvmstat.counting.bpf.BpfCounter`).
     """
 
     name = "tracepoints"

@@ -1,11 +1,11 @@
 """What the tracepoint providers of both engines share: fields read in bulk
 as totals plus one row per VM, and the following of VMs.
 
-A counting engine (perf groups: :class:`kvmstat.native.CounterSet`; BPF:
-:class:`kvmstat.bpfengine.BpfCounter`) is read in one native call as
+A counting engine (perf groups: :class:`kvmstat.counting.native.CounterSet`; BPF:
+:class:`kvmstat.counting.bpf.BpfCounter`) is read in one native call as
 ``(totals, flat bucket matrix)``.  :class:`CountingProvider` turns that into
 the :class:`~kvmstat.providers.base.Provider` interface, gives every
-followed VM a bucket (row), and follows VMs with :class:`kvmstat.vms.VMWatch`:
+followed VM a bucket (row), and follows VMs with :class:`kvmstat.host.vms.VMWatch`:
 what to do when a VM or one of its kernel helper threads comes or goes is
 engine business, done in the ``_vm_*``/``_helpers_*`` hooks.
 
@@ -22,7 +22,7 @@ import heapq
 from typing import Dict, List, Optional, Protocol, Sequence, Tuple
 
 from ..errors import VMGone
-from ..vms import VM, VMChanges, VMWatch
+from ..host.vms import VM, VMChanges, VMWatch
 from .base import Provider, Totals
 
 __all__ = ["CountingProvider", "Counter"]
@@ -44,7 +44,7 @@ class CountingProvider(Provider):
     """Fields counted by one engine object, host-wide or per VM.
 
     Subclasses set :attr:`_counter` and, to follow VMs, call :meth:`_follow`
-    with a :class:`~kvmstat.vms.VMWatch`; they implement the hooks below.
+    with a :class:`~kvmstat.host.vms.VMWatch`; they implement the hooks below.
     """
 
     #: how the events are counted, shown to users ("perf", "bpf")
@@ -153,7 +153,7 @@ class CountingProvider(Provider):
 
     @property
     def vms(self) -> Dict[int, VM]:
-        """The VMs counted now (pid -> :class:`~kvmstat.vms.VM`); empty host-wide."""
+        """The VMs counted now (pid -> :class:`~kvmstat.host.vms.VM`); empty host-wide."""
         return dict(self._watch.vms) if self._watch is not None else {}
 
     def read(self) -> Totals:

@@ -4,7 +4,7 @@ Each selected event (and each child event, a filtered copy of its parent)
 becomes one member of a perf group.  Host-wide, one group is opened per
 online CPU.  For one VM (``pid=``) or per VM (``by_vm=True``), one group is
 opened per thread of each VM process, and per kernel thread working for it
-(:mod:`kvmstat.vms`), tagged with the VM's bucket so that one native read
+(:mod:`kvmstat.host.vms`), tagged with the VM's bucket so that one native read
 returns per-VM sums.  Those groups inherit (perf ``inherit``): threads a VM
 starts later are counted from their first event, also once they ended,
 without new groups; :meth:`TracepointProvider.refresh` only looks for VMs
@@ -16,11 +16,11 @@ from __future__ import annotations
 import errno
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from .. import native
+from ..counting import native
 from ..errors import NativeError, NoSuchVM
-from ..events import Child, Event, load_events
-from ..resources import ensure_open_files
-from ..vms import VM, VMChanges, VMWatch, thread_exiting
+from ..tracefs.events import Child, Event, load_events
+from ..host.resources import ensure_open_files
+from ..host.vms import VM, VMChanges, VMWatch, thread_exiting
 from .counting import CountingProvider
 
 __all__ = ["TracepointProvider", "online_cpus", "event_fields", "event_specs", "selected_fields"]
@@ -81,7 +81,7 @@ class TracepointProvider(CountingProvider):
 
     *tracefs* is the tracefs mount point.  *fields* limits the events opened
     (None: all).  *events* may be given to skip reading the format files
-    again (see :func:`kvmstat.events.load_events`).
+    again (see :func:`kvmstat.tracefs.events.load_events`).
 
     - default: one perf group per online CPU (every event of the host);
       :meth:`read_by_vm` gives nothing.
@@ -91,7 +91,7 @@ class TracepointProvider(CountingProvider):
       readable).  :meth:`read_by_vm` gives that one VM.
     - *by_vm*: every VM process, followed as VMs start and exit; totals are
       the sum over the VMs.  *debugfs* (optional) makes finding new VMs
-      cheap (see :class:`kvmstat.vms.VMWatch`).
+      cheap (see :class:`kvmstat.host.vms.VMWatch`).
 
     Per VM (*pid*, *by_vm*) the totals are what the VMs' threads and helper
     threads did since they were opened, including VMs that have exited

@@ -151,7 +151,7 @@ def nobody_runner() -> Optional[NobodyRunner]:
             candidates.append(found)
     for python in candidates:
         try:
-            probe = subprocess.run([*AS_NOBODY, python, "-c", "import kvmstat.cli"],
+            probe = subprocess.run([*AS_NOBODY, python, "-c", "import kvmstat.frontends.cli"],
                                    env=dict(os.environ, PYTHONPATH=pythonpath),
                                    capture_output=True, timeout=30, cwd="/")
         except (OSError, subprocess.TimeoutExpired):

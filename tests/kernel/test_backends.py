@@ -14,7 +14,7 @@ import time
 import pytest
 
 from kvmstat.errors import NativeError
-from kvmstat.native import (PER_CPU, PER_THREAD, PER_THREAD_INHERIT, EventSpec,
+from kvmstat.counting.native import (PER_CPU, PER_THREAD, PER_THREAD_INHERIT, EventSpec,
                             available_backends, open_counter_set)
 from kvmstat.providers.tracepoints import online_cpus
 
@@ -325,7 +325,7 @@ def test_a_read_refused_while_a_thread_exits_keeps_the_last_values(monkeypatch):
     values stand in (the C core does the same; here the refusal is injected)."""
     import errno
 
-    from kvmstat import pyperf
+    from kvmstat.counting import pybackend as pyperf
 
     with _thread_set("python") as cs:
         cs.enable()

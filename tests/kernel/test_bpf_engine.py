@@ -16,11 +16,11 @@ import sys
 
 import pytest
 
-from kvmstat.bpfengine import (BpfCounter, BpfEventSpec, BpfLoadError,
+from kvmstat.counting.bpf import (BpfCounter, BpfEventSpec, BpfLoadError,
                                BpfTableFull, bpf_supported)
 from kvmstat.errors import InvalidArgument, NativeError
-from kvmstat.events import load_events, parse_format
-from kvmstat.native import PER_THREAD, EventSpec, open_counter_set
+from kvmstat.tracefs.events import load_events, parse_format
+from kvmstat.counting.native import PER_THREAD, EventSpec, open_counter_set
 from kvmstat.providers.tracepoints import online_cpus
 
 pytestmark = pytest.mark.kernel
@@ -342,7 +342,7 @@ def test_unknown_tracepoint_is_a_clear_error():
 
 KILLED_CHILD = """
 import sys, time
-from kvmstat.bpfengine import BpfCounter, BpfEventSpec
+from kvmstat.counting.bpf import BpfCounter, BpfEventSpec
 c = BpfCounter([BpfEventSpec("kvm_pio", {tp})] * {n}, [])
 print("ready", flush=True)
 time.sleep(60)

@@ -13,7 +13,7 @@ import pytest
 
 import kvmstat
 from kvmstat.errors import VMGone
-from kvmstat.paths import Paths
+from kvmstat.host.paths import Paths
 from kvmstat.providers.debugfs import FIELD_KINDS, list_vm_directories, probe_debugfs, stat_kind
 
 from helpers.commands import kvm_stat

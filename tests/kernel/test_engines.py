@@ -22,9 +22,9 @@ import time
 import pytest
 
 import kvmstat
-from kvmstat import cli
-from kvmstat.bpfengine import bpf_supported
-from kvmstat.paths import Paths
+from kvmstat.frontends import cli
+from kvmstat.counting.bpf import bpf_supported
+from kvmstat.host.paths import Paths
 from kvmstat.providers.tracepoints import online_cpus
 
 from conftest import _skip_or_fail
@@ -208,7 +208,7 @@ def bad_offset_tracefs(tmp_path, tracefs):
 def run_batch_in_process(monkeypatch, capsys, paths, argv, work):
     """``kvm_stat -1 ARGV`` in this process on *paths*, *work* in its second."""
     monkeypatch.setattr(cli, "Paths", lambda: paths)
-    monkeypatch.setattr("kvmstat.cli.time.sleep", lambda seconds: work())
+    monkeypatch.setattr("kvmstat.frontends.cli.time.sleep", lambda seconds: work())
     status = cli.main(["-1", *argv])
     out, err = capsys.readouterr()
     return status, out, err

@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from kvmstat.paths import Paths
+from kvmstat.host.paths import Paths
 from kvmstat.providers.debugfs import probe_debugfs
 
 from helpers.commands import AS_NOBODY, PACKAGE_ROOT, nobody_runner

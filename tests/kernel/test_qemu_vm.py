@@ -16,7 +16,7 @@ import uuid
 import pytest
 
 import kvmstat
-from kvmstat.vms import find_vm_by_name
+from kvmstat.host.vms import find_vm_by_name
 
 from helpers.commands import kvm_stat
 from helpers.qemuguest import QemuGuest

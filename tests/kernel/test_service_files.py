@@ -20,7 +20,7 @@ import pytest
 from conftest import require_kvm_env
 from helpers.commands import killed_on_failure, start_kvm_stat, wait_for
 from helpers.logfiles import check_csv, column_sum, complete_lines
-from kvmstat.sources import PROVIDERS
+from kvmstat.sampling.sources import PROVIDERS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 UNIT = os.path.join(ROOT, "contrib", "systemd", "kvm_stat.service")

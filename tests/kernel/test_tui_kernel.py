@@ -16,9 +16,9 @@ import pytest
 
 from helpers.commands import KVM_STAT, perf_event_fds, wait_for
 from helpers.ptyterm import PtyTerminal
-from kvmstat import teardown
+from kvmstat.sampling import teardown
 from kvmstat.providers.tracepoints import online_cpus
-from kvmstat.sources import list_fields
+from kvmstat.sampling.sources import list_fields
 
 HEADER = '%-40s %10s%7s %8s' % ('Event', 'Total', '%Total', 'CurAvg/s')
 GUEST_HEADER = '%-40s %10s%7s %8s' % ('Guest Name', 'Total', '%Total', 'CurAvg/s')

@@ -14,7 +14,7 @@ import uuid
 import pytest
 
 import kvmstat
-from kvmstat.vms import find_vm_by_name, list_vms
+from kvmstat.host.vms import find_vm_by_name, list_vms
 
 from helpers.batchwindow import start_batch
 from helpers.commands import kvm_stat, wait_for

@@ -1,4 +1,4 @@
-"""A fake BPF engine with the interface of kvmstat.bpfengine.BpfCounter.
+"""A fake BPF engine with the interface of kvmstat.counting.bpf.BpfCounter.
 
 Tests add hits with ``counter.hit(tgid, event_name, reason=0, n=1)``; the
 fake keeps a table keyed by (event index, tgid, reason) like the real one,
@@ -8,7 +8,7 @@ counting only ``only_pid`` and the processes given to ``also_count`` when
 
 from __future__ import annotations
 
-from kvmstat.bpfengine import BpfEntry, BpfField
+from kvmstat.counting.bpf import BpfEntry, BpfField
 from kvmstat.errors import InvalidArgument
 
 
@@ -126,6 +126,6 @@ def install(monkeypatch, supported=(True, "")):
         return counter
 
     monkeypatch.setattr("kvmstat.providers.bpf_tracepoints.BpfCounter", make)
-    monkeypatch.setattr("kvmstat.bpfengine.bpf_supported",
+    monkeypatch.setattr("kvmstat.counting.bpf.bpf_supported",
                         lambda tracepoint_id=None: supported)
     return created

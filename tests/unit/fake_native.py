@@ -1,4 +1,4 @@
-"""A fake counting core with the interface of kvmstat.native.CounterSet.
+"""A fake counting core with the interface of kvmstat.counting.native.CounterSet.
 
 Tests set ``counts[(target, event_name)]``; reads sum them like the real core
 (retired groups keep their last counts).
@@ -93,7 +93,7 @@ class FakeCounterSet:
 
 
 def install(monkeypatch, gone=(), refuse=None):
-    """Make kvmstat.native.open_counter_set return FakeCounterSets; returns the list of them.
+    """Make kvmstat.counting.native.open_counter_set return FakeCounterSets; returns the list of them.
 
     The fake core has no BPF engine: ``--engine auto`` picks perf groups.
     """
@@ -104,7 +104,7 @@ def install(monkeypatch, gone=(), refuse=None):
         created.append(counter_set)
         return counter_set
 
-    monkeypatch.setattr("kvmstat.native.open_counter_set", open_counter_set)
-    monkeypatch.setattr("kvmstat.bpfengine.bpf_supported",
+    monkeypatch.setattr("kvmstat.counting.native.open_counter_set", open_counter_set)
+    monkeypatch.setattr("kvmstat.counting.bpf.bpf_supported",
                         lambda tracepoint_id=None: (False, "the fake counting core has no BPF"))
     return created

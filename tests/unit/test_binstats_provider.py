@@ -17,9 +17,10 @@ import time
 import pytest
 
 import kvmstat
-from kvmstat import cli, pidfd
+from kvmstat.frontends import cli
+from kvmstat.host import pidfd
 from kvmstat.errors import AccessDenied, NoSuchVM, NotAvailable, VMGone
-from kvmstat.paths import Paths
+from kvmstat.host.paths import Paths
 from kvmstat.providers import binstats as binstats_module
 from kvmstat.providers.base import SINCE_CREATION, SINCE_START, HistogramValues
 from kvmstat.providers.binstats import BinstatsProvider, binstats_fields, stats_fd_refs

@@ -11,13 +11,13 @@ import types
 import pytest
 from hypothesis import given, strategies as st
 
-from kvmstat import bpfengine
-from kvmstat.bpfengine import (BpfCounter, BpfEntry, BpfEventSpec, BpfField,
+from kvmstat.counting import bpf as bpfengine
+from kvmstat.counting.bpf import (BpfCounter, BpfEntry, BpfEventSpec, BpfField,
                                BpfLoadError, BpfTableFull, bpf_supported)
 from kvmstat.errors import (AccessDenied, InvalidArgument, NativeError,
                             NotAvailable, TooManyEvents)
-from kvmstat.events import Field
-from kvmstat.native import binding
+from kvmstat.tracefs.events import Field
+from kvmstat.counting.native import binding
 
 try:
     FFI = binding().ffi
@@ -133,7 +133,7 @@ class FakeLib:
 
 @pytest.fixture
 def fake(monkeypatch):
-    """install(**FakeLib options) -> FakeLib used by kvmstat.bpfengine."""
+    """install(**FakeLib options) -> FakeLib used by kvmstat.counting.bpf."""
     if FFI is None:
         pytest.skip("kvmstat._native is not built")
 

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from kvmstat.errors import NotAvailable, VMGone
-from kvmstat.events import load_events
+from kvmstat.tracefs.events import load_events
 from kvmstat.providers.bpf_tracepoints import BpfTracepointProvider, bpf_layout
 from kvmstat.providers.tracepoints import event_fields, event_specs
 

@@ -5,11 +5,11 @@ import os
 
 import pytest
 
-from kvmstat import check as check_mod
-from kvmstat import cli
-from kvmstat.check import HostCheck, ProviderCheck, check_host, format_check
+from kvmstat.frontends import check as check_mod
+from kvmstat.frontends import cli
+from kvmstat.frontends.check import HostCheck, ProviderCheck, check_host, format_check
 from kvmstat.errors import AccessDenied, NativeError, NotAvailable
-from kvmstat.paths import Paths
+from kvmstat.host.paths import Paths
 
 import fake_native
 from fake_debugfs import HOST, lock_down, make_debugfs
@@ -102,7 +102,7 @@ def test_engine_row_without_bpf(tmp_path, monkeypatch):
 
 def test_engine_row_with_bpf(tmp_path, monkeypatch):
     paths = working_host(tmp_path, monkeypatch)
-    monkeypatch.setattr("kvmstat.bpfengine.bpf_supported", lambda tracepoint_id=None: (True, ""))
+    monkeypatch.setattr("kvmstat.counting.bpf.bpf_supported", lambda tracepoint_id=None: (True, ""))
     opened = []
 
     class Works:
@@ -126,7 +126,7 @@ def test_engine_row_with_bpf(tmp_path, monkeypatch):
 
 def test_engine_row_when_loading_fails(tmp_path, monkeypatch):
     paths = working_host(tmp_path, monkeypatch)
-    monkeypatch.setattr("kvmstat.bpfengine.bpf_supported", lambda tracepoint_id=None: (True, ""))
+    monkeypatch.setattr("kvmstat.counting.bpf.bpf_supported", lambda tracepoint_id=None: (True, ""))
 
     def rejected(*args, **kwargs):
         raise NativeError("the kernel's verifier rejected the BPF program", 13)
@@ -152,7 +152,7 @@ def test_perf_denied_names_paranoid(tmp_path, monkeypatch):
     def denied(*args, **kwargs):
         raise AccessDenied("perf_event_open denied")
 
-    monkeypatch.setattr("kvmstat.native.open_counter_set", denied)
+    monkeypatch.setattr("kvmstat.counting.native.open_counter_set", denied)
     tracepoints = check_host(paths, dev_kvm=str(tmp_path / "kvm")).providers[0]
     assert not tracepoints.available
     assert "perf_event_paranoid is 3" in tracepoints.reason

@@ -2,9 +2,9 @@
 
 import pytest
 
-from kvmstat import cli
+from kvmstat.frontends import cli
 from kvmstat.errors import NoSuchVM
-from kvmstat.paths import Paths
+from kvmstat.host.paths import Paths
 
 import fake_native
 from fakeproc import FakeProc
@@ -33,7 +33,7 @@ def row(name, total, delta):
 
 def during_the_second(monkeypatch, action):
     """Run *action* where batch mode sleeps its one second."""
-    monkeypatch.setattr("kvmstat.cli.time.sleep", lambda seconds: action())
+    monkeypatch.setattr("kvmstat.frontends.cli.time.sleep", lambda seconds: action())
 
 
 def test_by_guest_needs_batch_or_log_mode(capsys):
@@ -43,7 +43,7 @@ def test_by_guest_needs_batch_or_log_mode(capsys):
 
 
 def test_guest_name_not_found_or_ambiguous_before_anything_is_opened(proc, paths, monkeypatch):
-    monkeypatch.setattr("kvmstat.sources.open_sampler",
+    monkeypatch.setattr("kvmstat.sampling.sources.open_sampler",
                         lambda *a, **k: pytest.fail("opened events for a bad -g"))
     proc.add_vm(301, "db")
     proc.add_vm(302, "db")

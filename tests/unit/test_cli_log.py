@@ -9,10 +9,10 @@ import os
 import pytest
 from hypothesis import given, strategies as st
 
-from kvmstat import cli
+from kvmstat.frontends import cli
 from kvmstat.errors import VMGone
 from kvmstat.providers.base import Provider
-from kvmstat.stats import Sampler
+from kvmstat.sampling.sampler import Sampler
 
 
 @pytest.fixture
@@ -20,7 +20,7 @@ def nothing_opened(monkeypatch):
     """Fails the test if kvm_stat gets as far as opening events."""
     def no_open(*args, **kwargs):
         raise AssertionError("events were opened despite a bad option")
-    monkeypatch.setattr("kvmstat.sources.open_sampler", no_open)
+    monkeypatch.setattr("kvmstat.sampling.sources.open_sampler", no_open)
 
 
 def one_line_error(argv, capsys):
@@ -129,7 +129,7 @@ def test_log_file_is_opened_before_the_events(tmp_path, capsys, monkeypatch):
     def record(*args, **kwargs):
         seen.append(log_file.exists())
         raise cli.InvalidArgument("stop here")
-    monkeypatch.setattr("kvmstat.sources.open_sampler", record)
+    monkeypatch.setattr("kvmstat.sampling.sources.open_sampler", record)
     assert "stop here" in one_line_error(["-L", str(log_file), "-c"], capsys)
     assert seen == [True]
 
@@ -170,11 +170,11 @@ class VanishingProvider(Provider):
 @pytest.mark.parametrize("fmt", [["-c"], ["--json"], []])
 def test_log_mode_stops_with_status_0_when_the_vm_exits(fmt, capsys, monkeypatch):
     provider = VanishingProvider(gone_at=4)
-    monkeypatch.setattr("kvmstat.sources.open_sampler",
+    monkeypatch.setattr("kvmstat.sampling.sources.open_sampler",
                         lambda *a, **k: Sampler([provider]))
     monkeypatch.setattr(cli, "_resolve_vm", lambda opts, paths: None)
     # Do not fork the test process: the ordinary close is fast for this fake.
-    monkeypatch.setattr("kvmstat.teardown.close_detached", lambda resource: resource.close())
+    monkeypatch.setattr("kvmstat.sampling.teardown.close_detached", lambda resource: resource.close())
     status = cli.main(["-l", "-s", "0.1", "-p", "4242", *fmt])
     out, err = capsys.readouterr()
     assert status == 0

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from kvmstat import cli
+from kvmstat.frontends import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 UNIT = os.path.join(ROOT, "contrib", "systemd", "kvm_stat.service")

@@ -5,9 +5,9 @@ import os
 import pytest
 
 import kvmstat
-from kvmstat import cli
+from kvmstat.frontends import cli
 from kvmstat.errors import NotAvailable
-from kvmstat.paths import Paths
+from kvmstat.host.paths import Paths
 
 from fake_debugfs import HOST, lock_down, make_debugfs, set_value
 

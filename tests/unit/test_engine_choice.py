@@ -5,14 +5,14 @@ import json
 
 import pytest
 
-from kvmstat import cli
-from kvmstat.engine import choose_engine, open_tracepoints
+from kvmstat.frontends import cli
+from kvmstat.sampling.engine import choose_engine, open_tracepoints
 from kvmstat.errors import InvalidArgument, NativeError, NoSuchVM, NotAvailable
-from kvmstat.events import load_events
-from kvmstat.paths import Paths
+from kvmstat.tracefs.events import load_events
+from kvmstat.host.paths import Paths
 from kvmstat.providers.bpf_tracepoints import BpfTracepointProvider
 from kvmstat.providers.tracepoints import TracepointProvider
-from kvmstat.sources import open_sampler
+from kvmstat.sampling.sources import open_sampler
 
 import fake_bpf
 import fake_native
@@ -35,7 +35,7 @@ def paths(tmp_path):
 
 def test_auto_picks_bpf_where_the_probe_works(monkeypatch):
     probed = []
-    monkeypatch.setattr("kvmstat.bpfengine.bpf_supported",
+    monkeypatch.setattr("kvmstat.counting.bpf.bpf_supported",
                         lambda tracepoint_id=None: probed.append(tracepoint_id) or (True, ""))
     monkeypatch.delenv("KVMSTAT_BACKEND", raising=False)
     choice = choose_engine("auto", tracepoint_id=42)
@@ -44,7 +44,7 @@ def test_auto_picks_bpf_where_the_probe_works(monkeypatch):
 
 
 def test_auto_picks_perf_and_says_why(monkeypatch):
-    monkeypatch.setattr("kvmstat.bpfengine.bpf_supported",
+    monkeypatch.setattr("kvmstat.counting.bpf.bpf_supported",
                         lambda tracepoint_id=None: (False, "loading a BPF program denied: x"))
     monkeypatch.delenv("KVMSTAT_BACKEND", raising=False)
     choice = choose_engine("auto")
@@ -54,7 +54,7 @@ def test_auto_picks_perf_and_says_why(monkeypatch):
 
 @pytest.mark.parametrize("backend, env", [("python", None), (None, "python")])
 def test_the_python_perf_backend_means_perf_groups(monkeypatch, backend, env):
-    monkeypatch.setattr("kvmstat.bpfengine.bpf_supported",
+    monkeypatch.setattr("kvmstat.counting.bpf.bpf_supported",
                         lambda tracepoint_id=None: pytest.fail("probed"))
     if env:
         monkeypatch.setenv("KVMSTAT_BACKEND", env)
@@ -62,7 +62,7 @@ def test_the_python_perf_backend_means_perf_groups(monkeypatch, backend, env):
 
 
 def test_explicit_engines_are_not_probed(monkeypatch):
-    monkeypatch.setattr("kvmstat.bpfengine.bpf_supported",
+    monkeypatch.setattr("kvmstat.counting.bpf.bpf_supported",
                         lambda tracepoint_id=None: pytest.fail("probed"))
     assert choose_engine("bpf").engine == "bpf"
     assert choose_engine("perf").reason == "--engine perf was asked for"
@@ -160,7 +160,7 @@ def test_cli_batch_json_and_by_guest_on_either_engine(paths, perf, monkeypatch, 
         else:
             perf[0].counts[(300, "kvm_pio")] = 6
 
-    monkeypatch.setattr("kvmstat.cli.time.sleep", lambda seconds: work())
+    monkeypatch.setattr("kvmstat.frontends.cli.time.sleep", lambda seconds: work())
     argv = ["-1", "--json", "--by-guest", "-f", "kvm_pio", "--engine", engine]
     assert cli.run(cli.parse_options(argv), paths) == 0
     obj = json.loads(capsys.readouterr().out)

@@ -4,10 +4,10 @@ import os
 
 import pytest
 
-from kvmstat import cli
+from kvmstat.frontends import cli
 from kvmstat.errors import AccessDenied
-from kvmstat.paths import Paths
-from kvmstat.vms import find_vm
+from kvmstat.host.paths import Paths
+from kvmstat.host.vms import find_vm
 
 
 def run_cli(argv, paths, monkeypatch, capsys):

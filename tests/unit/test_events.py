@@ -1,4 +1,4 @@
-"""Tests for kvmstat.events: format parsing, reason tables, children, vendors."""
+"""Tests for kvmstat.tracefs.events: format parsing, reason tables, children, vendors."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pathlib
 import pytest
 
 from kvmstat.errors import InvalidArgument, NotAvailable
-from kvmstat.events import (Child, Event, Field, FormatError, detect_vendor, fallback_table,
+from kvmstat.tracefs.events import (Child, Event, Field, FormatError, detect_vendor, fallback_table,
                             list_event_names, load_events, parse_format,
                             parse_symbolic_tables)
 

@@ -15,13 +15,13 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
-from kvmstat import cli
+from kvmstat.frontends import cli
 from kvmstat.errors import AccessDenied, InvalidArgument, NotAvailable, VMGone
-from kvmstat.exporter import (KvmCollector, MetricsServer, ServeAddress, family_name,
+from kvmstat.frontends.exporter import (KvmCollector, MetricsServer, ServeAddress, family_name,
                               parse_serve_address, serve_until_stopped, stop_on_signals)
 from kvmstat.providers.base import Provider
-from kvmstat.stats import Sampler
-from kvmstat.vms import VM
+from kvmstat.sampling.sampler import Sampler
+from kvmstat.host.vms import VM
 
 
 class FakeProvider(Provider):
@@ -439,7 +439,7 @@ def test_busy_port_and_unknown_host_and_foreign_address():
 
 def test_low_port_without_privilege_is_access_denied(monkeypatch):
     # Simulate the kernel's refusal: root may bind low ports here.
-    import kvmstat.exporter as exporter
+    import kvmstat.frontends.exporter as exporter
 
     def refuse(self, *a, **kw):
         raise PermissionError(13, "Permission denied")
@@ -464,7 +464,7 @@ def test_stop_on_signals_sets_the_event_and_restores_handlers(served):
 
 def test_kvm_stat_serve_end_to_end_with_per_vm_data(monkeypatch):
     """cli.main(["--serve", ...]) with fake providers: per-VM labels, SIGTERM -> 0."""
-    import kvmstat.sources
+    import kvmstat.sampling.sources
 
     provider = FakeProvider({"kvm_pio": 30, "kvm_exit": 4, "kvm_exit(HLT)": 4},
                             by_vm={7: {"kvm_pio": 10, "kvm_exit": 4, "kvm_exit(HLT)": 4},
@@ -476,7 +476,7 @@ def test_kvm_stat_serve_end_to_end_with_per_vm_data(monkeypatch):
         return Sampler([provider], by_vm=kw["by_vm"], names={7: "alpha"}.get)
 
     notes, scraped = [], []
-    monkeypatch.setattr(kvmstat.sources, "open_sampler", fake_open_sampler)
+    monkeypatch.setattr(kvmstat.sampling.sources, "open_sampler", fake_open_sampler)
     monkeypatch.setattr(cli, "_notify", notes.append)
     monkeypatch.setattr(cli, "close_detached", lambda resource: resource.close())
 

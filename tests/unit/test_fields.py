@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from kvmstat.errors import InvalidArgument
-from kvmstat.fields import FieldFilter, child_name, is_child, parent_of, reason_of
+from kvmstat.sampling.fields import FieldFilter, child_name, is_child, parent_of, reason_of
 
 NAMES = ["kvm_exit", "kvm_exit(HLT)", "kvm_exit(IO_INSTRUCTION)", "kvm_pio",
          "kvm_userspace_exit", "kvm_userspace_exit(IO)", "kvm_msr"]

@@ -1,4 +1,4 @@
-"""Property tests for the print fmt table parser of kvmstat.events."""
+"""Property tests for the print fmt table parser of kvmstat.tracefs.events."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pathlib
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kvmstat.events import FormatError, parse_format, parse_symbolic_tables
+from kvmstat.tracefs.events import FormatError, parse_format, parse_symbolic_tables
 
 DATA = pathlib.Path(__file__).parent / "data"
 FIXTURES = sorted(p.read_text() for p in DATA.glob("*.format"))

@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from kvmstat.formats import json as json_format
-from kvmstat.formats import log as log_format
+from kvmstat.frontends.formats import json as json_format
+from kvmstat.frontends.formats import log as log_format
 from kvmstat.providers.base import SINCE_CREATION, SINCE_START, HistogramValues
-from kvmstat.stats import Sample
+from kvmstat.sampling.sampler import Sample
 
 FIELDS = ["kvm_exit", "kvm_pio", "kvm_userspace_exit(IO)"]
 # 2024-03-05 06:07:08 UTC

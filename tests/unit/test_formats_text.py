@@ -1,7 +1,7 @@
 """Golden outputs of the batch format and the -f help listing."""
 
-from kvmstat.formats.text import batch_lines, field_help_lines
-from kvmstat.stats import Sample
+from kvmstat.frontends.formats.text import batch_lines, field_help_lines
+from kvmstat.sampling.sampler import Sample
 
 
 def test_batch_golden():
@@ -29,7 +29,7 @@ def test_field_help_folds_children_sorts_and_indents():
 
 
 def test_batch_by_guest_golden():
-    from kvmstat.formats.text import by_guest_batch_lines
+    from kvmstat.frontends.formats.text import by_guest_batch_lines
     sample = Sample(0.0, 1.0, {"kvm_pio": (30, 3)},
                     by_vm={812: {"kvm_pio": (10, 1), "kvm_exit": (0, 0)},
                            77: {"kvm_pio": (20, 2), "kvm_exit": (5, 0)}},

@@ -1,6 +1,6 @@
 """Guest names as QEMU parses -name, checked against a reference model.
 
-The reference model below is written independently of kvmstat.vms, from
+The reference model below is written independently of kvmstat.host.vms, from
 QEMU's rules (softmmu/vl.c and util/qemu-option.c, QEMU 7.2):
 
 * QEMU reads argv from index 1; ``--opt`` is ``-opt``; an option that takes an
@@ -18,7 +18,7 @@ import re
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from kvmstat.vms import guest_name, name_options
+from kvmstat.host.vms import guest_name, name_options
 
 _KEY = re.compile(r"([^=,]*)(=?)")
 _VALUE = re.compile(r"((?:[^,]|,,)*)(,?)")

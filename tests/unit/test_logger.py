@@ -1,4 +1,4 @@
-"""The log loop (kvmstat.logger): schedule, banners, -z, stop, reopen, outputs.
+"""The log loop (kvmstat.frontends.logger): schedule, banners, -z, stop, reopen, outputs.
 
 The loop runs against a scripted sampler, a fake monotonic clock and fake
 signals, so the schedule is checked exactly without sleeping.  LogFile and
@@ -13,10 +13,10 @@ import time
 
 import pytest
 
-from kvmstat import logger as logmod
+from kvmstat.frontends import logger as logmod
 from kvmstat.errors import Error, InvalidArgument, VMGone
-from kvmstat.logger import LogFile, Logger, LogSignals, StreamOutput, log_layout
-from kvmstat.stats import Sample
+from kvmstat.frontends.logger import LogFile, Logger, LogSignals, StreamOutput, log_layout
+from kvmstat.sampling.sampler import Sample
 
 
 class FakeClock:

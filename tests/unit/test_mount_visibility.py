@@ -1,6 +1,6 @@
 """Only the visible (top) mount at a mount point counts (mounts files as fakes)."""
 
-from kvmstat.paths import find_mount, find_mounts
+from kvmstat.host.paths import find_mount, find_mounts
 
 
 def test_covered_mount_point_is_not_that_filesystem(tmp_path):

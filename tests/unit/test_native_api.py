@@ -11,11 +11,11 @@ import sys
 
 import pytest
 
-from kvmstat import native
-from kvmstat._perfcommon import error_from_errno
+from kvmstat.counting import native
+from kvmstat.counting.common import error_from_errno
 from kvmstat.errors import (AccessDenied, InvalidArgument, NativeError,
                             NotAvailable, TooManyEvents)
-from kvmstat.native import (PER_CPU, PER_THREAD, CounterSet, EventSpec,
+from kvmstat.counting.native import (PER_CPU, PER_THREAD, CounterSet, EventSpec,
                             available_backends, open_counter_set)
 
 EV = EventSpec("kvm_pio", 1234)
@@ -108,7 +108,7 @@ def test_closed_set_refuses_use(backend):
 def test_backend_from_environment(monkeypatch):
     monkeypatch.setenv("KVMSTAT_BACKEND", "python")
     with open_counter_set([EV], PER_CPU) as cs:
-        assert type(cs).__module__ == "kvmstat.pyperf"
+        assert type(cs).__module__ == "kvmstat.counting.pybackend"
     monkeypatch.setenv("KVMSTAT_BACKEND", "fortran")
     with pytest.raises(InvalidArgument, match="KVMSTAT_BACKEND"):
         open_counter_set([EV], PER_CPU)
@@ -119,7 +119,7 @@ def test_default_backend_is_c(monkeypatch):
     if "c" not in BACKENDS:
         pytest.skip("C extension not built")
     with open_counter_set([EV], PER_CPU) as cs:
-        assert type(cs).__module__ == "kvmstat.native"
+        assert type(cs).__module__ == "kvmstat.counting.native"
 
 
 def test_unknown_backend_argument():
@@ -202,7 +202,7 @@ def test_both_backends_use_the_one_mapping(monkeypatch, backend, tmp_path):
         seen.append((err, kw["event"], kw["target"], kw["paranoid_path"]))
         return real(err, **kw)
 
-    import kvmstat._perfcommon as common
+    import kvmstat.counting.common as common
     monkeypatch.setattr(common, "error_from_errno", spy)
     path = _paranoid(tmp_path)
     # Tracepoint id 2**64-1 does not exist: the kernel refuses the open.

@@ -1,4 +1,4 @@
-"""Tests for kvmstat.paths: mount lookup by filesystem type, overrides, mounting."""
+"""Tests for kvmstat.host.paths: mount lookup by filesystem type, overrides, mounting."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from kvmstat import paths as paths_mod
+from kvmstat.host import paths as paths_mod
 from kvmstat.errors import AccessDenied, InvalidArgument, NotAvailable
-from kvmstat.paths import Paths, find_mount, find_mounts
+from kvmstat.host.paths import Paths, find_mount, find_mounts
 
 
 def write_mounts(tmp_path, lines):

@@ -88,9 +88,9 @@ def test_the_command_loads_only_what_its_default_mode_needs():
     """kvm_stat's start-up (benchmarks/bench_scale.py) does not pay for the other
     providers or the exporter until they are asked for."""
     # (The BPF engine is not in this list: --engine auto, the default, uses it.)
-    heavy = ("kvmstat.providers.debugfs", "kvmstat.providers.binstats", "kvmstat.exporter",
+    heavy = ("kvmstat.providers.debugfs", "kvmstat.providers.binstats", "kvmstat.frontends.exporter",
              "prometheus_client", "hypothesis")
-    code = ("import sys, kvmstat.cli, kvmstat.sources, kvmstat.logger, kvmstat.tui; "
+    code = ("import sys, kvmstat.frontends.cli, kvmstat.sampling.sources, kvmstat.frontends.logger, kvmstat.frontends.tui; "
             f"print(*[m for m in {heavy!r} if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=REPO_ROOT, timeout=60)

@@ -1,7 +1,7 @@
 """Samples: totals, deltas and intervals combined over providers."""
 
 from kvmstat.providers.base import HistogramValues, Provider
-from kvmstat.stats import Sampler
+from kvmstat.sampling.sampler import Sampler
 
 
 class ScriptedProvider(Provider):

@@ -4,7 +4,7 @@ import os
 import select
 import time
 
-from kvmstat import teardown
+from kvmstat.sampling import teardown
 
 
 class PipeEnd:

@@ -5,11 +5,11 @@ import shutil
 
 import pytest
 
-from kvmstat import native
+from kvmstat.counting import native
 from kvmstat.errors import NoSuchVM
 from kvmstat.providers.tracepoints import TracepointProvider, online_cpus
-from kvmstat.sources import open_providers
-from kvmstat.paths import Paths
+from kvmstat.sampling.sources import open_providers
+from kvmstat.host.paths import Paths
 
 import fake_native
 

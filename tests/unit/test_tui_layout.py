@@ -3,8 +3,8 @@
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from kvmstat import tui_layout as L
-from kvmstat.stats import Sample
+from kvmstat.frontends import tui_layout as L
+from kvmstat.sampling.sampler import Sample
 
 VALUES = {
     "kvm_pio": (1000, 200),

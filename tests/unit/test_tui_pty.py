@@ -1,6 +1,6 @@
 """The real curses display in a pseudo-terminal, on fake counters (no KVM needed).
 
-``tui_fake_app.py`` runs :class:`kvmstat.tui.Display` over fake providers whose
+``tui_fake_app.py`` runs :class:`kvmstat.frontends.tui.Display` over fake providers whose
 numbers are known in advance (see its docstring): after the baseline read and
 the first refresh every field has two steps, the interval is 2 s.
 """

@@ -5,11 +5,11 @@ import errno
 
 import pytest
 
-from kvmstat import native
+from kvmstat.counting import native
 from kvmstat.errors import NativeError, NoSuchVM, VMGone
-from kvmstat.paths import Paths
+from kvmstat.host.paths import Paths
 from kvmstat.providers.tracepoints import TracepointProvider
-from kvmstat.sources import open_sampler
+from kvmstat.sampling.sources import open_sampler
 
 import fake_native
 from fakeproc import FakeProc

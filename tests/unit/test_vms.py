@@ -5,7 +5,7 @@ import os
 import pytest
 
 from kvmstat.errors import NoSuchVM
-from kvmstat.vms import (VM, GuestNames, KernelThreads, VMWatch, describe_vm, find_vm,
+from kvmstat.host.vms import (VM, GuestNames, KernelThreads, VMWatch, describe_vm, find_vm,
                          find_vm_by_name, list_vms, process_alive, start_time, thread_exiting,
                          vm_name)
 
@@ -259,7 +259,7 @@ def test_watch_every_vm_with_debugfs_scans_only_when_it_changed(proc, tmp_path, 
     watch = VMWatch(proc.path, debugfs=str(debugfs), rescan_interval=30, clock=clock)
     assert watch.pids == [300]
     scans = []
-    monkeypatch.setattr("kvmstat.vms._pids", lambda p: scans.append(p) or
+    monkeypatch.setattr("kvmstat.host.vms._pids", lambda p: scans.append(p) or
                         [int(e) for e in os.listdir(p) if e.isdigit()])
     # A VM without a debugfs directory is not looked for until the rescan.
     proc.add_vm(400, "quiet")

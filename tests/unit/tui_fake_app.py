@@ -2,8 +2,8 @@
 
 Run as a script: ``python tests/unit/tui_fake_app.py [--pid PID] [--proc DIR]
 [--die-after N] [--delay S] [--by-guest]``.  It runs
-:class:`kvmstat.tui.Display` with an opener that builds real
-:class:`~kvmstat.stats.Sampler` objects over :class:`FakeProvider`: every
+:class:`kvmstat.frontends.tui.Display` with an opener that builds real
+:class:`~kvmstat.sampling.sampler.Sampler` objects over :class:`FakeProvider`: every
 read adds fixed steps to the counters, and the sampler's clock advances
 exactly 2 s per sample, so every number on the screen is known in advance.
 Each open is logged as one line to the file named by ``$FAKE_APP_LOG``.
@@ -20,11 +20,11 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # the worktree's kvmstat
 
-from kvmstat.cli import parse_delay, parse_pid  # noqa: E402
+from kvmstat.frontends.cli import parse_delay, parse_pid  # noqa: E402
 from kvmstat.errors import InvalidArgument, VMGone  # noqa: E402
 from kvmstat.providers.base import Provider  # noqa: E402
-from kvmstat.stats import Sampler  # noqa: E402
-from kvmstat.tui import Display  # noqa: E402
+from kvmstat.sampling.sampler import Sampler  # noqa: E402
+from kvmstat.frontends.tui import Display  # noqa: E402
 
 #: field -> count added by every read (host-wide)
 STEPS = {

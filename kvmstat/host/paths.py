@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
-from .errors import AccessDenied, InvalidArgument, NotAvailable
+from ..errors import AccessDenied, InvalidArgument, NotAvailable
 
 __all__ = ["find_mount", "find_mounts", "Paths"]
 

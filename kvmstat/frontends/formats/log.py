@@ -1,7 +1,7 @@
 """Log formats (SPEC §3.2): plain banner and rows, CSV header and rows.
 
-Pure functions from a field list and a :class:`~kvmstat.stats.Sample` to
-text; the log loop (:mod:`kvmstat.logger`) decides when each is written.
+Pure functions from a field list and a :class:`~kvmstat.sampling.sampler.Sample` to
+text; the log loop (:mod:`kvmstat.frontends.logger`) decides when each is written.
 Every function returns complete lines, each ending in ``"\\n"``.
 
 Host rows carry one delta per field.  By-guest rows (``--by-guest``) are
@@ -23,7 +23,7 @@ import io
 import time
 from typing import Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from ..stats import FieldValues, Sample
+from ...sampling.sampler import FieldValues, Sample
 
 __all__ = [
     "TIMESTAMP_FORMAT", "BANNER_EVERY", "timestamp",

@@ -1,9 +1,9 @@
 """The interactive display (SPEC §4): curses drawing and keys.
 
-:class:`Display` owns one :class:`~kvmstat.stats.Sampler` at a time, obtained
+:class:`Display` owns one :class:`~kvmstat.sampling.sampler.Sampler` at a time, obtained
 from an *opener*; keys that change what is counted (``b c f g p x``) open a
 new sampler and release the old one.  What the screen shows comes from
-:mod:`kvmstat.tui_layout`; this module only draws it and reads keys.
+:mod:`kvmstat.frontends.tui_layout`; this module only draws it and reads keys.
 
 Rates: each refresh shows the counts of one sample divided by that sample's
 own interval (one monotonic clock, read together with the counters), and a
@@ -12,7 +12,7 @@ burst of keys cannot turn the rates into noise.
 
 Leaving (``q``, Ctrl-C, SIGTERM, SIGHUP): the terminal is restored first,
 then the perf events are handed to a detached process
-(:func:`~kvmstat.teardown.close_detached`) so the shell comes back at once.
+(:func:`~kvmstat.sampling.teardown.close_detached`) so the shell comes back at once.
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ import time
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 from . import tui_layout as layout
-from .errors import Error, NoSuchVM, NotAvailable, VMGone
-from .fields import FieldFilter
-from .paths import Paths
-from .stats import Sample, Sampler
-from .teardown import close_detached
+from ..errors import Error, NoSuchVM, NotAvailable, VMGone
+from ..sampling.fields import FieldFilter
+from ..host.paths import Paths
+from ..sampling.sampler import Sample, Sampler
+from ..sampling.teardown import close_detached
 from .tui_layout import Line, View
-from .vms import find_vm, find_vm_by_name, list_vms
+from ..host.vms import find_vm, find_vm_by_name, list_vms
 
 __all__ = ["Display", "run_tui", "Opener", "MIN_INTERVAL"]
 
@@ -430,9 +430,9 @@ def run_tui(providers: Sequence[str], *, paths: Paths, delay: float,
             regex: Optional[str] = None, pid: Optional[int] = None,
             backend: Optional[str] = None, engine: str = "auto",
             notify: Optional[Callable[[str], None]] = None) -> int:
-    """Run the display on *providers* (names from :data:`kvmstat.sources.PROVIDERS`),
-    counting tracepoints with *engine* (:mod:`kvmstat.engine`)."""
-    from .sources import open_sampler
+    """Run the display on *providers* (names from :data:`kvmstat.sampling.sources.PROVIDERS`),
+    counting tracepoints with *engine* (:mod:`kvmstat.sampling.engine`)."""
+    from ..sampling.sources import open_sampler
 
     display: Optional[Display] = None
 

@@ -18,19 +18,19 @@ import time
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
-from .engine import choose_engine
-from . import pidfd
-from .errors import AccessDenied, Error, NotAvailable
-from .events import Event, detect_vendor, load_events
-from .paths import Paths
-from .privileges import (CAP_SYS_PTRACE, has_capability, perf_event_paranoid,
+from ..sampling.engine import choose_engine
+from ..host import pidfd
+from ..errors import AccessDenied, Error, NotAvailable
+from ..tracefs.events import Event, detect_vendor, load_events
+from ..host.paths import Paths
+from ..host.privileges import (CAP_SYS_PTRACE, has_capability, perf_event_paranoid,
                          perf_privileged)
-from .providers.bpf_tracepoints import BpfTracepointProvider
-from .providers.binstats import stats_fd_refs
-from .providers.debugfs import DebugfsProbe, list_vm_directories, probe_debugfs
-from .providers.tracepoints import TracepointProvider, event_fields, online_cpus
-from .sources import catalog
-from .vms import VM, list_vms
+from ..providers.bpf_tracepoints import BpfTracepointProvider
+from ..providers.binstats import stats_fd_refs
+from ..providers.debugfs import DebugfsProbe, list_vm_directories, probe_debugfs
+from ..providers.tracepoints import TracepointProvider, event_fields, online_cpus
+from ..sampling.sources import catalog
+from ..host.vms import VM, list_vms
 
 __all__ = ["ProviderCheck", "HostCheck", "check_host", "format_check"]
 
@@ -256,7 +256,7 @@ def _binstats_kernel_support(dev_kvm: str) -> Optional[ProviderCheck]:
 
 def _check_binstats(paths: Paths, dev_kvm: str, vms: List[VM]) -> ProviderCheck:
     """What ``--binstats`` would find now: the provider's own discovery
-    (:func:`kvmstat.sources.catalog`), after the kernel's support."""
+    (:func:`kvmstat.sampling.sources.catalog`), after the kernel's support."""
     name = "binary stats"
     failure = _binstats_kernel_support(dev_kvm)
     if failure is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import resource
 
-from .errors import TooManyEvents
+from ..errors import TooManyEvents
 
 __all__ = ["ensure_open_files"]
 

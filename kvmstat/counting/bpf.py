@@ -13,10 +13,10 @@ A :class:`BpfCounter` is configured with *fields*, the columns its
 :meth:`~BpfCounter.read` returns: an event with all of its reasons (a
 parent) or only some reason codes (a child, e.g. ``kvm_userspace_exit(IO)``),
 and with a process -> bucket table for per-VM rows, so that it reads like a
-perf :class:`~kvmstat.native.CounterSet`: ``(totals, flat bucket matrix)``
+perf :class:`~kvmstat.counting.native.CounterSet`: ``(totals, flat bucket matrix)``
 in one native call.
 
-The compiled binding comes from :func:`kvmstat.native.binding`; there is no
+The compiled binding comes from :func:`kvmstat.counting.native.binding`; there is no
 pure-Python twin of this engine.
 """
 
@@ -28,8 +28,8 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Mapping, NamedTuple, Sequence
 
-from ._perfcommon import PARANOID_PATH, PER_CPU, EventSpec, error_from_errno
-from .errors import AccessDenied, Error, InvalidArgument, NativeError, NotAvailable
+from .common import PARANOID_PATH, PER_CPU, EventSpec, error_from_errno
+from ..errors import AccessDenied, Error, InvalidArgument, NativeError, NotAvailable
 from .native import binding
 
 __all__ = [
@@ -94,7 +94,7 @@ class BpfEventSpec:
     @classmethod
     def for_field(cls, name: str, tracepoint_id: int, field: object | None) -> "BpfEventSpec":
         """A spec whose reason is ``field`` (anything with ``offset`` and
-        ``size``, e.g. a :class:`kvmstat.events.Field`), or None."""
+        ``size``, e.g. a :class:`kvmstat.tracefs.events.Field`), or None."""
         if field is None:
             return cls(name, tracepoint_id)
         return cls(name, tracepoint_id, field.offset, field.size)  # type: ignore[attr-defined]

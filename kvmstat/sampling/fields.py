@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
-from .errors import InvalidArgument
+from ..errors import InvalidArgument
 
 __all__ = ["parent_of", "is_child", "child_name", "reason_of", "FieldFilter"]
 

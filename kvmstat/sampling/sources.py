@@ -11,14 +11,14 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 from .engine import ENGINES, open_tracepoints
-from .errors import Error, InvalidArgument
-from .events import detect_vendor, load_events
+from ..errors import Error, InvalidArgument
+from ..tracefs.events import detect_vendor, load_events
 from .fields import FieldFilter
-from .paths import Paths
-from .providers.base import Provider
-from .providers.tracepoints import event_fields
-from .stats import Sampler
-from .vms import GuestNames, find_vm
+from ..host.paths import Paths
+from ..providers.base import Provider
+from ..providers.tracepoints import event_fields
+from .sampler import Sampler
+from ..host.vms import GuestNames, find_vm
 
 __all__ = ["PROVIDERS", "Catalog", "catalog", "list_fields", "open_providers", "open_sampler"]
 
@@ -39,7 +39,7 @@ class Catalog:
         """Open the provider for *fields*, host-wide or for VM process *pid*.
 
         *by_vm* asks for a per-VM breakdown (:meth:`Provider.read_by_vm`),
-        *engine* (``auto``, ``bpf``, ``perf``: see :mod:`kvmstat.engine`)
+        *engine* (``auto``, ``bpf``, ``perf``: see :mod:`kvmstat.sampling.engine`)
         and *backend* concern tracepoint counting, *include_past* (count
         from VM creation, ``-i``) the providers that can see the past; each
         provider ignores the options that do not concern it.
@@ -74,7 +74,7 @@ def _tracepoint_catalog(paths: Paths, notify: Notify) -> Catalog:
 # default (tracepoints) path does not pay for loading them.
 
 def _debugfs_catalog(paths: Paths, notify: Notify) -> Catalog:
-    from .providers.debugfs import DebugfsProvider, probe_debugfs
+    from ..providers.debugfs import DebugfsProvider, probe_debugfs
 
     # The files left out (kernel lockdown, unusable contents) are reported
     # here, once; with none readable at all, -d fails with that reason.
@@ -94,7 +94,7 @@ def _debugfs_catalog(paths: Paths, notify: Notify) -> Catalog:
 
 
 def _binstats_catalog(paths: Paths, notify: Notify) -> Catalog:
-    from .providers.binstats import BinstatsProvider, binstats_fields
+    from ..providers.binstats import BinstatsProvider, binstats_fields
 
     def opener(fields, *, pid, include_past, **_ignored):
         return BinstatsProvider(fields=fields, pid=pid, include_past=include_past,
@@ -141,7 +141,7 @@ def open_providers(providers: Sequence[str] = ("tracepoints",), *,
     *by_vm* opens them for a per-VM breakdown (for tracepoints with perf
     groups: per-thread counting of every VM process instead of per-CPU
     counting; with BPF: rows per process).  *engine* chooses how
-    tracepoints are counted (:mod:`kvmstat.engine`).
+    tracepoints are counted (:mod:`kvmstat.sampling.engine`).
     *include_past* makes debugfs values count from VM creation (``-i``).
     """
     paths = paths or Paths()

@@ -3,7 +3,7 @@
 The event description, the argument checks of :class:`CounterSet`, and the one
 mapping from an errno of the counting core to a kvmstat exception live here,
 so both backends behave identically by construction.  Users import these
-names from :mod:`kvmstat.native`.
+names from :mod:`kvmstat.counting.native`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import resource
 from dataclasses import dataclass
 from typing import Sequence
 
-from .errors import AccessDenied, Error, InvalidArgument, NativeError, TooManyEvents
+from ..errors import AccessDenied, Error, InvalidArgument, NativeError, TooManyEvents
 
 PER_CPU = 0
 PER_THREAD = 1
@@ -94,7 +94,7 @@ def _is_int(value: object) -> bool:
 class CounterSet:
     """perf groups of the same events, one group per CPU or thread.
 
-    Use :func:`kvmstat.native.open_counter_set` to get one.  Every group is
+    Use :func:`kvmstat.counting.native.open_counter_set` to get one.  Every group is
     tagged with a bucket number so that :meth:`read` can return per-bucket
     sums; a retired group's last counts stay in totals and in its bucket.
     New sets start disabled; call :meth:`enable`.  Context manager; call

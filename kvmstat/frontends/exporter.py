@@ -1,7 +1,7 @@
 """The Prometheus/OpenMetrics exporter behind ``kvm_stat --serve [HOST:]PORT``.
 
 :class:`KvmCollector` is a prometheus_client collector that reads a
-:class:`~kvmstat.stats.Sampler` at scrape time: there is no background
+:class:`~kvmstat.sampling.sampler.Sampler` at scrape time: there is no background
 sampling, a scrape costs one read per provider.  :class:`MetricsServer` serves
 it at ``http://HOST:PORT/metrics`` through prometheus_client's WSGI app, which
 answers in the Prometheus text format, or in OpenMetrics when the scraper asks
@@ -56,10 +56,10 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .errors import AccessDenied, Error, InvalidArgument, NotAvailable, VMGone
-from .fields import parent_of, reason_of
-from .stats import FieldValues, Sample, Sampler
-from .vms import VM
+from ..errors import AccessDenied, Error, InvalidArgument, NotAvailable, VMGone
+from ..sampling.fields import parent_of, reason_of
+from ..sampling.sampler import FieldValues, Sample, Sampler
+from ..host.vms import VM
 
 __all__ = [
     "DEFAULT_HOST", "ServeAddress", "parse_serve_address", "family_name",

@@ -20,8 +20,8 @@ import re
 from dataclasses import dataclass, field as dc_field
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from .errors import AccessDenied, InvalidArgument, NotAvailable
-from .privileges import permission_hint
+from ..errors import AccessDenied, InvalidArgument, NotAvailable
+from ..host.privileges import permission_hint
 
 __all__ = [
     "FormatError",

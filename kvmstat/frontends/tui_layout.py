@@ -1,9 +1,9 @@
 """What the TUI shows: a sample and the view state in, positioned text out.
 
-Pure functions, no curses: :func:`screen` turns a :class:`~kvmstat.stats.Sample`
+Pure functions, no curses: :func:`screen` turns a :class:`~kvmstat.sampling.sampler.Sample`
 and a :class:`View` into :class:`Line` objects (row, column, text, style) for
 the layout of SPEC §4; the help and prompt screens are built the same way.
-:mod:`kvmstat.tui` draws them and handles the keys.
+:mod:`kvmstat.frontends.tui` draws them and handles the keys.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from .fields import is_child, parent_of
-from .stats import FieldValues, Sample
+from ..sampling.fields import is_child, parent_of
+from ..sampling.sampler import FieldValues, Sample
 
 __all__ = ["View", "Line", "Row", "SORT_RATE", "SORT_TOTAL", "title", "watched", "event_rows",
            "guest_rows", "format_row", "header", "label_width", "screen", "clip", "help_screen", "prompt_screen",

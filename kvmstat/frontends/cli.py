@@ -15,12 +15,12 @@ import time
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
-from . import __version__
-from .engine import ENGINES
-from .errors import Error, InvalidArgument, NotAvailable, VMGone
-from .fields import FieldFilter
-from .paths import Paths
-from .teardown import close_detached
+from .. import __version__
+from ..sampling.engine import ENGINES
+from ..errors import Error, InvalidArgument, NotAvailable, VMGone
+from ..sampling.fields import FieldFilter
+from ..host.paths import Paths
+from ..sampling.teardown import close_detached
 
 __all__ = ["build_parser", "parse_options", "Options", "main", "console_main"]
 
@@ -241,7 +241,7 @@ def _notify(message: str) -> None:
 
 def _resolve_vm(opts: Options, paths: Paths) -> None:
     """Check -p and turn -g into a pid (before any event is opened)."""
-    from .vms import find_vm, find_vm_by_name
+    from ..host.vms import find_vm, find_vm_by_name
 
     if opts.guest is not None:
         opts.pid = find_vm_by_name(opts.guest, paths.proc).pid
@@ -251,7 +251,7 @@ def _resolve_vm(opts: Options, paths: Paths) -> None:
 
 def _run_fields_help(opts: Options, paths: Paths) -> int:
     from .formats.text import field_help_lines
-    from .sources import list_fields
+    from ..sampling.sources import list_fields
 
     for line in field_help_lines(list_fields(opts.providers, paths, _notify)):
         print(line)
@@ -260,7 +260,7 @@ def _run_fields_help(opts: Options, paths: Paths) -> int:
 
 def _run_batch(opts: Options, paths: Paths) -> int:
     from .formats.text import batch_lines, by_guest_batch_lines
-    from .sources import open_sampler
+    from ..sampling.sources import open_sampler
 
     sampler = open_sampler(opts.providers, fields=opts.fields, pid=opts.pid, paths=paths,
                            backend=None, include_past=opts.include_past,
@@ -308,9 +308,9 @@ def _log_format(opts: Options) -> str:
 def _run_log(opts: Options, paths: Paths) -> int:
     """Log mode: -L FILE is opened before any event, then the loop runs
     until SIGTERM/SIGINT, a closed pipe, or the watched VM exiting."""
-    from .errors import VMGone
+    from ..errors import VMGone
     from .logger import LogFile, Logger, LogSignals, StreamOutput, log_layout
-    from .sources import open_sampler
+    from ..sampling.sources import open_sampler
 
     layout = log_layout(_log_format(opts), opts.by_guest)
     if opts.log_file is not None:
@@ -342,8 +342,8 @@ def _run_serve(opts: Options, paths: Paths) -> int:
 
     from .exporter import (KvmCollector, MetricsServer, parse_serve_address,
                            serve_until_stopped, stop_on_signals)
-    from .sources import open_sampler
-    from .vms import find_vm
+    from ..sampling.sources import open_sampler
+    from ..host.vms import find_vm
 
     def release_later(sampler) -> None:
         # Closing perf events is slow: a dropped VM must not stall the scrape.

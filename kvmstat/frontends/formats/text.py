@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Iterable, List, Optional
 
-from ..fields import parent_of
-from ..stats import FieldValues, Sample
+from ...sampling.fields import parent_of
+from ...sampling.sampler import FieldValues, Sample
 
 __all__ = ["batch_lines", "by_guest_batch_lines", "guest_heading", "field_help_lines"]
 

@@ -22,8 +22,8 @@ from __future__ import annotations
 import json
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ..providers.base import Histograms
-from ..stats import Sample
+from ...providers.base import Histograms
+from ...sampling.sampler import Sample
 from .log import all_zero
 
 __all__ = ["sample_object", "sample_json", "json_rows"]

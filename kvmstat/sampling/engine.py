@@ -4,7 +4,7 @@
 one event per field per CPU or per thread.  ``bpf``: one BPF program per
 tracepoint (:class:`~kvmstat.providers.bpf_tracepoints.BpfTracepointProvider`).
 ``auto``: BPF where this kernel and this process's privileges allow it
-(:func:`kvmstat.bpfengine.bpf_supported`), otherwise perf groups; if the
+(:func:`kvmstat.counting.bpf.bpf_supported`), otherwise perf groups; if the
 BPF provider still cannot be built (any :class:`~kvmstat.errors.Error`, e.g.
 a program the verifier rejects), ``auto`` falls back to perf groups and
 says why through *notify*, while ``bpf`` raises the error.
@@ -16,12 +16,12 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional, Sequence
 
-from . import bpfengine
-from .errors import Error, InvalidArgument, NoSuchVM
-from .events import Event
-from .providers.bpf_tracepoints import BpfTracepointProvider
-from .providers.counting import CountingProvider
-from .providers.tracepoints import TracepointProvider
+from ..counting import bpf as bpfengine
+from ..errors import Error, InvalidArgument, NoSuchVM
+from ..tracefs.events import Event
+from ..providers.bpf_tracepoints import BpfTracepointProvider
+from ..providers.counting import CountingProvider
+from ..providers.tracepoints import TracepointProvider
 
 __all__ = ["ENGINES", "EngineChoice", "choose_engine", "open_tracepoints"]
 

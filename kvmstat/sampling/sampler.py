@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .fields import parent_of
-from .providers.base import Histograms, Provider, Totals
+from ..providers.base import Histograms, Provider, Totals
 
 __all__ = ["Sample", "Sampler", "FieldValues"]
 

@@ -3,7 +3,7 @@
 Same semantics as csrc/kvmstat_native.c, written with os, fcntl.ioctl, struct
 and ctypes (for the perf_event_open system call, which has no libc wrapper).
 It is the reference implementation that tests and benchmarks compare the C
-core against; use it through :func:`kvmstat.native.open_counter_set`.
+core against; use it through :func:`kvmstat.counting.native.open_counter_set`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import platform
 import struct
 from typing import Sequence
 
-from ._perfcommon import PARANOID_PATH, PER_CPU, PER_THREAD_INHERIT, CounterSet, EventSpec
-from .errors import NotAvailable
+from .common import PARANOID_PATH, PER_CPU, PER_THREAD_INHERIT, CounterSet, EventSpec
+from ..errors import NotAvailable
 
 # read() errors while a target thread is exiting: transient, not failures
 _THREAD_EXITING = (_errno.ECHILD, _errno.ESRCH, _errno.ENODEV)
@@ -73,7 +73,7 @@ def _syscall():
 
 
 class PyCounterSet(CounterSet):
-    """CounterSet written in Python; see :class:`kvmstat.native.CounterSet`."""
+    """CounterSet written in Python; see :class:`kvmstat.counting.native.CounterSet`."""
 
     def __init__(self, events: Sequence[EventSpec], mode: int,
                  paranoid_path: str = PARANOID_PATH):

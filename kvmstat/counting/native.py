@@ -4,7 +4,7 @@ Two backends implement the same :class:`CounterSet`:
 
 * ``"c"`` (default): the C core in ``csrc/kvmstat_native.c`` through the cffi
   extension ``kvmstat._native``.  This is the only module that imports it.
-* ``"python"``: the pure-Python twin in :mod:`kvmstat.pyperf`, the reference
+* ``"python"``: the pure-Python twin in :mod:`kvmstat.counting.pybackend`, the reference
   implementation for tests and benchmarks.
 
 ``open_counter_set(..., backend=None)`` picks ``$KVMSTAT_BACKEND`` or ``"c"``.
@@ -16,9 +16,9 @@ import importlib
 import os
 from typing import Sequence
 
-from ._perfcommon import (PARANOID_PATH, PER_CPU, PER_THREAD, PER_THREAD_INHERIT,
+from .common import (PARANOID_PATH, PER_CPU, PER_THREAD, PER_THREAD_INHERIT,
                           CounterSet, EventSpec)
-from .errors import InvalidArgument, NotAvailable
+from ..errors import InvalidArgument, NotAvailable
 
 __all__ = ["PER_CPU", "PER_THREAD", "PER_THREAD_INHERIT", "EventSpec", "CounterSet",
            "open_counter_set", "available_backends", "binding"]
@@ -147,7 +147,7 @@ def open_counter_set(events: Sequence[EventSpec], mode: int,
     name = _choose_backend(backend)
     if name == "c":
         return _CCounterSet(_load_native(), events, mode, paranoid_path)
-    from .pyperf import PyCounterSet
+    from .pybackend import PyCounterSet
     return PyCounterSet(events, mode, paranoid_path)
 
 
@@ -162,7 +162,7 @@ def available_backends() -> list[str]:
 
 def binding():
     """The compiled extension (``.ffi``, ``.lib``) for the modules that wrap
-    other parts of the C core (:mod:`kvmstat.bpfengine`), so that this module
+    other parts of the C core (:mod:`kvmstat.counting.bpf`), so that this module
     stays the only importer of ``kvmstat._native``.  Raises NotAvailable when
     it was not built."""
     return _load_native()

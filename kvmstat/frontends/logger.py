@@ -28,10 +28,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, TextIO
 
-from .errors import Error, InvalidArgument, VMGone
+from ..errors import Error, InvalidArgument, VMGone
 from .formats import json as json_format
 from .formats import log as log_format
-from .stats import Sample
+from ..sampling.sampler import Sample
 
 __all__ = ["LogLayout", "log_layout", "LogFile", "StreamOutput", "LogSignals", "Logger",
            "FORMATS"]

@@ -1,0 +1,2 @@
+"""The tracefs event catalog: kvm events, their format files and the reason
+tables parsed from their print formats."""
