@@ -36,7 +36,7 @@ class Watched:
         self.sampler = kvmstat.open_sampler(fields=EXIT_FIELDS, pid=vm.pid)
         try:
             self.last: Optional[kvmstat.Sample] = self.sampler.sample()
-        except BaseException:  # e.g. VMGone: it exited at once
+        except BaseException:
             self.sampler.close()
             raise
 
@@ -86,7 +86,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for vm in choose_vms(args.pid, args.guest):
             try:
                 watched[vm.pid] = Watched(vm)
-            except (kvmstat.NoSuchVM, kvmstat.VMGone):
+            except kvmstat.NoSuchVM:
                 continue  # exited while we were starting
         print("watching " + (", ".join(w.label for w in watched.values()) or "no VM yet"),
               flush=True)
@@ -101,18 +101,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         try:
                             watched[vm.pid] = Watched(vm)
                             print(f"new VM: {watched[vm.pid].label}", flush=True)
-                        except (kvmstat.NoSuchVM, kvmstat.VMGone):
+                        except kvmstat.NoSuchVM:
                             pass  # gone already
             for pid, w in list(watched.items()):
-                try:
+                if w.sampler.done:  # it exited as it was opened
+                    sample = w.last
+                else:
                     sample = w.sampler.sample()
-                except kvmstat.VMGone:
+                    w.last = sample
+                    print(w.line(sample), flush=True)
+                if w.sampler.done:
+                    # The sample that says so holds its counts up to the exit.
                     print(f"{w.label} exited", flush=True)
                     w.sampler.close()
                     finished.append(watched.pop(pid))
-                    continue
-                w.last = sample
-                print(w.line(sample), flush=True)
     except kvmstat.Error as exc:
         print(f"watch_vm_exits: {exc}", file=sys.stderr)
         return 1

@@ -7,7 +7,10 @@ What ``kvm_stat`` does, without the command line:
   :func:`open_providers`, or :func:`open_sampler` which wraps them in a
   :class:`Sampler`;
 * take samples: :meth:`Sampler.sample` returns a :class:`Sample` whose
-  ``values`` map each field to ``(total, delta)``;
+  ``values`` map each field to ``(total, delta)``; VMs that exit are in
+  ``Sample.ended`` (and :attr:`Sampler.done` once the one VM watched has);
+* read a provider directly: :meth:`Provider.refresh` then
+  :meth:`Provider.snapshot`, one :class:`Reading`;
 * list VMs with their guest names: :func:`list_vms`, :func:`find_vm`,
   :func:`find_vm_by_name` (each a :class:`VM`);
 * per-VM breakdowns: ``open_sampler(by_vm=True)`` fills ``Sample.by_vm``
@@ -17,7 +20,7 @@ What ``kvm_stat`` does, without the command line:
 * providers by name (``"tracepoints"``, ``"debugfs"``, ``"binstats"`` as the
   first argument of :func:`open_sampler`), or their classes directly:
   :class:`TracepointProvider`, :class:`DebugfsProvider`,
-  :class:`BinstatsProvider` (per-vCPU values: ``read_by_vcpu()``);
+  :class:`BinstatsProvider` (per-vCPU values: ``snapshot(by_vcpu=True)``);
 * histogram statistics (binary stats, debugfs ``*_hist``):
   ``open_sampler(histograms=True)`` fills ``Sample.histograms`` (name ->
   :class:`HistogramValues`) and, with ``by_vm``, ``Sample.vm_histograms``;
@@ -49,7 +52,7 @@ from .errors import (AccessDenied, Error, InvalidArgument, NativeError, NoSuchVM
                      NotAvailable, TooManyEvents, VMGone)
 from .sampling.fields import FieldFilter, child_name, is_child, parent_of, reason_of
 from .host.paths import Paths
-from .providers.base import Histograms, HistogramValues, Provider, Totals
+from .providers.base import Histograms, HistogramValues, Provider, Reading, Totals
 from .providers.tracepoints import TracepointProvider
 from .sampling.sources import list_fields, open_providers, open_sampler
 from .sampling.sampler import FieldValues, Sample, Sampler
@@ -67,7 +70,7 @@ __all__ = [
     # fields
     "list_fields", "FieldFilter", "parent_of", "reason_of", "is_child", "child_name",
     # providers and samples
-    "open_providers", "open_sampler", "Provider", "Sampler", "Sample", "FieldValues",
+    "open_providers", "open_sampler", "Provider", "Reading", "Sampler", "Sample", "FieldValues",
     "Totals", "Paths", "TracepointProvider", "DebugfsProvider", "BinstatsProvider",
     "HistogramValues", "Histograms",
     # VMs

@@ -144,7 +144,7 @@ def _exit_note(paths: Paths, tracefs: Optional[str], events: List[Event], vms: L
             with TracepointProvider(tracefs, fields=["kvm_exit"] + witnesses, events=events,
                                     backend=backend, proc=paths.proc, sys=paths.sys) as tp:
                 time.sleep(seconds)
-                counts = tp.read()
+                counts = tp.snapshot().totals
         except Error:
             counts = {}
         others = sum(v for k, v in counts.items() if k != "kvm_exit")

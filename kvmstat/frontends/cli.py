@@ -17,9 +17,10 @@ from typing import List, Optional, Sequence
 
 from .. import __version__
 from ..sampling.engine import ENGINES
-from ..errors import Error, InvalidArgument, NotAvailable, VMGone
+from ..errors import Error, InvalidArgument, NotAvailable
 from ..sampling.fields import FieldFilter
 from ..host.paths import Paths
+from ..sampling.sampler import vm_exited_message
 from ..sampling.teardown import close_detached
 
 __all__ = ["build_parser", "parse_options", "Options", "main", "console_main"]
@@ -267,14 +268,13 @@ def _run_batch(opts: Options, paths: Paths) -> int:
                            notify=_notify, by_vm=opts.by_guest, engine=opts.engine,
                            histograms=opts.json)
     try:
-        try:
-            sampler.sample()
+        sample = sampler.sample()
+        if not sampler.done:
             time.sleep(1)
             sample = sampler.sample()
-        except VMGone as exc:
-            # Its counts up to the exit are still there: print those.
-            _notify(f"{exc}: the counts end at its exit")
-            sample = sampler.sample(refresh=False)
+        if sampler.done:
+            # Its counts up to the exit are in the sample: print those.
+            _notify(f"{vm_exited_message(sampler.pid)}: the counts end at its exit")
         if opts.json:
             from .formats.json import sample_json
             sys.stdout.write(sample_json(sample, by_guest=opts.by_guest))
@@ -308,7 +308,6 @@ def _log_format(opts: Options) -> str:
 def _run_log(opts: Options, paths: Paths) -> int:
     """Log mode: -L FILE is opened before any event, then the loop runs
     until SIGTERM/SIGINT, a closed pipe, or the watched VM exiting."""
-    from ..errors import VMGone
     from .logger import LogFile, Logger, LogSignals, StreamOutput, log_layout
     from ..sampling.sources import open_sampler
 
@@ -327,8 +326,8 @@ def _run_log(opts: Options, paths: Paths) -> int:
         try:
             Logger(sampler, output, layout, delay=opts.delay,
                    skip_zero=opts.skip_zero).run(signals)
-        except VMGone as exc:
-            _notify(str(exc))
+            if sampler.done:
+                _notify(vm_exited_message(sampler.pid))
         finally:
             # The program exits next: do not wait for the kernel's teardown.
             close_detached(sampler)

@@ -56,9 +56,9 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ..errors import AccessDenied, Error, InvalidArgument, NotAvailable, VMGone
+from ..errors import AccessDenied, Error, InvalidArgument, NotAvailable
 from ..sampling.fields import parent_of, reason_of
-from ..sampling.sampler import FieldValues, Sample, Sampler
+from ..sampling.sampler import FieldValues, Sample, Sampler, vm_exited_message
 from ..host.vms import VM
 
 __all__ = [
@@ -239,7 +239,7 @@ class KvmCollector:
     :class:`MetricsServer`).  Scrapes may run concurrently: a lock makes one
     read the sampler at a time.  *vm* is the watched VM when the sampler was
     opened for one VM process (``pid=``): its series then carry ``pid`` and
-    ``guest`` labels, and when that VM exits (:class:`~kvmstat.errors.VMGone`)
+    ``guest`` labels, and when that VM exits (``sampler.done``)
     the collector drops the sampler, hands it to *release* (default: its
     ``close``) and keeps answering with no event series.  Without *vm*, the
     per-VM series come from ``Sample.by_vm`` and ``Sample.vm_names`` (open
@@ -284,13 +284,10 @@ class KvmCollector:
             if sampler is None:
                 return None, [], 0.0
             start = time.monotonic()
-            try:
-                sample = sampler.sample()
-            except VMGone as gone:
-                if self._vm is None:
-                    raise  # host-wide providers do not lose a watched VM
+            sample = sampler.sample()
+            if sampler.done:
                 self._sampler = None
-                self._notify(f"{gone}: dropped it, still serving")
+                self._notify(f"{vm_exited_message(sampler.pid)}: dropped it, still serving")
                 self._release(sampler)
                 return None, [], 0.0
             elapsed = time.monotonic() - start

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, TextIO
 
-from ..errors import Error, InvalidArgument, VMGone
+from ..errors import Error, InvalidArgument
 from .formats import json as json_format
 from .formats import log as log_format
 from ..sampling.sampler import Sample
@@ -367,8 +367,9 @@ class Logger:
     The field list is ``sampler.fields`` when :meth:`run` starts.  Rows with
     all deltas zero are left out with *skip_zero* (``-z``).  Each write is
     flushed.  Errors from the sampler and from the output propagate to the
-    caller; :class:`~kvmstat.errors.VMGone` (the watched VM has exited) does
-    so after a last row with the counts up to its exit.
+    caller.  When the watched VM exits (``sampler.done``), the sample that
+    says so is written as the last row (the counts up to its exit) and
+    :meth:`run` returns.
     """
 
     def __init__(self, sampler, output, layout: LogLayout, *, delay: float,
@@ -394,15 +395,11 @@ class Logger:
         self._output.prepare(self._header, self._layout.header_once)
         self._rows_since_header = 0
 
-    def _write_sample(self) -> None:
-        try:
-            sample = self._sampler.sample()
-        except VMGone:
-            # The watched VM has exited: what it did up to its exit is still
-            # readable, and goes out as the last row before the loop ends.
-            self._write_rows(self._sampler.sample(refresh=False))
-            raise
-        self._write_rows(sample)
+    def _write_sample(self) -> bool:
+        """Write one sample's rows; False once the watched VM has exited (the
+        rows just written hold its counts up to the exit: the last ones)."""
+        self._write_rows(self._sampler.sample())
+        return not self._sampler.done
 
     def _write_rows(self, sample: Sample) -> None:
         rows = self._layout.rows(sample, self._fields, self._skip_zero)
@@ -421,14 +418,17 @@ class Logger:
 
     def run(self, signals: LogSignals) -> None:
         """Log until *signals* asks to stop (then write the pending partial
-        interval as a last row and return) or an error is raised.  A reader
-        that went away raises BrokenPipeError."""
+        interval as a last row and return), the watched VM exits (its last
+        row written) or an error is raised.  A reader that went away raises
+        BrokenPipeError."""
         self._fields = list(self._sampler.fields)
         layout = self._layout
         self._header = layout.header(self._fields) if layout.header else None
         # The baseline: row 1 counts from here.  Taken before the header is
         # written, so a reader who sees the header knows counting has begun.
         self._sampler.sample()
+        if self._sampler.done:
+            return  # the watched VM exited before the first interval
         start = self._clock()
         self._begin_output()
         k = 1
@@ -443,7 +443,8 @@ class Logger:
                 return
             now = self._clock()
             if now >= start + k * self._delay:
-                self._write_sample()
+                if not self._write_sample():
+                    return
                 # Row k+1 is due at start + (k+1) x delay.  When late by more
                 # than one interval, the missed slots are merged into the row
                 # just written and the schedule stays on its grid.

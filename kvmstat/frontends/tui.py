@@ -24,7 +24,7 @@ import time
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 from . import tui_layout as layout
-from ..errors import Error, NoSuchVM, NotAvailable, VMGone
+from ..errors import Error, NoSuchVM, NotAvailable
 from ..sampling.fields import FieldFilter
 from ..host.paths import Paths
 from ..sampling.sampler import Sample, Sampler
@@ -150,27 +150,30 @@ class Display:
         if self.view.dead or self.sampler is None:
             self._due = None
             return
+        if self.sampler.done:  # it exited as the sampler was opened
+            self._vm_exited(self.sample)
+            return
         try:
             sample = self.sampler.sample()
-        except VMGone:
-            self.view.dead = True
-            self._due = None
-            try:
-                last = self.sampler.sample(refresh=False)  # the counts up to its exit
-            except Error:
-                last = self.sample
-            if last is not None:
-                # Keep the totals; there is no current rate any more.
-                self.sample = dataclasses.replace(last, interval=0.0)
-            return
         except Error as exc:
             self.view.message = str(exc)
             sample = None
+        if sample is not None and self.sampler.done:
+            self._vm_exited(sample)  # this sample holds its counts up to the exit
+            return
         now = self._clock()
         if sample is not None:
             self.sample = sample
         self._last = now
         self._due = now + self.delay
+
+    def _vm_exited(self, last: Optional[Sample]) -> None:
+        """The watched VM has exited: show *last* (its counts up to the exit) for good."""
+        self.view.dead = True
+        self._due = None
+        if last is not None:
+            # Keep the totals; there is no current rate any more.
+            self.sample = dataclasses.replace(last, interval=0.0)
 
     def refresh_soon(self) -> None:
         """Any other key: refresh now, or as soon as the shortest interval allows."""

@@ -13,8 +13,8 @@ Reading costs the guests nothing and works under kernel lockdown.
 Fields are the kernel's stat names.  Cumulative stats count since the
 provider was opened (since VM creation with ``include_past``), summed over
 vCPUs and VMs; instant stats are current values (summed), peak stats the
-largest current value.  Histograms (counted like cumulative stats) are read
-with :meth:`read_histograms` and :meth:`read_histograms_by_vm`.
+largest current value.  Histograms (counted like cumulative stats) come with
+:meth:`~BinstatsProvider.snapshot` (``histograms=True``).
 
 Duplicates are closed as soon as the VM process drops its own descriptor
 or exits: a held descriptor keeps the VM's memory alive.  Counts of
@@ -28,13 +28,15 @@ import errno
 import operator
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
 from ..host import pidfd
-from ..errors import AccessDenied, NoSuchVM, NotAvailable, VMGone
+from ..errors import AccessDenied, NoSuchVM, NotAvailable
 from ..host.vms import fd_links, find_vm, list_vms, start_time
-from .base import SINCE_CREATION, SINCE_START, HistogramValues, Histograms, Provider, Totals
+from .base import (SINCE_CREATION, SINCE_START, HistogramValues, Histograms, Provider, Reading,
+                   Totals)
 from .binstats_format import (TYPE_CUMULATIVE, TYPE_INSTANT, TYPE_LINEAR_HIST, TYPE_PEAK,
                               StatDesc, StatsFormatError, StatsLayout, bucket_bounds, read_layout)
 
@@ -295,14 +297,6 @@ class _WatchedVM:
         return out
 
 
-@dataclass
-class _Reading:
-    """The data words of every source at one instant, and who may reuse them."""
-
-    words: Dict[_Source, Tuple[int, ...]]
-    unused_by: set
-
-
 def _histogram_values(desc: StatDesc, counts: Tuple[int, ...], since: str) -> HistogramValues:
     """*counts* of histogram *desc* with what its descriptor says about the buckets."""
     return HistogramValues(counts, since,
@@ -326,13 +320,10 @@ class BinstatsProvider(Provider):
     not a VM and :class:`NotAvailable` if no VM process (or not *pid*)
     holds statistics descriptors.
 
-    One sample is :meth:`refresh` then reads, as :class:`~kvmstat.sampling.sampler.Sampler`
-    does: :meth:`read` takes a new reading (one pread per descriptor), and
-    :meth:`read_by_vm`, :meth:`read_by_vcpu`, :meth:`read_histograms` and
-    :meth:`read_histograms_by_vm` each use that same reading once, so that
-    the per-VM split and the totals agree and a sample costs one pread per
-    descriptor.  Called again, or with no
-    :meth:`read` since the last :meth:`refresh`, they take their own reading.
+    One sample is :meth:`refresh` then :meth:`snapshot`, as
+    :class:`~kvmstat.sampling.sampler.Sampler` does: one pread per
+    descriptor, from which the totals, the per-VM and per-vCPU split and
+    the histograms are all computed, so that they agree.
     """
 
     name = "binstats"
@@ -348,8 +339,8 @@ class BinstatsProvider(Provider):
         self._vms: Dict[int, _WatchedVM] = {}
         self._departed: Dict[_View, Tuple[int, ...]] = {}   # retired words of exited VMs
         self._sources: List[_Source] = []
-        self._reading: Optional[_Reading] = None
-        self._gone = False
+        self._ended: Dict[int, _WatchedVM] = {}   # VMs dropped since the last snapshot
+        self._watched_ended = False
         self._epoch = self._now()
         if pid is not None:
             find_vm(pid, proc)  # NoSuchVM when it is not (or no longer) a VM
@@ -385,6 +376,11 @@ class BinstatsProvider(Provider):
     def levels(self) -> FrozenSet[str]:
         """The instant and peak statistics counted (current values, not counts)."""
         return frozenset(n for n in self._fields if self._kinds.get(n) in ("instant", "peak"))
+
+    @property
+    def pid(self) -> Optional[int]:
+        """The VM process watched (``pid=``), None for every VM."""
+        return self._pid
 
     @property
     def supports_by_vm(self) -> bool:
@@ -512,19 +508,22 @@ class BinstatsProvider(Provider):
     def refresh(self) -> None:
         """Close the descriptors of exited VMs, borrow those of new VMs and vCPUs.
 
-        Raises :class:`VMGone` when the watched VM (``pid=``) has exited; its
-        descriptors are closed first, and its counts stay readable.
+        The VMs found exited are in the next :meth:`snapshot` (``ended``,
+        with their final counts in the per-VM breakdown); their counts stay
+        in the totals.  Once the watched VM (``pid=``) has exited nothing
+        more is borrowed.
         """
-        self._reading = None
-        if self._gone:
-            raise VMGone(f"VM process {self._pid} has exited", self._pid)
+        if self._watched_ended:
+            return
         by_pidfd = {vm.pidfd: vm for vm in self._vms.values()}
         for pfd in pidfd.exited(by_pidfd):
-            self._drop_vm(by_pidfd[pfd])
+            vm = by_pidfd[pfd]
+            self._drop_vm(vm)
+            self._ended[vm.pid] = vm
         if self._pid is not None and self._pid not in self._vms:
             self._sources = []
-            self._gone = True
-            raise VMGone(f"VM process {self._pid} has exited", self._pid)
+            self._watched_ended = True
+            return
         if by_pidfd.keys() - {vm.pidfd for vm in self._vms.values()}:
             self._sources = [s for vm in self._vms.values() for s in vm.sources.values()]
         self._discover()
@@ -535,14 +534,6 @@ class BinstatsProvider(Provider):
         # its VM process exits (it holds a reference on the VM), so a VM that
         # exits now is still read correctly; refresh() then lets it go.
         return {source: source.view.read(source.fd) for source in self._sources}
-
-    def _words(self, user: str) -> Dict[_Source, Tuple[int, ...]]:
-        """The reading taken by the last read() if *user* has not used it yet, else a new one."""
-        reading = self._reading
-        if reading is not None and user in reading.unused_by:
-            reading.unused_by.discard(user)
-            return reading.words
-        return self._read_all()
 
     def _values(self, groups: Dict[_View, List[_Source]], retired: Dict[_View, Tuple[int, ...]],
                 words: Dict[_Source, Tuple[int, ...]]) -> Totals:
@@ -586,22 +577,38 @@ class BinstatsProvider(Provider):
                 retired[view] = _plus(retired.get(view, view.zero_words), words)
         return retired
 
-    def read(self) -> Totals:
-        """Totals over every VM and vCPU (one pread per descriptor)."""
+    def snapshot(self, *, by_vm: bool = False, histograms: bool = False,
+                 by_vcpu: bool = False) -> Reading:
+        """One pread per borrowed descriptor, and every part asked for from it.
+
+        Totals over every VM and vCPU; with *by_vm* per VM process id (VMs
+        found exited by the last :meth:`refresh`, listed in ``ended``, with
+        their final counts); with *histograms* the histogram statistics
+        since the baseline (since VM creation with *include_past*), and per
+        VM with *by_vm* too; with *by_vcpu* the values per VM process id and
+        vCPU id (vCPUs whose descriptor was given back keep their counts).
+        """
         words = self._read_all()
-        self._reading = _Reading(words, {"by_vm", "by_vcpu", "histograms", "histograms_by_vm"})
-        return self._values(self._group(self._sources), self._host_retired(), words)
+        ended, self._ended = self._ended, {}
+        host_groups = self._group(self._sources)
+        host_retired = self._host_retired()
+        totals = self._values(host_groups, host_retired, words)
+        per_vm: Dict[int, Totals] = {}
+        host_histograms: Histograms = {}
+        vm_histograms: Dict[int, Histograms] = {}
+        if by_vm:
+            per_vm = {vm.pid: self._values(self._group(vm.sources.values()), vm.retired(), words)
+                      for vm in (*self._vms.values(), *ended.values())}
+        if histograms:
+            host_histograms = self._histograms(host_groups, host_retired, words)
+            if by_vm:
+                vm_histograms = {vm.pid: self._histograms(self._group(vm.sources.values()),
+                                                          vm.retired(), words)
+                                 for vm in (*self._vms.values(), *ended.values())}
+        return Reading(totals, per_vm, host_histograms, vm_histograms,
+                       self._per_vcpu(words) if by_vcpu else {}, frozenset(ended))
 
-    def read_by_vm(self) -> Dict[int, Totals]:
-        """Totals per VM process id (the same reading as the last read(), if unused)."""
-        words = self._words("by_vm")
-        return {vm.pid: self._values(self._group(vm.sources.values()), vm.retired(), words)
-                for vm in self._vms.values()}
-
-    def read_by_vcpu(self) -> Dict[int, Dict[int, Totals]]:
-        """Values per VM process id and vCPU id (vCPUs whose descriptor was given
-        back keep their counts)."""
-        words = self._words("by_vcpu")
+    def _per_vcpu(self, words: Dict[_Source, Tuple[int, ...]]) -> Dict[int, Dict[int, Totals]]:
         out: Dict[int, Dict[int, Totals]] = {}
         for vm in self._vms.values():
             per_vcpu = out.setdefault(vm.pid, {})
@@ -614,6 +621,12 @@ class BinstatsProvider(Provider):
                 retired = dict([vm.retired_by_link[link]]) if link in vm.retired_by_link else {}
                 per_vcpu[vcpu] = self._values(groups, retired, words)
         return out
+
+    def read_by_vcpu(self) -> Dict[int, Dict[int, Totals]]:
+        """Deprecated: ``snapshot(by_vcpu=True).by_vcpu``."""
+        warnings.warn("BinstatsProvider.read_by_vcpu() is deprecated: use "
+                      "snapshot(by_vcpu=True).by_vcpu", DeprecationWarning, stacklevel=2)
+        return self.snapshot(by_vcpu=True).by_vcpu
 
     def _histograms(self, groups: Dict[_View, List[_Source]],
                     retired: Dict[_View, Tuple[int, ...]],
@@ -633,22 +646,9 @@ class BinstatsProvider(Provider):
                 out[desc.name] = _histogram_values(desc, counts, since)
         return out
 
-    def read_histograms(self) -> Histograms:
-        """Histogram statistics since the baseline (since VM creation with
-        *include_past*), summed over every VM and vCPU."""
-        words = self._words("histograms")
-        return self._histograms(self._group(self._sources), self._host_retired(), words)
-
-    def read_histograms_by_vm(self) -> Dict[int, Histograms]:
-        """Histogram statistics per VM process id, as :meth:`read_histograms`."""
-        words = self._words("histograms_by_vm")
-        return {vm.pid: self._histograms(self._group(vm.sources.values()), vm.retired(), words)
-                for vm in self._vms.values()}
-
     # -- reset / close -------------------------------------------------------------
     def reset(self) -> None:
         """Count from now: new baselines, retired counts dropped."""
-        self._reading = None
         self._epoch = self._now()
         self._departed = {}
         words = self._read_all()
@@ -662,7 +662,6 @@ class BinstatsProvider(Provider):
 
     def close(self) -> None:
         """Give back every borrowed descriptor and pidfd; safe to call twice."""
-        self._reading = None
         for vm in list(self._vms.values()):
             for source in vm.sources.values():
                 os.close(source.fd)

@@ -7,7 +7,7 @@ each parent counts all its reasons, each child ``parent(REASON)`` the codes
 of its reason.  The descriptors held do not depend on the number of CPUs,
 VMs or threads: two per tracepoint and two or three maps.
 
-- host-wide: every process is counted; :meth:`read_by_vm` gives nothing.
+- host-wide: every process is counted; there is no per-VM breakdown.
 - *pid*: only that VM process is counted (all its threads, those it starts
   later), and the kernel threads working for it in their own thread group
   (``kvm-pit/<pid>``), added as they appear.
@@ -173,8 +173,7 @@ class BpfTracepointProvider(CountingProvider):
     def refresh(self) -> None:
         """Follow VMs (see :class:`CountingProvider`), then fold the entries
         of exited processes into the totals when the table is half full.
-        With *pid*, raises :class:`~kvmstat.errors.VMGone` once that VM has
-        exited."""
+        With *pid*, nothing is followed once that VM has exited."""
         super().refresh()
         self._sweep()
 

@@ -11,19 +11,19 @@ engine business, done in the ``_vm_*``/``_helpers_*`` hooks.
 
 The conventions both engines keep: a VM found exited is read one last time
 with its final counts before the next :meth:`~CountingProvider.refresh`
-drops it from the breakdown (its counts stay in the totals); with one
-watched VM (*pid*), ``refresh`` raises :class:`~kvmstat.errors.VMGone` once
-it has exited, and its counts stay readable.
+drops it from the breakdown (its counts stay in the totals), and the
+reading says which VMs ended (:attr:`~kvmstat.providers.base.Reading.ended`);
+with one watched VM (*pid*), nothing is followed once it has exited, and its
+counts stay readable.
 """
 
 from __future__ import annotations
 
 import heapq
-from typing import Dict, List, Optional, Protocol, Sequence, Tuple
+from typing import Dict, FrozenSet, List, Optional, Protocol, Sequence, Tuple
 
-from ..errors import VMGone
 from ..host.vms import VM, VMChanges, VMWatch
-from .base import Provider, Totals
+from .base import Provider, Reading
 
 __all__ = ["CountingProvider", "Counter"]
 
@@ -59,7 +59,8 @@ class CountingProvider(Provider):
         self._free_buckets: List[int] = []          # heap of cleared buckets
         self._nbuckets = 0
         self._exited: List[int] = []                # VMs read one last time
-        self._gone: Optional[VMGone] = None
+        self._watched_ended = False                 # the VM of *pid* has exited
+        self._ended: FrozenSet[int] = frozenset()   # found exited, not yet reported
 
     # -- hooks for the engines -------------------------------------------------
     def _vm_started(self, vm: VM, bucket: int) -> None:
@@ -108,12 +109,11 @@ class CountingProvider(Provider):
 
     def refresh(self) -> None:
         """Follow VMs: start counting new VMs and helper threads, stop with
-        exited ones.  With *pid*, raises :class:`VMGone` once that VM has
-        exited (its counts stay readable)."""
-        if self._watch is None or self._counter is None:
+        exited ones.  The VMs found exited are in the next :meth:`snapshot`'s
+        ``ended``; once the watched VM (*pid*) has exited nothing is
+        followed any more and its counts stay readable."""
+        if self._watch is None or self._counter is None or self._watched_ended:
             return
-        if self._gone is not None:
-            raise self._gone
         dropped = bool(self._exited)
         while self._exited:
             self._drop_vm(self._exited.pop())
@@ -131,9 +131,9 @@ class CountingProvider(Provider):
                 self._helpers_started(pid, tids)
         if changes or dropped:
             self._changes_done()
+        self._ended = self._ended | frozenset(changes.ended)
         if self._pid is not None and self._pid in changes.ended:
-            self._gone = VMGone(f"VM process {self._pid} has exited", self._pid)
-            raise self._gone
+            self._watched_ended = True
 
     # -- reading -------------------------------------------------------------------
     @property
@@ -147,6 +147,11 @@ class CountingProvider(Provider):
         return self._counter.fds if self._counter is not None else 0
 
     @property
+    def pid(self) -> Optional[int]:
+        """The VM process watched (``pid=``), None host-wide or per VM."""
+        return self._pid
+
+    @property
     def supports_by_vm(self) -> bool:
         """True when opened for one VM or per VM."""
         return self._watch is not None
@@ -156,31 +161,27 @@ class CountingProvider(Provider):
         """The VMs counted now (pid -> :class:`~kvmstat.host.vms.VM`); empty host-wide."""
         return dict(self._watch.vms) if self._watch is not None else {}
 
-    def read(self) -> Totals:
-        """Cumulative counts of every field: one native bulk read."""
-        if self._counter is None:
-            return dict.fromkeys(self._names, 0)
-        totals, _ = self._counter.read()
-        return dict(zip(self._names, totals))
-
-    def read_all(self) -> Tuple[Totals, Dict[int, Totals]]:
-        """Totals and the per-VM breakdown from one native read.
+    def snapshot(self, *, by_vm: bool = False, histograms: bool = False,
+                 by_vcpu: bool = False) -> Reading:
+        """One native bulk read: totals, and with *by_vm* the per-VM breakdown.
 
         The breakdown lists the VMs running at the last :meth:`refresh`,
-        and those it found exited, with their final counts; after that an
-        exited VM leaves the breakdown (its counts stay in the totals).
+        and those it found exited (``ended``) with their final counts; the
+        refresh after that drops an exited VM from the breakdown (its counts
+        stay in the totals).  Tracepoints have no histograms nor vCPUs.
         """
-        if self._counter is None or self._watch is None:
-            return self.read(), {}
+        names = self._names
+        ended, self._ended = self._ended, frozenset()
+        if self._counter is None:
+            return Reading(dict.fromkeys(names, 0), ended=ended)
+        if not by_vm or self._watch is None:
+            totals, _ = self._counter.read()
+            return Reading(dict(zip(names, totals)), ended=ended)
         totals, flat = self._counter.read(self._nbuckets)
-        names, n = self._names, len(self._names)
+        n = len(names)
         per_vm = {pid: dict(zip(names, flat[b * n:(b + 1) * n]))  # type: ignore[index]
                   for pid, b in self._buckets.items()}
-        return dict(zip(names, totals)), per_vm
-
-    def read_by_vm(self) -> Dict[int, Totals]:
-        """Cumulative counts per VM pid (see :meth:`read_all`); ``{}`` host-wide."""
-        return self.read_all()[1]
+        return Reading(dict(zip(names, totals)), per_vm, ended=ended)
 
     def reset(self) -> None:
         """Start every count from zero again."""

@@ -22,8 +22,8 @@ Statistic kinds (decided by :func:`stat_kind`, explained in the README):
     a high-water mark (``max_*``): shown as the current value like an
     instant; several VMs of one process give their maximum.
 ``histogram``
-    ``*_hist``: buckets, not one count; never a field, readable through
-    :meth:`DebugfsProvider.read_histograms` (and ``read_histograms_by_vm``).
+    ``*_hist``: buckets, not one count; never a field, read by
+    :meth:`DebugfsProvider.snapshot` with ``histograms=True``.
 ``table``
     text reports such as ``mmu_rmaps_stat``: ignored.
 
@@ -39,10 +39,10 @@ import os
 import re
 import stat
 from dataclasses import dataclass, field
-from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple
 
-from ..errors import AccessDenied, NotAvailable, NoSuchVM, VMGone
-from .base import SINCE_CREATION, HistogramValues, Histograms, Provider, Totals
+from ..errors import AccessDenied, NotAvailable, NoSuchVM
+from .base import SINCE_CREATION, HistogramValues, Histograms, Provider, Reading, Totals
 
 __all__ = [
     "COUNTER", "TIME", "INSTANT", "PEAK", "HISTOGRAM", "TABLE", "stat_kind",
@@ -421,6 +421,8 @@ class DebugfsProvider(Provider):
         self._vm_pids: Dict[str, int] = {}
         self._host: Optional[_StatsDirectory] = None
         self._closed = False
+        self._watched_ended = False
+        self._ended: Set[int] = set()    # VM processes found ended since the last snapshot
         if pid is None:
             self._host = _StatsDirectory(self._kvm_dir, self._stats, include_past)
             self._host.update()
@@ -451,6 +453,7 @@ class DebugfsProvider(Provider):
         live = {self._vm_pids[n] for n, d in self._vms.items() if not d.gone}
         live.add(self._pid)
         for name in [n for n in self._vms if self._vm_pids[n] not in live]:
+            self._ended.add(self._vm_pids[name])
             del self._vms[name]
             del self._vm_pids[name]
 
@@ -477,35 +480,75 @@ class DebugfsProvider(Provider):
         return frozenset(name for name, kind in self._stats if kind in (INSTANT, PEAK))
 
     @property
+    def pid(self) -> Optional[int]:
+        """The VM process watched (``pid=``), None for every VM."""
+        return self._pid
+
+    @property
     def supports_by_vm(self) -> bool:
         """True: every VM has its own directory."""
         return True
 
     def refresh(self) -> None:
-        """Raise :class:`VMGone` when the watched VM process has no VM left."""
-        if self._pid is not None and not list_vm_directories(self._kvm_dir, self._pid):
-            raise VMGone(f"VM process {self._pid} has exited (its debugfs directory is gone)",
-                         self._pid)
+        """Notice that the watched VM process has no VM left (the next
+        :meth:`snapshot` lists it in ``ended``); nothing else to follow."""
+        if self._pid is None or self._watched_ended or self._closed:
+            return
+        if not list_vm_directories(self._kvm_dir, self._pid):
+            self._watched_ended = True
+            self._ended.add(self._pid)
 
-    def read(self) -> Totals:
-        """Host-wide totals, or the totals of the watched VM process."""
+    def snapshot(self, *, by_vm: bool = False, histograms: bool = False,
+                 by_vcpu: bool = False) -> Reading:
+        """Read every selected file once: host-wide totals (or the watched
+        process's), per VM process with *by_vm*, and the ``*_hist`` files
+        with *histograms*.  ``ended`` lists the VM processes found with no
+        VM directory left since the previous snapshot."""
         if self._closed:
-            return {}
+            return Reading({})
+        per_vm: Dict[int, Totals] = {}
         if self._host is not None:
             self._host.update()
-            return {**self._host.cumulative(), **self._host.levels()}
-        self._update_vms()
-        return _combine(self._vms.values(), self._peaks)
+            totals = {**self._host.cumulative(), **self._host.levels()}
+            if by_vm:
+                self._update_vms()
+                per_vm = self._per_vm()
+        else:
+            self._update_vms()
+            per_vm = self._per_vm()
+            totals = _combine(self._vms.values(), self._peaks)
+            if not by_vm:
+                per_vm = {}
+        host_histograms: Histograms = {}
+        vm_histograms: Dict[int, Histograms] = {}
+        if histograms and self._histograms:
+            directories = self._live_directories() if by_vm or self._pid is not None else {}
+            if self._pid is None:
+                host_histograms = self._sum_histograms([self._kvm_dir])
+            else:
+                host_histograms = self._sum_histograms(
+                    [path for paths in directories.values() for path in paths])
+            if by_vm:
+                vm_histograms = {pid: self._sum_histograms(paths)
+                                 for pid, paths in directories.items()}
+        ended, self._ended = frozenset(self._ended), set()
+        return Reading(totals, per_vm, host_histograms, vm_histograms, ended=ended)
 
-    def read_by_vm(self) -> Dict[int, Totals]:
-        """Totals per VM process id (only the watched one with *pid*)."""
-        if self._closed:
-            return {}
-        self._update_vms()
+    def _per_vm(self) -> Dict[int, Totals]:
         return {pid: _combine(dirs, self._peaks) for pid, dirs in self._by_pid().items()}
 
+    def _live_directories(self) -> Dict[int, List[str]]:
+        """The VM directories there are now, by process id."""
+        by_pid: Dict[int, List[str]] = {}
+        for name, owner in list_vm_directories(self._kvm_dir, self._pid).items():
+            by_pid.setdefault(owner, []).append(os.path.join(self._kvm_dir, name))
+        return by_pid
+
     def _sum_histograms(self, directories: Iterable[str]) -> Histograms:
-        """The readable ``*_hist`` files of *directories*, summed bucket by bucket."""
+        """The readable ``*_hist`` files of *directories*, summed bucket by bucket.
+
+        These are since VM creation (histograms have no baseline).
+        """
         sums: Dict[str, Tuple[int, ...]] = {}
         for name in self._histograms:
             for directory in directories:
@@ -522,28 +565,6 @@ class DebugfsProvider(Provider):
                                    for i in range(width))
         # The files give bare bucket values: no bounds, no unit.
         return {name: HistogramValues(counts, SINCE_CREATION) for name, counts in sums.items()}
-
-    def read_histograms(self) -> Histograms:
-        """Bucket values of the readable ``*_hist`` files, as the kernel gives them.
-
-        Host-wide, or summed bucket by bucket over the watched process's VMs.
-        These are since VM creation (histograms have no baseline).
-        """
-        if self._closed:
-            return {}
-        if self._pid is None:
-            return self._sum_histograms([self._kvm_dir])
-        return self._sum_histograms(os.path.join(self._kvm_dir, name)
-                                    for name in list_vm_directories(self._kvm_dir, self._pid))
-
-    def read_histograms_by_vm(self) -> Dict[int, Histograms]:
-        """:meth:`read_histograms` per VM process id (only the watched one with *pid*)."""
-        if self._closed or not self._histograms:
-            return {}
-        by_pid: Dict[int, List[str]] = {}
-        for name, owner in list_vm_directories(self._kvm_dir, self._pid).items():
-            by_pid.setdefault(owner, []).append(os.path.join(self._kvm_dir, name))
-        return {pid: self._sum_histograms(directories) for pid, directories in by_pid.items()}
 
     def reset(self) -> None:
         """Count cumulative statistics from zero again (files are never written)."""

@@ -84,11 +84,11 @@ class TracepointProvider(CountingProvider):
     again (see :func:`kvmstat.tracefs.events.load_events`).
 
     - default: one perf group per online CPU (every event of the host);
-      :meth:`read_by_vm` gives nothing.
+      no per-VM breakdown.
     - *pid*: the VM process *pid* (:class:`NoSuchVM` if it is none), all its
       threads, those it starts later, and the kernel threads working for it;
-      once it has exited :meth:`refresh` raises :class:`VMGone` (counts stay
-      readable).  :meth:`read_by_vm` gives that one VM.
+      once it has exited, the next snapshot says so (``ended``) and its
+      counts stay readable.  The per-VM breakdown gives that one VM.
     - *by_vm*: every VM process, followed as VMs start and exit; totals are
       the sum over the VMs.  *debugfs* (optional) makes finding new VMs
       cheap (see :class:`kvmstat.host.vms.VMWatch`).

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
+from ..errors import VMGone
 from .fields import parent_of
 from ..providers.base import Histograms, Provider, Totals
 
-__all__ = ["Sample", "Sampler", "FieldValues"]
+__all__ = ["Sample", "Sampler", "FieldValues", "vm_exited_message"]
 
 #: field name -> (total, delta)
 FieldValues = Dict[str, Tuple[int, int]]
@@ -36,7 +37,10 @@ class Sample:
     ``histograms`` holds the providers' histogram statistics when the
     sampler was asked for them (None otherwise; empty when no provider has
     any), and ``vm_histograms`` the same per VM pid when a per-VM breakdown
-    was asked for too.
+    was asked for too.  ``ended`` maps the VMs found exited during this
+    interval to their last field values (the counts up to the exit), when
+    the sampler follows VMs (a per-VM breakdown, or one VM watched with
+    ``pid=``: then :attr:`Sampler.done` is True from this sample on).
     """
 
     time: float
@@ -47,6 +51,7 @@ class Sample:
     engine: Optional[str] = None
     histograms: Optional[Histograms] = None
     vm_histograms: Optional[Dict[int, Histograms]] = None
+    ended: Dict[int, FieldValues] = field(default_factory=dict)
 
     def rate(self, name: str) -> float:
         """Per-second rate of *name* over this sample's interval."""
@@ -57,6 +62,11 @@ class Sample:
     def parents(self) -> List[str]:
         """The fields that are not children, sorted."""
         return sorted(n for n in self.values if parent_of(n) == n)
+
+
+def vm_exited_message(pid: Optional[int]) -> str:
+    """The one-line note that the watched VM process *pid* has exited."""
+    return f"VM process {pid} has exited"
 
 
 def _with_deltas(current: Totals, previous: Totals) -> FieldValues:
@@ -90,6 +100,10 @@ class Sampler:
         self._previous: Totals = {}
         self._previous_vm: Dict[int, Totals] = {}
         self._previous_time: Optional[float] = None
+        #: the one VM process watched (``pid=``) by the providers, else None
+        self.pid: Optional[int] = next(
+            (p.pid for p in self.providers if getattr(p, "pid", None) is not None), None)
+        self._done = False
 
     @property
     def engine(self) -> Optional[str]:
@@ -108,70 +122,88 @@ class Sampler:
             names.update(provider.fields)
         return sorted(names)
 
-    def _read(self) -> Totals:
-        if len(self.providers) == 1:
-            return self.providers[0].read()
-        totals: Totals = {}
-        for provider in self.providers:
-            totals.update(provider.read())
-        return totals
+    @property
+    def done(self) -> bool:
+        """True once the one VM watched (``pid=``) has exited: the sample that
+        found it lists it in ``ended`` with its counts up to the exit, and
+        there is nothing more to count."""
+        return self._done
 
-    def _read_with_vms(self) -> Tuple[Totals, Dict[int, Totals]]:
-        totals: Totals = {}
-        merged: Dict[int, Totals] = {}
-        for provider in self.providers:
-            provider_totals, per_vm = provider.read_all()
-            totals.update(provider_totals)
-            for pid, vm_totals in per_vm.items():
-                merged.setdefault(pid, {}).update(vm_totals)
-        return totals, merged
-
-    def _read_histograms(self) -> Tuple[Histograms, Optional[Dict[int, Histograms]]]:
-        """The accepted histograms of every provider, and per VM with *by_vm*."""
+    def _snapshot(self) -> Tuple[Totals, Dict[int, Totals], Optional[Histograms],
+                                 Optional[Dict[int, Histograms]], Set[int]]:
+        """One snapshot of every provider, merged."""
         wanted = self._histogram_filter
-        assert wanted is not None
-        merged: Histograms = {}
-        per_vm: Optional[Dict[int, Histograms]] = {} if self.by_vm else None
+        want_histograms = wanted is not None
+        if len(self.providers) == 1 and not want_histograms:
+            # The common case, without merging.
+            reading = self.providers[0].snapshot(by_vm=self.by_vm)
+            return reading.totals, reading.by_vm, None, None, set(reading.ended)
+        totals: Totals = {}
+        per_vm: Dict[int, Totals] = {}
+        histograms: Optional[Histograms] = {} if want_histograms else None
+        vm_histograms: Optional[Dict[int, Histograms]] = \
+            {} if want_histograms and self.by_vm else None
+        ended: Set[int] = set()
         for provider in self.providers:
-            merged.update((n, h) for n, h in provider.read_histograms().items() if wanted(n))
-            if per_vm is not None:
-                for pid, histograms in provider.read_histograms_by_vm().items():
-                    mine = per_vm.setdefault(pid, {})
-                    mine.update((n, h) for n, h in histograms.items() if wanted(n))
-        return merged, per_vm
+            reading = provider.snapshot(by_vm=self.by_vm, histograms=want_histograms)
+            totals.update(reading.totals)
+            for pid, vm_totals in reading.by_vm.items():
+                per_vm.setdefault(pid, {}).update(vm_totals)
+            if histograms is not None:
+                assert wanted is not None
+                histograms.update((n, h) for n, h in reading.histograms.items() if wanted(n))
+            if vm_histograms is not None:
+                assert wanted is not None
+                for pid, vm_hist in reading.vm_histograms.items():
+                    mine = vm_histograms.setdefault(pid, {})
+                    mine.update((n, h) for n, h in vm_hist.items() if wanted(n))
+            ended.update(reading.ended)
+        return totals, per_vm, histograms, vm_histograms, ended
 
     def sample(self, refresh: bool = True) -> Sample:
         """Read every provider once and return the new :class:`Sample`.
 
-        Providers first follow VMs that came or went (``refresh()``), which
-        raises :class:`~kvmstat.errors.VMGone` when the one VM watched has
-        exited; ``sample(refresh=False)`` then still reads the counts it
-        left (e.g. for a last row).
+        Providers first follow VMs that came or went (``refresh()``).  The
+        sample that finds the watched VM (``pid=``) exited lists it in
+        ``ended`` and sets :attr:`done`; after that ``sample()`` raises
+        :class:`~kvmstat.errors.VMGone` (nothing is left to watch), while
+        ``sample(refresh=False)`` still reads the counts it left.
         """
         if refresh:
+            if self._done:
+                raise VMGone(vm_exited_message(self.pid), self.pid)
             for provider in self.providers:
                 provider.refresh()
         now = self._clock()
+        totals, per_vm, histograms, vm_histograms, ended_pids = self._snapshot()
         by_vm = None
         vm_names: Dict[int, Optional[str]] = {}
+        previous_vm = self._previous_vm
         if self.by_vm:
-            totals, per_vm = self._read_with_vms()
-            previous_vm = self._previous_vm
             by_vm = {pid: _with_deltas(vm_totals, previous_vm.get(pid, {}))
                      for pid, vm_totals in per_vm.items()}
             if self._names is not None:
                 vm_names = {pid: self._names(pid) for pid in per_vm}
             self._previous_vm = per_vm
-        else:
-            totals = self._read()
-        histograms, vm_histograms = (self._read_histograms()
-                                     if self._histogram_filter is not None else (None, None))
         interval = 0.0 if self._previous_time is None else now - self._previous_time
         values = _with_deltas(totals, self._previous)
+        ended: Dict[int, FieldValues] = {}
+        if ended_pids and (self.by_vm or self.pid is not None):
+            for pid in sorted(ended_pids):
+                if by_vm is not None and pid in by_vm:
+                    ended[pid] = by_vm[pid]
+                elif pid == self.pid:
+                    ended[pid] = values
+                else:
+                    # Dropped before this reading: its last values, unchanged since.
+                    ended[pid] = {name: (total, 0)
+                                  for name, total in previous_vm.get(pid, {}).items()}
+            if self.pid in ended:
+                self._done = True
         self._previous = totals
         self._previous_time = now
         return Sample(self._wallclock(), interval, values, by_vm, vm_names, self.engine,
-                      histograms, vm_histograms)
+                      histograms, vm_histograms, ended)
 
     def reset(self) -> None:
         """Zero every counter; the next sample starts a new interval."""

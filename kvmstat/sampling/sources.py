@@ -38,7 +38,7 @@ class Catalog:
              include_past: bool = False, engine: str = "auto") -> Provider:
         """Open the provider for *fields*, host-wide or for VM process *pid*.
 
-        *by_vm* asks for a per-VM breakdown (:meth:`Provider.read_by_vm`),
+        *by_vm* asks for a per-VM breakdown (:meth:`Provider.snapshot`),
         *engine* (``auto``, ``bpf``, ``perf``: see :mod:`kvmstat.sampling.engine`)
         and *backend* concern tracepoint counting, *include_past* (count
         from VM creation, ``-i``) the providers that can see the past; each

@@ -25,7 +25,7 @@ import uuid
 import pytest
 
 import kvmstat
-from kvmstat.errors import NotAvailable, VMGone
+from kvmstat.errors import NotAvailable
 from kvmstat.providers.binstats import BinstatsProvider
 
 from helpers.batchwindow import start_batch
@@ -55,8 +55,8 @@ def test_exact_exits_per_vcpu_for_n_port_writes(guest_process):
         guest.run(23, vcpu=0)
         guest.run(9, vcpu=1)
         provider.refresh()
-        totals = provider.read()
-        per_vcpu = provider.read_by_vcpu()[guest.pid]
+        totals = provider.snapshot().totals
+        per_vcpu = provider.snapshot(by_vcpu=True).by_vcpu[guest.pid]
     assert per_vcpu[0]["exits"] == 23
     assert per_vcpu[1]["exits"] == 9
     assert per_vcpu[0]["io_exits"] == io_exits_for(23)
@@ -104,7 +104,7 @@ def test_vcpu_added_later_is_picked_up(guest_process):
         provider.refresh()
         assert provider.fds == 3
         guest.run(7, vcpu=index)
-        per_vcpu = provider.read_by_vcpu()[guest.pid]
+        per_vcpu = provider.snapshot(by_vcpu=True).by_vcpu[guest.pid]
     assert per_vcpu[0]["exits"] == 4
     assert per_vcpu[index]["exits"] == 7
 
@@ -121,11 +121,11 @@ def test_vm_exit_mid_read_closes_the_duplicates(guest_process):
         guest._proc.kill()  # dies between refresh and read
         guest._proc.wait()
         # The borrowed descriptors still read (they hold the VM), no crash.
-        assert provider.read()["exits"] == 5
-        with pytest.raises(VMGone):
-            provider.refresh()
+        assert provider.snapshot().totals["exits"] == 5
+        provider.refresh()
         assert stats_links() == before
-        assert provider.read()["exits"] == 5
+        reading = provider.snapshot()
+        assert reading.ended == {guest.pid} and reading.totals["exits"] == 5
     finally:
         provider.close()
     assert stats_links() == before
@@ -139,16 +139,19 @@ def test_host_wide_provider_lets_exited_vms_go(guest_process):
     with BinstatsProvider(fields=["exits"]) as provider:
         assert {stays.pid, goes.pid} <= set(provider.pids)
         goes.run(8)
-        before = provider.read()["exits"]
+        before = provider.snapshot().totals["exits"]
         goes.close()  # the guest closes everything and exits
         provider.refresh()
         assert goes.pid not in provider.pids
-        assert goes.pid not in provider.read_by_vm()
+        reading = provider.snapshot(by_vm=True)
+        assert reading.ended == {goes.pid}  # reported once, with its final counts
+        assert reading.by_vm[goes.pid]["exits"] == 8
+        assert goes.pid not in provider.snapshot(by_vm=True).by_vm
         assert not any(f"kvm-{goes.pid}" in link for link in stats_links())
-        assert provider.read()["exits"] >= before  # its counts stay in the totals
+        assert provider.snapshot().totals["exits"] >= before  # its counts stay in the totals
         stays.run(3)
-        provider.refresh()  # a new sample: read_by_vm() must not reuse read()'s reading
-        assert provider.read_by_vm()[stays.pid]["exits"] == 3
+        provider.refresh()  # a new sample, a new reading
+        assert provider.snapshot(by_vm=True).by_vm[stays.pid]["exits"] == 3
 
 
 def test_vm_without_statistics_descriptors_is_explained(guest_process):

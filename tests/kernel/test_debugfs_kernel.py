@@ -128,5 +128,6 @@ def test_guest_exit_is_reported(debugfs, guest_process):
     with kvmstat.open_sampler(["debugfs"], pid=guest.pid) as sampler:
         sampler.sample()
         guest.close()
+        assert list(sampler.sample().ended) == [guest.pid] and sampler.done
         with pytest.raises(VMGone):
             sampler.sample()

@@ -170,16 +170,15 @@ def test_bpf_field_filter_loads_programs_for_the_matching_tracepoints_only(guest
                                            "kvm_userspace_exit(HLT)": (9, 9)}
 
 
-def test_bpf_vm_exit_is_vmgone_and_releases_the_programs(guest_process):
+def test_bpf_vm_exit_is_reported_and_releases_the_programs(guest_process):
     guest = guest_process("pio")
     with kvmstat.open_sampler(fields=FIELDS, pid=guest.pid, by_vm=True,
                               engine="bpf") as sampler:
         sampler.sample()
         guest.run(40)
         guest.close()
-        with pytest.raises(kvmstat.VMGone):
-            sampler.sample()
-        last = sampler.sample(refresh=False)
+        last = sampler.sample()
+        assert sampler.done and list(last.ended) == [guest.pid]
         assert last.values["kvm_pio"] == (40, 40)
         assert last.by_vm[guest.pid]["kvm_userspace_exit(IO)"] == (40, 40)
         assert sampler.providers[0].fds == 0

@@ -136,16 +136,17 @@ def test_library_pid_mode_guest_exits(guest_process):
         sampler.sample()
         guest.run(40)
         guest.close()
+        last = sampler.sample()  # finds it exited: its counts up to the exit
+        assert sampler.done and set(last.ended) == {guest.pid}
+        assert last.ended[guest.pid]["kvm_pio"] == (40, 40)
+        assert last.values["kvm_pio"] == (40, 40)
+        assert last.by_vm[guest.pid]["kvm_pio"] == (40, 40)
+        assert sampler.providers[0].fds == 0  # its groups are closed
         with pytest.raises(kvmstat.VMGone) as info:
             sampler.sample()
         assert info.value.pid == guest.pid and str(info.value) == \
             f"VM process {guest.pid} has exited"
-        last = sampler.sample(refresh=False)
-        assert last.values["kvm_pio"] == (40, 40)
-        assert last.by_vm[guest.pid]["kvm_pio"] == (40, 40)
-        assert sampler.providers[0].fds == 0  # its groups are closed
-        with pytest.raises(kvmstat.VMGone):
-            sampler.sample()
+        assert sampler.sample(refresh=False).values["kvm_pio"] == (40, 0)
 
 
 def test_library_by_vm_guest_exits_is_reported_once_more(guest_process):
@@ -157,6 +158,8 @@ def test_library_by_vm_guest_exits_is_reported_once_more(guest_process):
         leaving.run(22)
         leaving.close()
         after_exit = sampler.sample()
+        assert after_exit.ended == {leaving.pid: after_exit.by_vm[leaving.pid]}
+        assert not sampler.done  # no one VM watched: nothing is over
         assert after_exit.by_vm[leaving.pid]["kvm_pio"] == (22, 22)
         assert after_exit.vm_names[leaving.pid] == leaving.name
         staying.run(1)

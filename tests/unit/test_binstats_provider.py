@@ -19,7 +19,7 @@ import pytest
 import kvmstat
 from kvmstat.frontends import cli
 from kvmstat.host import pidfd
-from kvmstat.errors import AccessDenied, NoSuchVM, NotAvailable, VMGone
+from kvmstat.errors import AccessDenied, NoSuchVM, NotAvailable
 from kvmstat.host.paths import Paths
 from kvmstat.providers import binstats as binstats_module
 from kvmstat.providers.base import SINCE_CREATION, SINCE_START, HistogramValues
@@ -194,7 +194,7 @@ def test_fields_are_the_single_valued_statistics(two_vms):
 
 def test_counters_count_from_open_summed_over_vcpus_and_vms(two_vms):
     with open_provider(two_vms) as provider:
-        first = provider.read()
+        first = provider.snapshot().totals
         assert first["exits"] == 0 and first["io_exits"] == 0
         # Instant values are current values, summed; peaks are the largest.
         assert first["pages_4k"] == 50 and first["blocking"] == 2
@@ -202,43 +202,43 @@ def test_counters_count_from_open_summed_over_vcpus_and_vms(two_vms):
         two_vms.set_stats(100, 11, 0, exits=130, io_exits=41, halt_poll_max=7)
         two_vms.set_stats(100, 12, 1, exits=17, io_exits=4, halt_poll_max=30)
         two_vms.set_stats(200, 20, 0, exits=1005, io_exits=1)
-        totals = provider.read()
+        totals = provider.snapshot().totals
         assert totals["exits"] == 30 + 7 + 5
         assert totals["io_exits"] == 1
         assert totals["blocking"] == 0 and totals["halt_poll_max"] == 30
-        by_vm = provider.read_by_vm()
+        by_vm = provider.snapshot(by_vm=True).by_vm
         assert by_vm[100]["exits"] == 37 and by_vm[200]["exits"] == 5
         assert by_vm[100]["halt_poll_max"] == 30 and by_vm[200]["halt_poll_max"] == 0
         assert set(by_vm[100]) == set(ALL_FIELDS)
-        by_vcpu = provider.read_by_vcpu()
+        by_vcpu = provider.snapshot(by_vcpu=True).by_vcpu
         assert {pid: {cpu: v["exits"] for cpu, v in cpus.items()}
                 for pid, cpus in by_vcpu.items()} == {100: {0: 30, 1: 7}, 200: {0: 5}}
 
 
 def test_include_past_counts_from_vm_creation(two_vms):
     with open_provider(two_vms, include_past=True) as provider:
-        assert provider.read()["exits"] == 100 + 10 + 1000
+        assert provider.snapshot().totals["exits"] == 100 + 10 + 1000
 
 
 def test_histograms_since_open_summed_and_per_vm(two_vms):
     with open_provider(two_vms) as provider:
-        assert provider.read_histograms()["halt_wait_hist"].counts == (0, 0, 0, 0)
+        assert provider.snapshot(histograms=True).histograms["halt_wait_hist"].counts == (0, 0, 0, 0)
         two_vms.set_stats(100, 11, 0, exits=100, halt_wait_hist=[1, 3, 3, 9])
         two_vms.set_stats(200, 20, 0, exits=1000, halt_wait_hist=[12, 0, 0, 1])
         provider.refresh()
-        provider.read()
-        hist = provider.read_histograms()["halt_wait_hist"]
+        provider.snapshot().totals
+        hist = provider.snapshot(histograms=True).histograms["halt_wait_hist"]
         assert hist == HistogramValues((2, 1, 0, 6), SINCE_START, kind="log",
                                        bounds=((0, 1), (1, 2), (2, 4), (4, None)),
                                        unit="seconds", base=10, exponent=-9)
-        per_vm = provider.read_histograms_by_vm()
+        per_vm = provider.snapshot(by_vm=True, histograms=True).vm_histograms
         assert per_vm[100]["halt_wait_hist"].counts == (0, 1, 0, 5)
         assert per_vm[200]["halt_wait_hist"].counts == (2, 0, 0, 1)
 
 
 def test_histograms_since_creation_with_include_past(two_vms):
     with open_provider(two_vms, include_past=True) as provider:
-        hist = provider.read_histograms()["halt_wait_hist"]
+        hist = provider.snapshot(histograms=True).histograms["halt_wait_hist"]
     assert hist.counts == (11, 2, 3, 4) and hist.since == SINCE_CREATION
 
 
@@ -274,10 +274,10 @@ def test_one_pread_per_descriptor_per_sample(two_vms, monkeypatch):
         monkeypatch.setattr(os, "pread", counting_pread)
         sample = sampler.sample()
         assert len(calls) == provider.fds == 4
-        provider.read_histograms()
-        assert len(calls) == 4  # the histograms of the same reading
-        provider.read_by_vm()
-        assert len(calls) == 8  # a second per-VM read takes a new reading
+        reading = provider.snapshot(by_vm=True, histograms=True, by_vcpu=True)
+        assert len(calls) == 8  # every part from one more reading
+        assert sorted(reading.by_vm) == sorted(reading.by_vcpu) == [100, 200]
+        assert reading.histograms
     assert sorted(sample.by_vm) == [100, 200]
     assert sample.values["exits"] == (0, 0)
 
@@ -300,8 +300,8 @@ def test_pid_restricts_to_that_vm(two_vms):
         assert two_vms.open_stats_files() == {"stats-200-20"}
         two_vms.set_stats(100, 11, 0, exits=999)
         two_vms.set_stats(200, 20, 0, exits=1002)
-        assert provider.read()["exits"] == 2
-        assert list(provider.read_by_vm()) == [200]
+        assert provider.snapshot().totals["exits"] == 2
+        assert list(provider.snapshot(by_vm=True).by_vm) == [200]
 
 
 def test_new_vcpus_and_vms_are_picked_up_on_refresh(two_vms):
@@ -314,7 +314,7 @@ def test_new_vcpus_and_vms_are_picked_up_on_refresh(two_vms):
         provider.refresh()
         assert provider.fds == 6
         two_vms.set_stats(200, 21, 1, exits=502)
-        totals = provider.read_by_vm()
+        totals = provider.snapshot(by_vm=True).by_vm
         assert totals[200]["exits"] == 2
         assert totals[300]["exits"] == 8
 
@@ -324,27 +324,31 @@ def test_vm_exit_closes_the_duplicates_and_keeps_the_counts(two_vms):
         two_vms.set_stats(100, 11, 0, exits=104)
         two_vms.exit(100)
         # The VM exits between refresh and read: its descriptors still read.
-        assert provider.read()["exits"] == 4
+        assert provider.snapshot().totals["exits"] == 4
         two_vms.set_stats(100, 12, 1, exits=13)  # counted at exit by the final read
         provider.refresh()
         assert two_vms.open_stats_files() == {"stats-200-20"}
         assert provider.pids == [200]
-        assert list(provider.read_by_vm()) == [200]
+        reading = provider.snapshot(by_vm=True)
+        assert reading.ended == {100}
+        assert sorted(reading.by_vm) == [100, 200]  # its final counts, once more
+        assert reading.by_vm[100]["exits"] == 4 + 3
+        assert list(provider.snapshot(by_vm=True).by_vm) == [200]
         two_vms.set_stats(200, 20, 0, exits=1001)
-        assert provider.read()["exits"] == 4 + 3 + 1  # never backwards
+        assert provider.snapshot().totals["exits"] == 4 + 3 + 1  # never backwards
 
 
-def test_watched_vm_exit_raises_vm_gone_after_closing(two_vms):
+def test_watched_vm_exit_is_reported_after_closing(two_vms):
     with open_provider(two_vms, pid=100) as provider:
         two_vms.set_stats(100, 11, 0, exits=101)
         two_vms.exit(100)
-        with pytest.raises(VMGone, match="VM process 100 has exited") as info:
-            provider.refresh()
-        assert info.value.pid == 100
+        provider.refresh()
         assert two_vms.open_stats_files() == set()
-        assert provider.read()["exits"] == 1
-        with pytest.raises(VMGone):
-            provider.refresh()
+        reading = provider.snapshot()
+        assert reading.ended == {100} and reading.totals["exits"] == 1
+        provider.refresh()
+        reading = provider.snapshot()
+        assert not reading.ended and reading.totals["exits"] == 1
 
 
 def test_descriptor_closed_by_the_vm_is_given_back_and_continued(two_vms):
@@ -353,15 +357,15 @@ def test_descriptor_closed_by_the_vm_is_given_back_and_continued(two_vms):
         two_vms.close_fd(100, 12)
         provider.refresh()
         assert "stats-100-12" not in two_vms.open_stats_files()
-        assert provider.read()["exits"] == 5
+        assert provider.snapshot().totals["exits"] == 5
         # The VM opens vCPU 1's statistics again (QEMU's query-stats does):
         # counting continues where the old descriptor stopped.
         os.rename(two_vms.stats_file(100, 12), two_vms.stats_file(100, 13))
         two_vms.set_stats(100, 13, 1, exits=21)
         os.symlink("anon_inode:kvm-vcpu-stats:1", f"{two_vms.proc}/100/fd/13")
         provider.refresh()
-        assert provider.read()["exits"] == 11
-        assert provider.read_by_vcpu()[100][1]["exits"] == 11
+        assert provider.snapshot().totals["exits"] == 11
+        assert provider.snapshot(by_vcpu=True).by_vcpu[100][1]["exits"] == 11
 
 
 def test_two_descriptors_of_one_vcpu_count_once(two_vms):
@@ -370,7 +374,7 @@ def test_two_descriptors_of_one_vcpu_count_once(two_vms):
         assert provider.fds == 1
         two_vms.set_stats(200, 20, 0, exits=1003)
         two_vms.set_stats(200, 25, 0, exits=1003)
-        assert provider.read()["exits"] == 3
+        assert provider.snapshot().totals["exits"] == 3
 
 
 def test_no_vm_with_statistics_descriptors(host):

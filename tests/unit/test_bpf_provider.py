@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from kvmstat.errors import NotAvailable, VMGone
+from kvmstat.errors import NotAvailable
 from kvmstat.tracefs.events import load_events
 from kvmstat.providers.bpf_tracepoints import BpfTracepointProvider, bpf_layout
 from kvmstat.providers.tracepoints import event_fields, event_specs
@@ -77,12 +77,12 @@ def test_host_wide_counts_every_process(open_provider, proc):
     counter.hit(300, "kvm_userspace_exit", IO, 5)
     counter.hit(300, "kvm_pio", n=5)
     counter.hit(9999, "kvm_userspace_exit", HLT, 2)  # any process
-    assert provider.read() == {"kvm_pio": 5, "kvm_userspace_exit": 7,
+    assert provider.snapshot().totals == {"kvm_pio": 5, "kvm_userspace_exit": 7,
                                "kvm_userspace_exit(IO)": 5, "kvm_userspace_exit(HLT)": 2}
-    assert provider.read_by_vm() == {}
+    assert provider.snapshot(by_vm=True).by_vm == {}
     provider.refresh()
     provider.reset()
-    assert set(provider.read().values()) == {0}
+    assert set(provider.snapshot().totals.values()) == {0}
     provider.close()
     assert counter.closed and provider.fds == 0
 
@@ -101,7 +101,8 @@ def test_pid_mode_counts_the_vm_and_its_helper_threads(open_provider, proc):
     counter.hit(400, "kvm_pio", n=50)  # another VM: not counted
     expected = {"kvm_pio": 5, "kvm_userspace_exit": 0, "kvm_userspace_exit(IO)": 0,
                 "kvm_userspace_exit(HLT)": 0}
-    assert provider.read_all() == (expected, {300: expected})
+    reading = provider.snapshot(by_vm=True)
+    assert (reading.totals, reading.by_vm) == (expected, {300: expected})
 
     # Helper threads that appear later are counted too; ended ones keep their counts.
     proc.add_kthread(311, "vhost-300")
@@ -110,19 +111,19 @@ def test_pid_mode_counts_the_vm_and_its_helper_threads(open_provider, proc):
     proc.remove(310)
     provider.refresh()
     counter.hit(311, "kvm_pio", n=2)
-    assert provider.read()["kvm_pio"] == 7
+    assert provider.snapshot().totals["kvm_pio"] == 7
 
-    # The VM exits: VMGone; the programs are released, the counts stay.
+    # The VM exits: the reading says so; the programs are released, the counts stay.
     proc.remove(300)
-    with pytest.raises(VMGone, match="VM process 300 has exited"):
-        provider.refresh()
+    provider.refresh()
     assert counter.closed and provider.fds == 0
-    assert provider.read()["kvm_pio"] == 7
-    assert provider.read_by_vm() == {300: {**expected, "kvm_pio": 7}}
-    with pytest.raises(VMGone):
-        provider.refresh()
+    reading = provider.snapshot(by_vm=True)
+    assert reading.ended == {300} and reading.totals["kvm_pio"] == 7
+    assert reading.by_vm == {300: {**expected, "kvm_pio": 7}}
+    provider.refresh()  # nothing left to follow
+    assert not provider.snapshot().ended
     provider.reset()
-    assert provider.read()["kvm_pio"] == 0
+    assert provider.snapshot().totals["kvm_pio"] == 0
     provider.close()
 
 
@@ -137,7 +138,8 @@ def test_by_vm_rows_per_process_with_nothing_per_thread(open_provider, proc):
     counter.hit(300, "kvm_pio", n=3)
     counter.hit(410, "kvm_pio", n=2)
     counter.hit(77, "kvm_pio", n=1)  # a kworker: in the totals only
-    totals, per_vm = provider.read_all()
+    reading = provider.snapshot(by_vm=True)
+    totals, per_vm = reading.totals, reading.by_vm
     assert counter.reads == 1
     assert totals == {"kvm_pio": 6}
     assert per_vm == {300: {"kvm_pio": 3}, 400: {"kvm_pio": 2}}
@@ -152,7 +154,9 @@ def test_by_vm_rows_per_process_with_nothing_per_thread(open_provider, proc):
     provider.refresh()
     assert counter.buckets == {300: 0, 400: 1, 410: 1, 500: 2}
     counter.hit(300, "kvm_pio", n=1)  # thread 302 belongs to process 300
-    totals, per_vm = provider.read_all()
+    reading = provider.snapshot(by_vm=True)
+    totals, per_vm = reading.totals, reading.by_vm
+    assert reading.ended == {400}
     assert per_vm == {300: {"kvm_pio": 4}, 400: {"kvm_pio": 2}, 500: {"kvm_pio": 0}}
     provider.refresh()
     assert counter.forgotten == [[400, 410]]
@@ -160,7 +164,8 @@ def test_by_vm_rows_per_process_with_nothing_per_thread(open_provider, proc):
     proc.add_vm(600, "next")
     provider.refresh()
     assert counter.buckets == {300: 0, 500: 2, 600: 1}
-    totals, per_vm = provider.read_all()
+    reading = provider.snapshot(by_vm=True)
+    totals, per_vm = reading.totals, reading.by_vm
     assert totals == {"kvm_pio": 7}  # never backwards
     assert per_vm == {300: {"kvm_pio": 4}, 500: {"kvm_pio": 0}, 600: {"kvm_pio": 0}}
     provider.close()
@@ -176,26 +181,26 @@ def test_entries_of_exited_processes_are_swept_when_the_table_is_half_full(
     counter.hit(700, "kvm_pio")
     for dead in (801, 802, 803):  # processes that have exited since
         counter.hit(dead, "kvm_pio")
-    provider.read()
+    provider.snapshot().totals
     provider.refresh()
     assert counter.forgotten == [[801, 802, 803]]  # not the VM, not the live process
-    assert provider.read() == {"kvm_pio": 5}
+    assert provider.snapshot().totals == {"kvm_pio": 5}
     # The next sweep waits until the table is halfway between the live
     # entries (2) and its capacity (8).
     counter.hit(804, "kvm_pio")
-    provider.read()
+    provider.snapshot().totals
     provider.refresh()
     assert counter.forgotten == [[801, 802, 803]]
     counter.hit(805, "kvm_pio")
     counter.hit(806, "kvm_pio")
-    provider.read()
+    provider.snapshot().totals
     provider.refresh()
     assert counter.forgotten[-1] == [804, 805, 806]
 
 
 def test_no_field_selected_opens_nothing(open_provider):
     provider = open_provider(fields=[])
-    assert open_provider.created == [] and provider.read() == {} and provider.fds == 0
+    assert open_provider.created == [] and provider.snapshot().totals == {} and provider.fds == 0
     provider.refresh()
     provider.close()
 

@@ -10,8 +10,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from kvmstat.frontends import cli
-from kvmstat.errors import VMGone
-from kvmstat.providers.base import Provider
+from kvmstat.providers.base import Provider, Reading
 from kvmstat.sampling.sampler import Sampler
 
 
@@ -151,14 +150,17 @@ class VanishingProvider(Provider):
     def fields(self):
         return ["kvm_pio"]
 
+    @property
+    def pid(self):
+        return 4242
+
     def refresh(self):
         self.refreshes += 1
-        if self.refreshes == self.gone_at:
-            raise VMGone("the VM process 4242 has exited", 4242)
 
-    def read(self):
+    def snapshot(self, *, by_vm=False, histograms=False, by_vcpu=False):
         self.total += 3
-        return {"kvm_pio": self.total}
+        ended = frozenset({4242}) if self.refreshes == self.gone_at else frozenset()
+        return Reading({"kvm_pio": self.total}, ended=ended)
 
     def reset(self):
         self.total = 0
@@ -178,11 +180,11 @@ def test_log_mode_stops_with_status_0_when_the_vm_exits(fmt, capsys, monkeypatch
     status = cli.main(["-l", "-s", "0.1", "-p", "4242", *fmt])
     out, err = capsys.readouterr()
     assert status == 0
-    assert err == "kvm_stat: the VM process 4242 has exited\n"
+    assert err == "kvm_stat: VM process 4242 has exited\n"
     assert provider.closed
     lines = out.splitlines()
     # The rows of refreshes 2 and 3 (1 was the baseline), then a last row with
-    # what the VM did between refresh 3 and its exit (read without refreshing).
+    # what the VM did between refresh 3 and its exit (the sample that found it).
     if fmt == ["--json"]:
         assert [json.loads(line)["fields"]["kvm_pio"]["delta"] for line in lines] == [3, 3, 3]
     else:

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from kvmstat.errors import AccessDenied, NoSuchVM, NotAvailable, VMGone
+from kvmstat.errors import AccessDenied, NoSuchVM, NotAvailable
 from kvmstat.providers import debugfs as debugfs_mod
 from kvmstat.providers.debugfs import (COUNTER, HISTOGRAM, INSTANT, PEAK, TABLE, TIME,
                                        DebugfsProvider, list_vm_directories, parse_histogram,
@@ -167,22 +167,22 @@ def test_counters_count_from_start_up(tmp_path):
     debugfs = make_debugfs(tmp_path)
     with DebugfsProvider(debugfs) as provider:
         assert provider.fields == ["exits", "halt_wait_ns", "max_mmu_rmap_size", "pages_4k"]
-        assert provider.read() == {"exits": 0, "halt_wait_ns": 0, "max_mmu_rmap_size": 4,
+        assert provider.snapshot().totals == {"exits": 0, "halt_wait_ns": 0, "max_mmu_rmap_size": 4,
                                    "pages_4k": 10}
         set_value(debugfs, "exits", "150\n")
         set_value(debugfs, "halt_wait_ns", "7000\n")
         set_value(debugfs, "pages_4k", "6\n")
         set_value(debugfs, "max_mmu_rmap_size", "9\n")
-        assert provider.read() == {"exits": 50, "halt_wait_ns": 2000, "max_mmu_rmap_size": 9,
+        assert provider.snapshot().totals == {"exits": 50, "halt_wait_ns": 2000, "max_mmu_rmap_size": 9,
                                    "pages_4k": 6}
 
 
 def test_include_past_counts_from_creation(tmp_path):
     debugfs = make_debugfs(tmp_path)
     with DebugfsProvider(debugfs, include_past=True) as provider:
-        assert provider.read()["exits"] == 100
+        assert provider.snapshot().totals["exits"] == 100
         set_value(debugfs, "exits", "130\n")
-        assert provider.read() == {"exits": 130, "halt_wait_ns": 5000,
+        assert provider.snapshot().totals == {"exits": 130, "halt_wait_ns": 5000,
                                    "max_mmu_rmap_size": 4, "pages_4k": 10}
 
 
@@ -193,7 +193,7 @@ def test_counters_never_go_backwards(tmp_path):
     totals = []
     for text in ("150", "120", "130", "0", "5"):
         set_value(debugfs, "exits", text + "\n")
-        totals.append(provider.read()["exits"])
+        totals.append(provider.snapshot().totals["exits"])
     assert totals == [50, 50, 60, 60, 65]
 
 
@@ -201,7 +201,7 @@ def test_huge_values(tmp_path):
     debugfs = make_debugfs(tmp_path, host={"exits": f"{U64_MAX - 10}\n", "pages_4k": f"{U64_MAX}\n"})
     provider = DebugfsProvider(debugfs, include_past=True)
     set_value(debugfs, "exits", f"{U64_MAX}\n")
-    assert provider.read() == {"exits": U64_MAX, "pages_4k": U64_MAX}
+    assert provider.snapshot().totals == {"exits": U64_MAX, "pages_4k": U64_MAX}
 
 
 def test_unreadable_value_keeps_the_previous_one(tmp_path):
@@ -209,16 +209,16 @@ def test_unreadable_value_keeps_the_previous_one(tmp_path):
     provider = DebugfsProvider(debugfs)
     set_value(debugfs, "exits", "110\n")
     set_value(debugfs, "pages_4k", "12\n")
-    assert provider.read()["exits"] == 10
+    assert provider.snapshot().totals["exits"] == 10
     for text in ("", "garbage\n", "1 2\n"):
         set_value(debugfs, "exits", text)
         set_value(debugfs, "pages_4k", text)
-        values = provider.read()
+        values = provider.snapshot().totals
         assert values["exits"] == 10 and values["pages_4k"] == 12
     os.unlink(os.path.join(debugfs, "kvm", "exits"))
-    assert provider.read()["exits"] == 10
+    assert provider.snapshot().totals["exits"] == 10
     set_value(debugfs, "exits", "115\n")
-    assert provider.read()["exits"] == 15
+    assert provider.snapshot().totals["exits"] == 15
 
 
 def test_field_selection_and_lockdown_leave_fields_out(tmp_path, monkeypatch):
@@ -226,7 +226,7 @@ def test_field_selection_and_lockdown_leave_fields_out(tmp_path, monkeypatch):
     lock_down(monkeypatch, ["exits"])
     provider = DebugfsProvider(debugfs, fields=["exits", "pages_4k", "nonexistent"])
     assert provider.fields == ["pages_4k"]
-    assert provider.read() == {"pages_4k": 10}  # never exits = 0
+    assert provider.snapshot().totals == {"pages_4k": 10}  # never exits = 0
 
 
 def test_levels_are_the_instant_and_peak_fields(tmp_path):
@@ -240,10 +240,10 @@ def test_reset_zeroes_counters_not_levels(tmp_path):
     provider = DebugfsProvider(debugfs, include_past=True)
     set_value(debugfs, "exits", "120\n")
     provider.reset()
-    assert provider.read()["exits"] == 0
-    assert provider.read()["pages_4k"] == 10
+    assert provider.snapshot().totals["exits"] == 0
+    assert provider.snapshot().totals["pages_4k"] == 10
     set_value(debugfs, "exits", "125\n")
-    assert provider.read()["exits"] == 5
+    assert provider.snapshot().totals["exits"] == 5
     # files are never written
     with open(os.path.join(debugfs, "kvm", "exits")) as f:
         assert f.read() == "125\n"
@@ -253,9 +253,9 @@ def test_histograms_are_not_fields_but_readable(tmp_path):
     debugfs = make_debugfs(tmp_path)
     provider = DebugfsProvider(debugfs)
     assert "halt_poll_fail_hist" not in provider.fields
-    assert "halt_poll_fail_hist" not in provider.read()
+    assert "halt_poll_fail_hist" not in provider.snapshot().totals
     # Bare bucket values since VM creation: debugfs tells nothing about the buckets.
-    assert provider.read_histograms() == {
+    assert provider.snapshot(histograms=True).histograms == {
         "halt_poll_fail_hist": HistogramValues((1, 2, 3), SINCE_CREATION)}
 
 
@@ -263,7 +263,7 @@ def test_close_is_idempotent(tmp_path):
     provider = DebugfsProvider(make_debugfs(tmp_path))
     provider.close()
     provider.close()
-    assert provider.read() == {}
+    assert provider.snapshot().totals == {}
 
 
 # -- per-VM values -------------------------------------------------------------
@@ -286,20 +286,20 @@ def three_vms(tmp_path):
 def test_pid_mode_sums_the_vms_of_that_process_only(tmp_path):
     debugfs = three_vms(tmp_path)
     provider = DebugfsProvider(debugfs, pid=8, include_past=True)
-    assert provider.read() == {"exits": 30, "pages_4k": 3, "max_mmu_rmap_size": 7,
+    assert provider.snapshot().totals == {"exits": 30, "pages_4k": 3, "max_mmu_rmap_size": 7,
                                "halt_wait_ns": 0}
     set_value(debugfs, "exits", "15\n", vm="8-11")
     set_value(debugfs, "exits", "9999\n", vm="128-11")
-    assert provider.read()["exits"] == 35
-    assert set(provider.read_by_vm()) == {8}
+    assert provider.snapshot().totals["exits"] == 35
+    assert set(provider.snapshot(by_vm=True).by_vm) == {8}
 
 
 def test_pid_mode_counts_from_start_up(tmp_path):
     debugfs = three_vms(tmp_path)
     provider = DebugfsProvider(debugfs, pid=8)
-    assert provider.read()["exits"] == 0
+    assert provider.snapshot().totals["exits"] == 0
     set_value(debugfs, "exits", "14\n", vm="8-11")
-    assert provider.read()["exits"] == 4
+    assert provider.snapshot().totals["exits"] == 4
 
 
 def test_pid_without_directory(tmp_path):
@@ -311,20 +311,20 @@ def test_by_vm_groups_per_process(tmp_path):
     debugfs = three_vms(tmp_path)
     provider = DebugfsProvider(debugfs)
     assert provider.supports_by_vm
-    by_vm = provider.read_by_vm()
+    by_vm = provider.snapshot(by_vm=True).by_vm
     assert by_vm[8] == {"exits": 0, "pages_4k": 3, "max_mmu_rmap_size": 7, "halt_wait_ns": 0}
     assert by_vm[128]["exits"] == 0 and by_vm[128]["pages_4k"] == 100
     assert set(by_vm) == {8, 128, 8123}
     set_value(debugfs, "exits", "1003\n", vm="128-11")
-    assert provider.read_by_vm()[128]["exits"] == 3
+    assert provider.snapshot(by_vm=True).by_vm[128]["exits"] == 3
 
 
 def test_vm_created_after_start_up_counts_from_creation(tmp_path):
     debugfs = three_vms(tmp_path)
     provider = DebugfsProvider(debugfs)
-    provider.read_by_vm()
+    provider.snapshot(by_vm=True).by_vm
     make_debugfs(tmp_path, host={}, vms={"42-5": vm_stats(77, 4)})
-    assert provider.read_by_vm()[42]["exits"] == 77
+    assert provider.snapshot(by_vm=True).by_vm[42]["exits"] == 77
 
 
 def test_vm_directory_vanishing_between_listing_and_reading(tmp_path, monkeypatch):
@@ -338,7 +338,7 @@ def test_vm_directory_vanishing_between_listing_and_reading(tmp_path, monkeypatc
         return listing
 
     monkeypatch.setattr(debugfs_mod, "list_vm_directories", list_then_vanish)
-    by_vm = provider.read_by_vm()
+    by_vm = provider.snapshot(by_vm=True).by_vm
     assert 128 not in by_vm
     assert set(by_vm) == {8, 8123}
 
@@ -349,10 +349,10 @@ def test_one_vm_of_a_process_exits(tmp_path):
     provider = DebugfsProvider(debugfs, pid=8)
     set_value(debugfs, "exits", "12\n", vm="8-11")
     set_value(debugfs, "exits", "25\n", vm="8-12")
-    assert provider.read()["exits"] == 7
+    assert provider.snapshot().totals["exits"] == 7
     shutil.rmtree(os.path.join(debugfs, "kvm", "8-12"))
     provider.refresh()
-    values = provider.read()
+    values = provider.snapshot().totals
     assert values["exits"] == 7
     assert values["pages_4k"] == 1 and values["max_mmu_rmap_size"] == 3
 
@@ -362,10 +362,12 @@ def test_watched_vm_exits(tmp_path):
     provider = DebugfsProvider(debugfs, pid=8)
     for name in ("8-11", "8-12"):
         shutil.rmtree(os.path.join(debugfs, "kvm", name))
-    with pytest.raises(VMGone) as e:
-        provider.refresh()
-    assert e.value.pid == 8
-    assert provider.read() == {"exits": 0, "halt_wait_ns": 0}  # no crash, no levels
+    provider.refresh()
+    reading = provider.snapshot()
+    assert reading.ended == {8}
+    assert reading.totals == {"exits": 0, "halt_wait_ns": 0}  # no crash, no levels
+    provider.refresh()
+    assert not provider.snapshot().ended  # said once
 
 
 def test_per_vm_histograms_sum_bucket_by_bucket(tmp_path):
@@ -373,8 +375,8 @@ def test_per_vm_histograms_sum_bucket_by_bucket(tmp_path):
     vm_b = dict(vm_stats(1, 1), halt_poll_fail_hist="10 20 30\n")
     debugfs = make_debugfs(tmp_path, vms={"8-1": vm_a, "8-2": vm_b})
     provider = DebugfsProvider(debugfs, pid=8)
-    assert provider.read_histograms()["halt_poll_fail_hist"].counts == (11, 22, 30)
-    assert provider.read_histograms_by_vm() == {
+    assert provider.snapshot(histograms=True).histograms["halt_poll_fail_hist"].counts == (11, 22, 30)
+    assert provider.snapshot(by_vm=True, histograms=True).vm_histograms == {
         8: {"halt_poll_fail_hist": HistogramValues((11, 22, 30), SINCE_CREATION)}}
 
 
@@ -386,8 +388,8 @@ def test_histograms_of_every_vm_by_pid(tmp_path):
         "9-3": vm_stats(1, 1),  # no histogram file: nothing for it
     })
     provider = DebugfsProvider(debugfs)
-    by_vm = provider.read_histograms_by_vm()
+    by_vm = provider.snapshot(by_vm=True, histograms=True).vm_histograms
     assert {pid: {n: h.counts for n, h in hists.items()} for pid, hists in by_vm.items()} == {
         8: {"halt_poll_fail_hist": (11, 22, 30)}, 128: {"halt_poll_fail_hist": (5,)}, 9: {}}
     provider.close()
-    assert provider.read_histograms() == {} and provider.read_histograms_by_vm() == {}
+    assert provider.snapshot(histograms=True).histograms == {} and provider.snapshot(by_vm=True, histograms=True).vm_histograms == {}

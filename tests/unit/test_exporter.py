@@ -16,19 +16,22 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families
 
 from kvmstat.frontends import cli
-from kvmstat.errors import AccessDenied, InvalidArgument, NotAvailable, VMGone
+from kvmstat.errors import AccessDenied, InvalidArgument, NotAvailable
 from kvmstat.frontends.exporter import (KvmCollector, MetricsServer, ServeAddress, family_name,
                               parse_serve_address, serve_until_stopped, stop_on_signals)
-from kvmstat.providers.base import Provider
+from kvmstat.providers.base import Provider, Reading
 from kvmstat.sampling.sampler import Sampler
 from kvmstat.host.vms import VM
 
 
 class FakeProvider(Provider):
-    """Counts set by the test; optional per-VM counts; refresh can raise VMGone."""
+    """Counts set by the test; optional per-VM counts; the watched VM (4242
+    with *watched*) can be set gone."""
 
-    def __init__(self, counts, by_vm=None, name="tracepoints", levels=()):
+    def __init__(self, counts, by_vm=None, name="tracepoints", levels=(), watched=None):
         self.name = name
+        self.watched = watched
+        self.said_gone = False
         self.counts = dict(counts)
         self._levels = frozenset(levels)
         self.by_vm = by_vm
@@ -50,20 +53,20 @@ class FakeProvider(Provider):
     def levels(self):
         return self._levels
 
-    def refresh(self):
-        if self.gone:
-            raise VMGone("VM process 4242 has exited", 4242)
+    @property
+    def pid(self):
+        return self.watched
 
-    def read(self):
+    def snapshot(self, *, by_vm=False, histograms=False, by_vcpu=False):
         self.active += 1
         self.overlapped |= self.active > 1
         time.sleep(self.delay)
         self.reads += 1
         self.active -= 1
-        return dict(self.counts)
-
-    def read_by_vm(self):
-        return {pid: dict(c) for pid, c in (self.by_vm or {}).items()}
+        ended = frozenset({4242}) if self.gone and not self.said_gone else frozenset()
+        self.said_gone |= self.gone
+        per_vm = {pid: dict(c) for pid, c in (self.by_vm or {}).items()} if by_vm else {}
+        return Reading(dict(self.counts), per_vm, ended=ended)
 
     def reset(self):
         pass
@@ -261,7 +264,8 @@ def test_vms_coming_and_going_between_scrapes():
 
 
 def test_watched_vm_labels_every_series_and_is_dropped_when_it_exits():
-    provider = FakeProvider({"kvm_pio": 12, "kvm_userspace_exit": 12, "kvm_userspace_exit(IO)": 12})
+    provider = FakeProvider({"kvm_pio": 12, "kvm_userspace_exit": 12, "kvm_userspace_exit(IO)": 12},
+                            watched=4242)
     released, notes = [], []
     collector = KvmCollector(Sampler([provider]), vm=VM(4242, "db", (11,)),
                              release=released.append, notify=notes.append)
@@ -282,14 +286,13 @@ def test_watched_vm_labels_every_series_and_is_dropped_when_it_exits():
     assert provider.closed == 0  # handed to release, not closed twice
 
 
-def test_vm_gone_without_a_watched_vm_is_an_error_not_a_silent_drop():
-    provider = FakeProvider({"kvm_pio": 1})
-    collector = KvmCollector(Sampler([provider]))
+def test_a_vm_ending_without_a_watched_vm_drops_nothing():
+    provider = FakeProvider({"kvm_pio": 1}, by_vm={4242: {"kvm_pio": 1}})
+    collector = KvmCollector(Sampler([provider], by_vm=True))
     provider.gone = True
-    with pytest.raises(VMGone):
-        scrape(collector)
-    provider.gone = False
-    assert series(scrape(collector)[0], "kvm_pio_total") == {labels(): 1}
+    assert series(scrape(collector)[0], "kvm_pio_total")[labels()] == 1
+    assert not collector.dropped
+    assert series(scrape(collector)[0], "kvm_pio_total")[labels()] == 1
 
 
 def test_sample_seconds_is_reported():
@@ -402,7 +405,7 @@ def test_a_failing_read_is_a_500_with_one_line_and_no_traceback(served, capsys):
 
     def broken():
         raise NotAvailable("tracefs went away")
-    provider.read = broken
+    provider.snapshot = lambda **parts: broken()
     with pytest.raises(urllib.error.HTTPError) as info:
         get(server.url)
     assert info.value.code == 500

@@ -41,9 +41,14 @@ class ScriptedSampler:
         self.times = []
         self.totals = {"a": 0, "b": 0}
 
+    pid = 42
+    done = False
+
     def sample(self, refresh=True):
+        if self.done and refresh:
+            raise VMGone("VM process 42 has exited", 42)
         if refresh and self.fail_at is not None and len(self.times) == self.fail_at:
-            raise VMGone("the VM process 42 has exited", 42)
+            self.done = True  # this sample holds the counts up to the exit
         self.times.append(self.clock.now)
         self.clock.now += self.cost
         step = self.deltas.pop(0) if self.deltas else [0, 0]
@@ -166,22 +171,30 @@ def test_a_reader_that_went_away_ends_the_loop_with_broken_pipe():
         run_logger(events={3: gone}, stop_after=None)
 
 
-def test_vm_gone_propagates_to_the_caller():
+def test_the_watched_vm_exiting_ends_the_loop():
     clock = FakeClock()
     sampler = ScriptedSampler(clock, [], fail_at=3)
-    with pytest.raises(VMGone):
-        Logger(sampler, StreamOutput(io.StringIO()), log_layout("csv"), delay=1,
-               clock=clock).run(FakeSignals(clock, stop_after=None))
+    Logger(sampler, StreamOutput(io.StringIO()), log_layout("csv"), delay=1,
+           clock=clock).run(FakeSignals(clock, stop_after=None))
+    assert sampler.done and len(sampler.times) == 4
 
 
-def test_vm_gone_writes_the_counts_up_to_the_exit_first():
+def test_the_watched_vm_exiting_at_the_baseline_writes_nothing():
+    clock = FakeClock()
+    sampler = ScriptedSampler(clock, [], fail_at=0)
+    out = io.StringIO()
+    Logger(sampler, StreamOutput(out), log_layout("csv"), delay=1,
+           clock=clock).run(FakeSignals(clock, stop_after=None))
+    assert out.getvalue() == "" and len(sampler.times) == 1
+
+
+def test_vm_gone_writes_the_counts_up_to_the_exit_last():
     clock = FakeClock()
     # baseline, two rows, then the VM exits with 4 and 1 counted since row 2
     sampler = ScriptedSampler(clock, [[0, 0], [1, 2], [3, 0], [4, 1]], fail_at=3)
     out = io.StringIO()
-    with pytest.raises(VMGone):
-        Logger(sampler, StreamOutput(out), log_layout("csv"), delay=1,
-               clock=clock).run(FakeSignals(clock, stop_after=None))
+    Logger(sampler, StreamOutput(out), log_layout("csv"), delay=1,
+           clock=clock).run(FakeSignals(clock, stop_after=None))
     rows = [line.split(",")[1:] for line in out.getvalue().splitlines()[1:]]
     assert rows == [["1", "2"], ["3", "0"], ["4", "1"]]
 

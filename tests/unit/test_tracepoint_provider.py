@@ -71,7 +71,7 @@ def test_host_wide_opens_one_group_per_cpu_and_reads_by_name(tmp_path, monkeypat
     assert hlt.filter == "exit_reason==12"
     counter_set.counts[(1, "kvm_pio")] = 5
     counter_set.counts[(3, "kvm_pio")] = 2
-    totals = provider.read()
+    totals = provider.snapshot().totals
     assert totals["kvm_pio"] == 7 and totals["kvm_fpu"] == 0
     assert counter_set.reads == 1  # one bulk read per sample
     provider.close()

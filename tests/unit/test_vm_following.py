@@ -55,8 +55,10 @@ def test_pid_mode_counts_every_thread_and_helper_and_follows_them(proc, created,
     assert provider.supports_by_vm and list(provider.vms) == [300]
     cs.counts[(301, "kvm_pio")] = 5
     cs.counts[(310, "kvm_pio")] = 2
-    assert provider.read() == {"kvm_pio": 7, "kvm_fpu": 0}
-    assert provider.read_all() == ({"kvm_pio": 7, "kvm_fpu": 0}, {300: {"kvm_pio": 7, "kvm_fpu": 0}})
+    assert provider.snapshot().totals == {"kvm_pio": 7, "kvm_fpu": 0}
+    reading = provider.snapshot(by_vm=True)
+    assert (reading.totals, reading.by_vm) == ({"kvm_pio": 7, "kvm_fpu": 0},
+                                               {300: {"kvm_pio": 7, "kvm_fpu": 0}})
 
     # New threads of the process inherit the counters: no new group.
     proc.add_thread(300, 303)
@@ -73,17 +75,21 @@ def test_pid_mode_counts_every_thread_and_helper_and_follows_them(proc, created,
     proc.remove(310)
     provider.refresh()
     assert 310 not in groups(cs)
-    assert provider.read()["kvm_pio"] == 7
+    assert provider.snapshot().totals["kvm_pio"] == 7
 
-    # The VM exits: VMGone, every group retired, its counts still readable.
+    # The VM exits: the next reading says so (once), every group retired,
+    # its counts still readable; nothing more is followed.
     proc.remove(300)
-    with pytest.raises(VMGone, match="VM process 300 has exited") as info:
-        provider.refresh()
-    assert info.value.pid == 300 and cs.groups == 0
-    assert provider.read() == {"kvm_pio": 7, "kvm_fpu": 0}
-    assert provider.read_by_vm() == {300: {"kvm_pio": 7, "kvm_fpu": 0}}
-    with pytest.raises(VMGone):
-        provider.refresh()
+    provider.refresh()
+    assert cs.groups == 0
+    reading = provider.snapshot(by_vm=True)
+    assert reading.ended == {300}
+    assert reading.totals == {"kvm_pio": 7, "kvm_fpu": 0}
+    assert reading.by_vm == {300: {"kvm_pio": 7, "kvm_fpu": 0}}
+    provider.refresh()
+    reading = provider.snapshot(by_vm=True)
+    assert reading.ended == frozenset()
+    assert reading.by_vm == {300: {"kvm_pio": 7, "kvm_fpu": 0}}
     provider.close()
     assert cs.closed
 
@@ -159,7 +165,7 @@ def test_host_mode_has_no_breakdown(proc, created, open_provider):
     proc.add_vm(300, "web")
     provider = open_provider()
     assert created[0].mode == native.PER_CPU
-    assert not provider.supports_by_vm and provider.read_by_vm() == {} and provider.vms == {}
+    assert not provider.supports_by_vm and provider.snapshot(by_vm=True).by_vm == {} and provider.vms == {}
     provider.refresh()  # nothing to follow
 
 
@@ -172,7 +178,8 @@ def test_by_vm_buckets_one_read_new_and_exited_vms(proc, created, open_provider)
     assert cs.mode == native.PER_THREAD_INHERIT
     assert groups(cs) == {300: 0, 301: 0, 400: 1, 410: 1}
     cs.counts.update({(300, "kvm_pio"): 3, (301, "kvm_pio"): 4, (410, "kvm_fpu"): 9})
-    totals, per_vm = provider.read_all()
+    reading = provider.snapshot(by_vm=True)
+    totals, per_vm = reading.totals, reading.by_vm
     assert cs.reads == 1  # totals and breakdown from one native read
     assert totals == {"kvm_pio": 7, "kvm_fpu": 9}
     assert per_vm == {300: {"kvm_pio": 7, "kvm_fpu": 0}, 400: {"kvm_pio": 0, "kvm_fpu": 9}}
@@ -184,15 +191,19 @@ def test_by_vm_buckets_one_read_new_and_exited_vms(proc, created, open_provider)
     provider.refresh()
     assert groups(cs) == {400: 1, 410: 1, 500: 2}
     cs.counts[(500, "kvm_pio")] = 1
-    totals, per_vm = provider.read_all()
+    reading = provider.snapshot(by_vm=True)
+    totals, per_vm = reading.totals, reading.by_vm
+    assert reading.ended == {300}
     assert per_vm[300] == {"kvm_pio": 7, "kvm_fpu": 0} and per_vm[500]["kvm_pio"] == 1
     assert totals == {"kvm_pio": 8, "kvm_fpu": 9}
     provider.refresh()
-    assert sorted(provider.read_by_vm()) == [400, 500]
+    assert sorted(provider.snapshot(by_vm=True).by_vm) == [400, 500]
     proc.add_vm(600, "next")
     provider.refresh()
     assert groups(cs)[600] == 0  # the exited VM's bucket, cleared
-    totals, per_vm = provider.read_all()
+    reading = provider.snapshot(by_vm=True)
+    totals, per_vm = reading.totals, reading.by_vm
+    assert not reading.ended
     assert per_vm[600] == {"kvm_pio": 0, "kvm_fpu": 0}
     assert totals == {"kvm_pio": 8, "kvm_fpu": 9}  # never backwards
     provider.close()
@@ -200,7 +211,8 @@ def test_by_vm_buckets_one_read_new_and_exited_vms(proc, created, open_provider)
 
 def test_by_vm_with_no_vm_yet(proc, created, open_provider):
     provider = open_provider(by_vm=True)
-    assert provider.read_all() == ({"kvm_pio": 0, "kvm_fpu": 0}, {})
+    reading = provider.snapshot(by_vm=True)
+    assert (reading.totals, reading.by_vm) == ({"kvm_pio": 0, "kvm_fpu": 0}, {})
     assert created[0].enabled  # groups added later count at once
     proc.add_vm(300, "web")
     provider.refresh()
@@ -225,7 +237,7 @@ def test_open_sampler_by_vm_gives_breakdown_and_names(tmp_path, proc, created):
     assert second.vm_names == {300: "web", 400: None}
 
 
-def test_sampler_after_vm_gone_reads_without_refresh(tmp_path, proc, created):
+def test_sampler_reports_the_watched_vm_ended_with_its_last_counts(tmp_path, proc, created):
     proc.add_vm(300, "web")
     paths = Paths(proc=proc.path, sys=make_sys(tmp_path / "s"),
                   tracefs=make_tracefs(tmp_path / "t"))
@@ -233,9 +245,16 @@ def test_sampler_after_vm_gone_reads_without_refresh(tmp_path, proc, created):
         sampler.sample()
         created[0].counts[(300, "kvm_pio")] = 4
         proc.remove(300)
-        with pytest.raises(VMGone):
+        ended = sampler.sample()
+        assert sampler.done and sampler.pid == 300
+        assert ended.ended == {300: {"kvm_pio": (4, 4)}}
+        assert ended.values == {"kvm_pio": (4, 4)}
+        # Nothing is left to watch: sampling again is an error (VMGone) ...
+        with pytest.raises(VMGone, match="VM process 300 has exited") as info:
             sampler.sample()
+        assert info.value.pid == 300
+        # ... but the counts it left are still readable.
         last = sampler.sample(refresh=False)
-    assert last.values == {"kvm_pio": (4, 4)}
-    assert last.by_vm == {300: {"kvm_pio": (4, 4)}}
+    assert last.values == {"kvm_pio": (4, 0)}
+    assert last.by_vm == {300: {"kvm_pio": (4, 0)}}
     assert last.vm_names == {300: "web"}  # remembered after the exit

@@ -21,8 +21,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # the worktree's kvmstat
 
 from kvmstat.frontends.cli import parse_delay, parse_pid  # noqa: E402
-from kvmstat.errors import InvalidArgument, VMGone  # noqa: E402
-from kvmstat.providers.base import Provider  # noqa: E402
+from kvmstat.errors import InvalidArgument  # noqa: E402
+from kvmstat.providers.base import Provider, Reading  # noqa: E402
 from kvmstat.sampling.sampler import Sampler  # noqa: E402
 from kvmstat.frontends.tui import Display  # noqa: E402
 
@@ -47,8 +47,10 @@ class FakeProvider(Provider):
 
     name = "fake"
 
-    def __init__(self, fields, die_after):
+    def __init__(self, fields, die_after, pid=None):
         self._fields = list(fields)
+        self._pid = pid
+        self._dead = self._ended = False
         self._reads = 0
         self._die_after = die_after
 
@@ -60,18 +62,24 @@ class FakeProvider(Provider):
     def supports_by_vm(self):
         return True
 
+    @property
+    def pid(self):
+        return self._pid
+
     def refresh(self):
-        if self._die_after is not None and self._reads >= self._die_after:
-            raise VMGone("VM process has exited")
+        if self._die_after is not None and self._reads >= self._die_after \
+                and not self._dead:
+            self._dead = self._ended = True
 
-    def read(self):
-        if self._die_after is None or self._reads < self._die_after:
+    def snapshot(self, *, by_vm=False, histograms=False, by_vcpu=False):
+        if not self._dead:
             self._reads += 1  # a VM that has exited counts nothing more
-        return {f: STEPS[f] * self._reads for f in self._fields}
-
-    def read_by_vm(self):
-        return {pid: {f: STEPS[f] * share // 5 * self._reads for f in self._fields}
-                for pid, (_, share) in VMS.items()}
+        ended = frozenset({self._pid}) if self._ended else frozenset()
+        self._ended = False
+        totals = {f: STEPS[f] * self._reads for f in self._fields}
+        per_vm = {pid: {f: STEPS[f] * share // 5 * self._reads for f in self._fields}
+                  for pid, (_, share) in VMS.items()} if by_vm else {}
+        return Reading(totals, per_vm, ended=ended)
 
     def reset(self):
         self._reads = 0
@@ -98,7 +106,7 @@ def main(argv=None) -> int:
             with open(log_path, "a") as log:
                 log.write(json.dumps({"fields": fields, "pid": pid, "by_vm": by_vm}) + "\n")
         ticks = itertools.count()
-        return Sampler([FakeProvider(fields, args.die_after)], by_vm=by_vm,
+        return Sampler([FakeProvider(fields, args.die_after, pid)], by_vm=by_vm,
                        names=lambda vm: VMS[vm][0],
                        clock=lambda: next(ticks) * SECONDS_PER_SAMPLE)
 
