@@ -37,6 +37,8 @@
 
 #include <stdint.h>
 
+/* cdef: begin (csrc/build_native.py hands the API from here to cffi) */
+
 /* What a failing kvmstat_bpf_new/kvmstat_bpf_probe call was doing. */
 #define KVMSTAT_BPF_STAGE_MAP    1  /* creating a map */
 #define KVMSTAT_BPF_STAGE_LOAD   2  /* loading a program (see the log) */
@@ -186,5 +188,7 @@ void kvmstat_bpf_free(struct kvmstat_bpf *eng);
  * *err filled in.
  */
 int kvmstat_bpf_probe(uint64_t tracepoint_id, struct kvmstat_bpf_error *err);
+
+/* cdef: end */
 
 #endif
