@@ -18,6 +18,7 @@ import cffi
 CSRC = os.path.dirname(os.path.abspath(__file__))
 PUBLIC_HEADERS = ("kvmstat_native.h", "kvmstat_bpf.h")
 SOURCES = ("kvmstat_sys.c", "kvmstat_native.c", "kvmstat_bpf_asm.c", "kvmstat_bpf.c",
+           "kvmstat_bpf_slots.c",
            "kvmstat_bpf_prog.c", "kvmstat_bpf_read.c")
 PRIVATE_HEADERS = ("kvmstat_sys.h", "kvmstat_bpf_asm.h", "kvmstat_bpf_engine.h")
 

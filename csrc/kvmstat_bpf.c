@@ -73,12 +73,26 @@ static unsigned int default_table_size(unsigned int ncpus)
     return (unsigned int)n;
 }
 
+static int valid_fields(const struct kvmstat_bpf_field *fields, unsigned int nfields,
+                        unsigned int nevents)
+{
+    if (nfields && !fields)
+        return 0;
+    for (unsigned int f = 0; f < nfields; f++)
+        if (fields[f].event >= nevents || (fields[f].ncodes && !fields[f].codes))
+            return 0;
+    return 1;
+}
+
 static int check_arguments(const struct kvmstat_bpf_event *events, unsigned int nevents,
-                           int64_t only_tgid, struct kvmstat_bpf **out,
+                           const struct kvmstat_bpf_field *fields, unsigned int nfields,
+                           const struct kvmstat_bpf_options *opt, struct kvmstat_bpf **out,
                            struct kvmstat_bpf_error *err)
 {
-    if (!out || !events || nevents == 0 ||
-        only_tgid < KVMSTAT_BPF_ALL_TGIDS || only_tgid > INT32_MAX)
+    if (!out || !events || nevents == 0 || !opt ||
+        opt->only_tgid < KVMSTAT_BPF_ALL_TGIDS || opt->only_tgid > INT32_MAX ||
+        (opt->layout != KVMSTAT_BPF_BY_PROCESS && opt->layout != KVMSTAT_BPF_SLOTS) ||
+        opt->attach > KVMSTAT_BPF_ATTACH_RAW || !valid_fields(fields, nfields, nevents))
         return set_error(err, 0, -1, -EINVAL);
     for (unsigned int i = 0; i < nevents; i++)
         if (kbpf_check_event(&events[i]) < 0)
@@ -87,31 +101,68 @@ static int check_arguments(const struct kvmstat_bpf_event *events, unsigned int 
 }
 
 /* An engine with its arrays allocated and every descriptor closed (-1). */
-static struct kvmstat_bpf *engine_alloc(unsigned int nevents)
+static struct kvmstat_bpf *engine_alloc(unsigned int nevents, const struct kvmstat_bpf_options *opt)
 {
     struct kvmstat_bpf *eng = calloc(1, sizeof(*eng));
 
     if (!eng)
         return NULL;
     eng->nevents = nevents;
+    eng->layout = (int)opt->layout;
+    eng->only_tgid = opt->only_tgid;
     eng->maps.counts_fd = eng->maps.drops_fd = eng->maps.also_fd = -1;
     eng->prog_fds = malloc(nevents * sizeof(int));
-    eng->perf_fds = malloc(nevents * sizeof(int));
+    eng->link_fds = malloc(nevents * sizeof(int));
+    eng->attached = calloc(nevents, 1);
+    eng->with_reason = calloc(nevents, 1);
     eng->pstart = calloc(nevents + 1, sizeof(unsigned int));
     eng->cstart = calloc(nevents + 1, sizeof(unsigned int));
-    if (!eng->prog_fds || !eng->perf_fds || !eng->pstart || !eng->cstart) {
+    if (opt->layout == KVMSTAT_BPF_SLOTS)
+        eng->slots = calloc(nevents, sizeof(*eng->slots));
+    if (!eng->prog_fds || !eng->link_fds || !eng->attached || !eng->with_reason ||
+        !eng->pstart || !eng->cstart || (opt->layout == KVMSTAT_BPF_SLOTS && !eng->slots)) {
         kvmstat_bpf_free(eng);
         return NULL;
     }
     for (unsigned int i = 0; i < nevents; i++)
-        eng->prog_fds[i] = eng->perf_fds[i] = -1;
+        eng->prog_fds[i] = eng->link_fds[i] = -1;
     return eng;
+}
+
+/* An event's program reads the reason only when a field breaks it down
+ * (and the event has a place to read it from). */
+static void mark_reasons(struct kvmstat_bpf *eng, const struct kvmstat_bpf_event *events,
+                         const struct kvmstat_bpf_field *fields, unsigned int nfields)
+{
+    for (unsigned int f = 0; f < nfields; f++) {
+        const struct kvmstat_bpf_event *ev = &events[fields[f].event];
+        if (fields[f].ncodes && (ev->reason_offset >= 0 || ev->reason_arg >= 0))
+            eng->with_reason[fields[f].event] = 1;
+    }
+}
+
+/* The count table: a per-CPU hash sized by the number of CPUs, or the
+ * per-CPU array of slots. */
+static int create_counts(struct kvmstat_bpf *eng, unsigned int max_entries)
+{
+    if (eng->layout == KVMSTAT_BPF_SLOTS) {
+        eng->max_entries = eng->nelems;
+        return ksys_map_create(BPF_MAP_TYPE_PERCPU_ARRAY, sizeof(uint32_t),
+                               eng->elem_slots * (uint32_t)sizeof(uint64_t), eng->nelems,
+                               0, "kvmstat_slots");
+    }
+    /* Preallocated: a program that must allocate an entry on first use can
+     * fail (the kernel's per-CPU element cache is refilled asynchronously,
+     * so a burst of new entries finds it empty) and would lose that hit. */
+    eng->max_entries = max_entries ? max_entries : default_table_size(eng->ncpus);
+    return ksys_map_create(BPF_MAP_TYPE_PERCPU_HASH, sizeof(struct count_key),
+                           sizeof(uint64_t), eng->max_entries, 0, "kvmstat_counts");
 }
 
 /* The dropped counter, then (sized by the number of CPUs it reveals) the
  * count table and, when counting one process, the "also" map. */
-static int create_maps(struct kvmstat_bpf *eng, int64_t only_tgid,
-                       unsigned int max_entries, struct kvmstat_bpf_error *err)
+static int create_maps(struct kvmstat_bpf *eng, const struct kvmstat_bpf_options *opt,
+                       struct kvmstat_bpf_error *err)
 {
     int rc = ksys_map_create(BPF_MAP_TYPE_PERCPU_ARRAY, sizeof(uint32_t),
                              sizeof(uint64_t), 1, 0, "kvmstat_drops");
@@ -122,17 +173,16 @@ static int create_maps(struct kvmstat_bpf *eng, int64_t only_tgid,
     if (rc < 0)
         return set_error(err, KVMSTAT_BPF_STAGE_CPUS, -1, rc);
     eng->ncpus = (unsigned int)rc;
-
-    /* Preallocated: a program that must allocate an entry on first use can
-     * fail (the kernel's per-CPU element cache is refilled asynchronously,
-     * so a burst of new entries finds it empty) and would lose that hit. */
-    eng->max_entries = max_entries ? max_entries : default_table_size(eng->ncpus);
-    rc = ksys_map_create(BPF_MAP_TYPE_PERCPU_HASH, sizeof(struct count_key),
-                         sizeof(uint64_t), eng->max_entries, 0, "kvmstat_counts");
+    if (eng->layout == KVMSTAT_BPF_SLOTS) {
+        eng->slotbuf = malloc((size_t)eng->ncpus * eng->elem_slots * sizeof(uint64_t));
+        if (!eng->slotbuf)
+            return set_error(err, 0, -1, -ENOMEM);
+    }
+    rc = create_counts(eng, opt->max_entries);
     if (rc < 0)
         return set_error(err, KVMSTAT_BPF_STAGE_MAP, -1, rc);
     eng->maps.counts_fd = rc;
-    if (only_tgid >= 0) {
+    if (opt->only_tgid >= 0) {
         /* Written only from user space: never allocates in a program. */
         rc = ksys_map_create(BPF_MAP_TYPE_HASH, sizeof(uint32_t), sizeof(uint32_t),
                              KVMSTAT_BPF_MAX_ALSO, BPF_F_NO_PREALLOC, "kvmstat_also");
@@ -143,55 +193,103 @@ static int create_maps(struct kvmstat_bpf *eng, int64_t only_tgid,
     return 0;
 }
 
-/*
- * Load the program of each event and attach it to a perf event of its
- * tracepoint.  The perf events stay disabled: a program attached to a
- * tracepoint runs from the tracepoint's perf probe, which is registered
- * when the event is opened, whatever the event's state.  A disabled event
- * is not on any CPU's list of perf events to feed, so perf does no work
- * for it after the program returns.
- */
-static int attach_programs(struct kvmstat_bpf *eng, const struct kvmstat_bpf_event *events,
-                           int64_t only_tgid, char *log, unsigned int log_size,
-                           struct kvmstat_bpf_error *err)
+/* Can event i be attached as a raw tracepoint at all? */
+static int raw_possible(const struct kvmstat_bpf *eng, const struct kvmstat_bpf_event *ev,
+                        unsigned int i)
 {
-    for (unsigned int i = 0; i < eng->nevents; i++) {
-        int rc = kbpf_load_counter(i, &events[i], only_tgid, &eng->maps, log, log_size);
-        if (rc < 0)
-            return set_error(err, KVMSTAT_BPF_STAGE_LOAD, (int)i, rc);
-        eng->prog_fds[i] = rc;
-        rc = ksys_perf_open_tracepoint(events[i].tracepoint_id);
-        if (rc < 0)
-            return set_error(err, KVMSTAT_BPF_STAGE_OPEN, (int)i, rc);
-        eng->perf_fds[i] = rc;
-        rc = ksys_perf_attach_bpf(eng->perf_fds[i], eng->prog_fds[i]);
+    return ev->name && ev->name[0] && (!eng->with_reason[i] || ev->reason_arg >= 0);
+}
+
+/* Load event i's program in this shape and attach it: as a raw tracepoint,
+ * or through a (disabled) perf event of the tracepoint.  The perf events
+ * stay disabled: a program attached to a tracepoint runs from the
+ * tracepoint's perf probe, which is registered when the event is opened,
+ * whatever the event's state.  A disabled event is not on any CPU's list
+ * of perf events to feed, so perf does no work for it after the program
+ * returns. */
+static int attach_one(struct kvmstat_bpf *eng, const struct counter_shape *shape,
+                      char *log, unsigned int log_size, struct kvmstat_bpf_error *err)
+{
+    unsigned int i = shape->index;
+    int rc = kbpf_load_counter(shape, &eng->maps, log, log_size);
+
+    if (rc < 0)
+        return set_error(err, KVMSTAT_BPF_STAGE_LOAD, (int)i, rc);
+    eng->prog_fds[i] = rc;
+    if (shape->raw) {
+        rc = ksys_raw_tracepoint_open(shape->ev->name, eng->prog_fds[i]);
         if (rc < 0)
             return set_error(err, KVMSTAT_BPF_STAGE_ATTACH, (int)i, rc);
+        eng->link_fds[i] = rc;
+        eng->attached[i] = KVMSTAT_BPF_ATTACHED_RAW;
+        return 0;
+    }
+    rc = ksys_perf_open_tracepoint(shape->ev->tracepoint_id);
+    if (rc < 0)
+        return set_error(err, KVMSTAT_BPF_STAGE_OPEN, (int)i, rc);
+    eng->link_fds[i] = rc;
+    rc = ksys_perf_attach_bpf(eng->link_fds[i], eng->prog_fds[i]);
+    if (rc < 0)
+        return set_error(err, KVMSTAT_BPF_STAGE_ATTACH, (int)i, rc);
+    eng->attached[i] = KVMSTAT_BPF_ATTACHED_PERF;
+    return 0;
+}
+
+/* Attach every event the way opt->attach asks; with ATTACH_AUTO an event
+ * the kernel refuses as a raw tracepoint (older kernels, a module's
+ * tracepoint it cannot find by name) is attached through perf instead. */
+static int attach_programs(struct kvmstat_bpf *eng, const struct kvmstat_bpf_event *events,
+                           const struct kvmstat_bpf_options *opt, char *log,
+                           unsigned int log_size, struct kvmstat_bpf_error *err)
+{
+    for (unsigned int i = 0; i < eng->nevents; i++) {
+        struct counter_shape shape = {
+            .index = i, .ev = &events[i], .with_reason = eng->with_reason[i],
+            .slots = eng->slots ? &eng->slots[i] : NULL, .only_tgid = opt->only_tgid,
+        };
+        int raw_ok = raw_possible(eng, &events[i], i);
+        if (opt->attach == KVMSTAT_BPF_ATTACH_RAW && !raw_ok)
+            return set_error(err, KVMSTAT_BPF_STAGE_ATTACH, (int)i, -EOPNOTSUPP);
+        shape.raw = opt->attach != KVMSTAT_BPF_ATTACH_PERF && raw_ok;
+        int rc = attach_one(eng, &shape, log, log_size, err);
+        if (rc < 0 && shape.raw && opt->attach == KVMSTAT_BPF_ATTACH_AUTO) {
+            ksys_close(&eng->link_fds[i]);
+            ksys_close(&eng->prog_fds[i]);
+            shape.raw = 0;
+            rc = attach_one(eng, &shape, log, log_size, err);
+        }
+        if (rc < 0)
+            return rc;
     }
     return 0;
 }
 
 int kvmstat_bpf_new(const struct kvmstat_bpf_event *events, unsigned int nevents,
-                    int64_t only_tgid, unsigned int max_entries,
+                    const struct kvmstat_bpf_field *fields, unsigned int nfields,
+                    const struct kvmstat_bpf_options *opt,
                     char *log, unsigned int log_size,
                     struct kvmstat_bpf_error *err, struct kvmstat_bpf **out)
 {
     if (log && log_size)
         log[0] = '\0';
-    int rc = check_arguments(events, nevents, only_tgid, out, err);
+    int rc = check_arguments(events, nevents, fields, nfields, opt, out, err);
     if (rc < 0)
         return rc;
     *out = NULL;
-    struct kvmstat_bpf *eng = engine_alloc(nevents);
+    struct kvmstat_bpf *eng = engine_alloc(nevents, opt);
     if (!eng)
         return set_error(err, 0, -1, -ENOMEM);
-    rc = create_maps(eng, only_tgid, max_entries, err);
-    if (rc == 0)
-        rc = kbpf_grow_batch(eng, BATCH_FIRST);
-    if (rc == -ENOMEM)
+    mark_reasons(eng, events, fields, nfields);
+    if (eng->slots && (rc = kbpf_plan_slots(eng, fields, nfields)) < 0)
         set_error(err, 0, -1, rc);
     if (rc == 0)
-        rc = attach_programs(eng, events, only_tgid, log, log_size, err);
+        rc = create_maps(eng, opt, err);
+    if (rc == 0 && (rc = kbpf_grow_batch(eng, BATCH_FIRST)) < 0)
+        set_error(err, 0, -1, rc);
+    if (rc == 0 && (rc = kvmstat_bpf_set_fields(eng, fields, nfields)) < 0)
+        set_error(err, 0, -1, rc);
+    if (rc == 0)
+        rc = attach_programs(eng, events, opt, log, log_size, err);
     if (rc < 0) {
         kvmstat_bpf_free(eng);
         return rc;
@@ -201,16 +299,22 @@ int kvmstat_bpf_new(const struct kvmstat_bpf_event *events, unsigned int nevents
 }
 
 /* Load the counting program (with throw-away maps) and, given a
- * tracepoint, attach it to a perf event of it. */
-static int probe_attach(uint64_t tracepoint_id, const struct count_maps *maps,
-                        struct kvmstat_bpf_error *err)
+ * tracepoint, attach it: to a perf event of it, or by name as a raw
+ * tracepoint. */
+static int probe_attach(uint64_t tracepoint_id, const char *name,
+                        const struct count_maps *maps, struct kvmstat_bpf_error *err)
 {
-    static const struct kvmstat_bpf_event no_reason = { 0, -1, 0 };
+    static const struct kvmstat_bpf_event no_reason = { 0, -1, 0, NULL, -1 };
+    struct counter_shape shape = { .ev = &no_reason, .raw = name != NULL,
+                                   .only_tgid = KVMSTAT_BPF_ALL_TGIDS };
     int pfd = -1, efd = -1;
-    int rc = pfd = kbpf_load_counter(0, &no_reason, KVMSTAT_BPF_ALL_TGIDS, maps, NULL, 0);
+    int rc = pfd = kbpf_load_counter(&shape, maps, NULL, 0);
 
     if (rc < 0) {
         set_error(err, KVMSTAT_BPF_STAGE_LOAD, -1, rc);
+    } else if (name) {
+        if ((rc = efd = ksys_raw_tracepoint_open(name, pfd)) < 0)
+            set_error(err, KVMSTAT_BPF_STAGE_ATTACH, 0, rc);
     } else if (tracepoint_id) {
         rc = efd = ksys_perf_open_tracepoint(tracepoint_id);
         if (rc < 0)
@@ -223,7 +327,7 @@ static int probe_attach(uint64_t tracepoint_id, const struct count_maps *maps,
     return rc < 0 ? rc : 0;
 }
 
-int kvmstat_bpf_probe(uint64_t tracepoint_id, struct kvmstat_bpf_error *err)
+static int probe(uint64_t tracepoint_id, const char *name, struct kvmstat_bpf_error *err)
 {
     struct count_maps maps = { -1, -1, -1 };
     int rc = maps.counts_fd = ksys_map_create(BPF_MAP_TYPE_PERCPU_HASH,
@@ -235,10 +339,22 @@ int kvmstat_bpf_probe(uint64_t tracepoint_id, struct kvmstat_bpf_error *err)
     if (rc < 0)
         set_error(err, KVMSTAT_BPF_STAGE_MAP, -1, rc);
     else
-        rc = probe_attach(tracepoint_id, &maps, err);
+        rc = probe_attach(tracepoint_id, name, &maps, err);
     ksys_close(&maps.drops_fd);
     ksys_close(&maps.counts_fd);
     return rc;
+}
+
+int kvmstat_bpf_probe(uint64_t tracepoint_id, struct kvmstat_bpf_error *err)
+{
+    return probe(tracepoint_id, NULL, err);
+}
+
+int kvmstat_bpf_probe_raw(const char *name, struct kvmstat_bpf_error *err)
+{
+    if (!name || !name[0])
+        return set_error(err, 0, -1, -EINVAL);
+    return probe(0, name, err);
 }
 
 /* ------------------------------------------------------------------------
@@ -262,8 +378,14 @@ int kvmstat_bpf_set_fields(struct kvmstat_bpf *eng,
     unsigned int ne = eng->nevents;
     size_t nparents = 0, ncodes = 0;
 
+    if (eng->slots && kbpf_slots_cover(eng, fields, nfields) < 0)
+        return -EINVAL;
+
     for (unsigned int f = 0; f < nfields; f++) {
         if (fields[f].event >= ne || (fields[f].ncodes && !fields[f].codes))
+            return -EINVAL;
+        /* Codes only for events whose programs read the reason. */
+        if (fields[f].ncodes && !eng->with_reason[fields[f].event])
             return -EINVAL;
         if (fields[f].ncodes)
             ncodes += fields[f].ncodes;
@@ -454,6 +576,16 @@ int kvmstat_bpf_batch_reads(const struct kvmstat_bpf *eng)
     return eng ? !eng->use_iteration : -EINVAL;
 }
 
+int kvmstat_bpf_layout(const struct kvmstat_bpf *eng)
+{
+    return eng ? eng->layout : -EINVAL;
+}
+
+int kvmstat_bpf_attached(const struct kvmstat_bpf *eng, unsigned int index)
+{
+    return eng && index < eng->nevents ? eng->attached[index] : -EINVAL;
+}
+
 int kvmstat_bpf_force_iteration(struct kvmstat_bpf *eng)
 {
     if (!eng)
@@ -469,8 +601,8 @@ void kvmstat_bpf_free(struct kvmstat_bpf *eng)
     /* Closing the perf events detaches the programs; the maps go with the
      * last program that uses them. */
     for (unsigned int i = 0; i < eng->nevents; i++) {
-        if (eng->perf_fds)
-            ksys_close(&eng->perf_fds[i]);
+        if (eng->link_fds)
+            ksys_close(&eng->link_fds[i]);
         if (eng->prog_fds)
             ksys_close(&eng->prog_fds[i]);
     }
@@ -478,7 +610,11 @@ void kvmstat_bpf_free(struct kvmstat_bpf *eng)
     ksys_close(&eng->maps.drops_fd);
     ksys_close(&eng->maps.counts_fd);
     free(eng->prog_fds);
-    free(eng->perf_fds);
+    free(eng->link_fds);
+    free(eng->attached);
+    free(eng->with_reason);
+    free(eng->slots);
+    free(eng->slotbuf);
     free(eng->pstart);
     free(eng->pfield);
     free(eng->cstart);

@@ -91,6 +91,17 @@ void kasm_store_imm(struct kasm *a, int size, int dst, int16_t off, int32_t imm)
     kasm_put(a, BPF_ST | BPF_MEM | size, dst, 0, off, imm);
 }
 
+void kasm_load_imm64(struct kasm *a, int dst, uint64_t imm)
+{
+    kasm_put(a, BPF_LD | BPF_DW | BPF_IMM, dst, 0, 0, (int32_t)(uint32_t)imm);
+    kasm_put(a, 0, 0, 0, 0, (int32_t)(uint32_t)(imm >> 32));
+}
+
+void kasm_zext32(struct kasm *a, int dst)
+{
+    kasm_put(a, BPF_ALU | BPF_MOV | BPF_X, dst, dst, 0, 0);
+}
+
 void kasm_load_map(struct kasm *a, int dst, int map_fd)
 {
     kasm_put(a, BPF_LD | BPF_DW | BPF_IMM, dst, BPF_PSEUDO_MAP_FD, 0, map_fd);

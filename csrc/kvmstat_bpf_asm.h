@@ -63,6 +63,10 @@ void kasm_load(struct kasm *a, int size, int dst, int src, int16_t off);
 void kasm_store_reg(struct kasm *a, int size, int dst, int16_t off, int src);
 void kasm_store_imm(struct kasm *a, int size, int dst, int16_t off, int32_t imm);
 
+/* dst = imm (any 64-bit value; a 16-byte instruction). */
+void kasm_load_imm64(struct kasm *a, int dst, uint64_t imm);
+/* dst = (u32)dst: keep the low 32 bits. */
+void kasm_zext32(struct kasm *a, int dst);
 /* dst = the map of this descriptor (a 16-byte instruction). */
 void kasm_load_map(struct kasm *a, int dst, int map_fd);
 /* dst = r10 + off: the address of a stack slot. */

@@ -18,7 +18,7 @@
  * Fetching the map
  */
 
-static int reserve_entries(struct kvmstat_bpf *eng, unsigned int more)
+int kbpf_reserve_entries(struct kvmstat_bpf *eng, unsigned int more)
 {
     if (eng->nentries + (size_t)more <= eng->entries_cap)
         return 0;
@@ -60,7 +60,7 @@ static uint64_t sum_cpus(const uint64_t *v, unsigned int ncpus)
 /* Append n fetched keys with their per-CPU values. */
 static int append_fetched(struct kvmstat_bpf *eng, unsigned int n)
 {
-    int rc = reserve_entries(eng, n);
+    int rc = kbpf_reserve_entries(eng, n);
     if (rc < 0)
         return rc;
     for (unsigned int i = 0; i < n; i++) {
@@ -143,6 +143,8 @@ static int fetch_iteration(struct kvmstat_bpf *eng)
 int kbpf_fetch(struct kvmstat_bpf *eng)
 {
     eng->nentries = 0;
+    if (eng->layout == KVMSTAT_BPF_SLOTS)
+        return kbpf_fetch_slots(eng);
     if (!eng->use_iteration) {
         int rc = fetch_batch(eng);
         /* Kernels before 5.6 do not know the command (EINVAL); some map
@@ -177,6 +179,8 @@ static void fold(const struct kvmstat_bpf *eng, const struct kvmstat_bpf_entry *
         if (row)
             row[eng->pfield[i]] += e->count;
     }
+    if (e->tgid == KBPF_OTHER_TGID && eng->layout == KVMSTAT_BPF_SLOTS)
+        return;  /* reasons no child names */
     /* Lower bound of the reason in the event's sorted codes. */
     unsigned int lo = eng->cstart[e->event], hi = eng->cstart[e->event + 1];
     while (lo < hi) {
@@ -191,6 +195,15 @@ static void fold(const struct kvmstat_bpf *eng, const struct kvmstat_bpf_entry *
         if (row)
             row[eng->ccode[lo].field] += e->count;
     }
+}
+
+/* The process an entry counts for: SLOTS keep no process, so everything
+ * belongs to the watched process (and its helpers), or to none. */
+static uint32_t entry_tgid(const struct kvmstat_bpf *eng, const struct kvmstat_bpf_entry *e)
+{
+    if (eng->layout != KVMSTAT_BPF_SLOTS)
+        return e->tgid;
+    return eng->only_tgid >= 0 ? (uint32_t)eng->only_tgid : KBPF_OTHER_TGID;
 }
 
 static int read_dropped(struct kvmstat_bpf *eng, uint64_t *dropped)
@@ -230,7 +243,7 @@ int kvmstat_bpf_read(struct kvmstat_bpf *eng, uint64_t *totals,
         fold(eng, &eng->retired[i], -1, totals, NULL);
     for (unsigned int i = 0; i < eng->nentries; i++) {
         const struct kvmstat_bpf_entry *e = &eng->entries[i];
-        long b = nbuckets ? kbpf_bucket_of(eng, e->tgid) : -1;
+        long b = nbuckets ? kbpf_bucket_of(eng, entry_tgid(eng, e)) : -1;
         fold(eng, e, b < (long)nbuckets ? b : -1, totals, buckets);
     }
     return (int)eng->nentries;
@@ -258,6 +271,8 @@ int kvmstat_bpf_reset(struct kvmstat_bpf *eng)
 {
     if (!eng)
         return -EINVAL;
+    if (eng->layout == KVMSTAT_BPF_SLOTS)
+        return kbpf_zero_slots(eng);
     int rc = kbpf_fetch(eng);
     if (rc < 0)
         return rc;
@@ -307,8 +322,8 @@ int kvmstat_bpf_forget(struct kvmstat_bpf *eng, const uint32_t *tgids,
 {
     if (!eng || (n && !tgids))
         return -EINVAL;
-    if (n == 0)
-        return 0;
+    if (n == 0 || eng->layout == KVMSTAT_BPF_SLOTS)
+        return 0;  /* SLOTS: nothing is kept per process */
     uint32_t *gone = malloc(n * sizeof(*gone));
     if (!gone)
         return -ENOMEM;
