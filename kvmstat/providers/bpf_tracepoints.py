@@ -32,7 +32,7 @@ from __future__ import annotations
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from ..counting.bpf import BpfCounter, BpfEventSpec
-from ..errors import NotAvailable
+from ..errors import Error, NotAvailable
 from ..tracefs.events import Event, load_events
 from ..host.vms import VM, VMWatch, process_alive
 from .counting import CountingProvider
@@ -154,6 +154,18 @@ class BpfTracepointProvider(CountingProvider):
         except BaseException:
             self.close()
             raise
+
+    @property
+    def attached(self) -> Dict[str, str]:
+        """Tracepoint name -> how its program is attached (``raw`` or
+        ``perf``); empty once closed or when nothing is counted."""
+        if self._bpf is None or self._counter is not self._bpf:
+            return {}
+        try:
+            kinds = self._bpf.attached
+        except Error:
+            return {}
+        return {spec.name: kind for spec, kind in zip(self._bpf.events, kinds)}
 
     # -- following VMs: a process -> row table, nothing per thread -----------------
     def _map(self, pid: int, tgids: Iterable[int]) -> None:
