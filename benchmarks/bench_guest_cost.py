@@ -50,7 +50,8 @@ from support import Target, markdown_table, median, targets_table
 
 from helpers.commands import fd_links
 
-QUIET = 0.20      # the percentile taken as the quiet-machine figure
+QUIET = 0.10      # the percentile of the windows taken as the quiet-machine figure
+WINDOWS = 10      # windows per run
 GUEST_CPU = 1     # the vCPU threads run here
 MONITOR_CPU = 0   # the monitors run here
 
@@ -130,42 +131,73 @@ class Monitor:
         self.proc.stderr.close()
 
 
-def cpuid_cost(guest, seconds: float) -> float:
-    """vCPU ns per iteration of the cpuid guest over about *seconds*."""
+def cpuid_cost(guest, seconds: float) -> List[float]:
+    """vCPU ns per iteration of the cpuid guest in each WINDOWS-th of about
+    *seconds*."""
     tid = guest.start_loop()
-    os.sched_setaffinity(tid, {GUEST_CPU})
-    cpu0 = support.thread_cpu_ns(guest.pid, tid)
-    time.sleep(seconds)
-    cpu = support.thread_cpu_ns(guest.pid, tid) - cpu0
-    return cpu / max(1, guest.stop_loop())
+    try:
+        os.sched_setaffinity(tid, {GUEST_CPU})
+        figures = []
+        last = (guest.loop_iterations(), support.thread_cpu_ns(guest.pid, tid))
+        for _ in range(WINDOWS):
+            time.sleep(seconds / WINDOWS)
+            now = (guest.loop_iterations(), support.thread_cpu_ns(guest.pid, tid))
+            if now[0] > last[0]:
+                figures.append((now[1] - last[1]) / (now[0] - last[0]))
+            last = now
+    finally:
+        guest.stop_loop()
+    return figures
 
 
-def io_cost(guest, exits: int) -> float:
+def io_cost(guest, exits: int) -> List[float]:
     """CPU ns per exit of *exits* KVM_RUNs of the pio guest in this thread
-    (pinned to GUEST_CPU by the caller)."""
+    (pinned to GUEST_CPU by the caller), in WINDOWS chunks."""
     from helpers.kvmguest import KVM_RUN
 
     fd = guest.fds["vcpus"][0]
     ioctl = fcntl.ioctl
-    start = time.thread_time_ns()
-    for _ in range(exits):
-        ioctl(fd, KVM_RUN, 0)
-    return (time.thread_time_ns() - start) / exits
+    chunk = max(1, exits // WINDOWS)
+    figures = []
+    for _ in range(WINDOWS):
+        start = time.thread_time_ns()
+        for _ in range(chunk):
+            ioctl(fd, KVM_RUN, 0)
+        figures.append((time.thread_time_ns() - start) / chunk)
+    return figures
+
+
+def quiet(values: Sequence[float]) -> float:
+    """The QUIET percentile of *values* (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[int(QUIET * (len(ordered) - 1))]
 
 
 class Results:
-    """Per guest and monitor: the figure of each round."""
+    """Per guest and monitor: the windows of each round."""
 
     def __init__(self, names: Sequence[str]):
         self.names = list(names)
-        self.cost: Dict[str, Dict[str, List[float]]] = {
+        self.cost: Dict[str, Dict[str, List[List[float]]]] = {
             guest: {name: [] for name in names} for guest in ("cpuid", "io")}
         self.fds: Dict[str, int] = {name: 0 for name in names}
 
+    def windows(self, guest: str, name: str) -> List[float]:
+        return [w for run in self.cost[guest][name] for w in run]
+
+    def figure(self, guest: str, name: str) -> Tuple[float, float]:
+        """(quiet, median) ns per exit over every window of the monitor."""
+        every = self.windows(guest, name)
+        return quiet(every), median(every)
+
     def added(self, guest: str, name: str) -> Tuple[float, float]:
-        """(quiet, median) ns added per exit, against the same rounds' unmonitored figure."""
-        diffs = sorted(m - n for m, n in zip(self.cost[guest][name], self.cost[guest][NONE]))
-        return diffs[int(QUIET * (len(diffs) - 1))], median(diffs)
+        """ns added per exit: (quiet window minus unmonitored quiet window,
+        median over rounds of the round's median minus the same round's
+        unmonitored median)."""
+        low = self.figure(guest, name)[0] - self.figure(guest, NONE)[0]
+        pairs = [median(m) - median(n)
+                 for m, n in zip(self.cost[guest][name], self.cost[guest][NONE])]
+        return low, median(pairs)
 
 
 def measure(rounds: int, seconds: float, exits: int) -> Results:
@@ -179,7 +211,7 @@ def measure(rounds: int, seconds: float, exits: int) -> Results:
     os.sched_setaffinity(0, {GUEST_CPU})  # this thread drives the I/O guest
     try:
         with GuestProcess("cpuid-loop") as cpuid, Guest("pio") as pio:
-            cpuid_cost(cpuid, 0.2)  # warm-up
+            cpuid_cost(cpuid, 0.3)  # warm-up
             io_cost(pio, exits // 4)
             for index in range(rounds):
                 shift = index % len(names)
@@ -207,7 +239,7 @@ def report(r: Results, rounds: int, seconds: float, exits: int, engines: str) ->
     for name in r.names:
         row: List[object] = [name, "-" if name == NONE else f"{r.fds[name]:,}"]
         for guest in ("cpuid", "io"):
-            base = median(r.cost[guest][name])
+            base = r.figure(guest, name)[0]
             if name == NONE:
                 row += [f"{base:,.0f}", "-", "-"]
                 continue
@@ -215,8 +247,8 @@ def report(r: Results, rounds: int, seconds: float, exits: int, engines: str) ->
             row += [f"{base:,.0f}", f"{quiet:+,.0f}", f"{mid:+,.0f}"]
         rows.append(row)
     table = markdown_table(
-        ["monitor", "counting fds", "cpuid: ns/exit", "added, quiet", "added, median",
-         "I/O: ns/exit", "added, quiet", "added, median"], rows)
+        ["monitor", "counting fds", "cpuid: ns/exit, quiet", "added, quiet", "added, median",
+         "I/O: ns/exit, quiet", "added, quiet", "added, median"], rows)
 
     targets = []
     if PERF_STAT in r.names:
@@ -240,8 +272,8 @@ def report(r: Results, rounds: int, seconds: float, exits: int, engines: str) ->
     targets.append(Target(
         "`-f kvm_pio` adds under 1% to a cpuid-heavy guest",
         f"{narrow[0]:+,.0f} ns quiet, {narrow[1]:+,.0f} ns median per "
-        f"{median(r.cost['cpuid'][NONE]):,.0f} ns iteration",
-        narrow[0] < 0.01 * median(r.cost["cpuid"][NONE]),
+        f"{r.figure('cpuid', NONE)[0]:,.0f} ns iteration",
+        narrow[0] < 0.01 * r.figure("cpuid", NONE)[0],
         "its events are not on the guest's exits"))
 
     missing = [tool for tool, name in (("perf", PERF_STAT), ("bpftrace", BPFTRACE))
@@ -250,11 +282,12 @@ def report(r: Results, rounds: int, seconds: float, exits: int, engines: str) ->
         "## Guest cost: what each monitor adds to a guest's exits",
         f"{rounds} interleaved round(s); per round and monitor: the cpuid guest loops for "
         f"{seconds:g} s, then the I/O guest makes {exits:,} exits. vCPU threads on CPU "
-        f"{GUEST_CPU}, monitors on CPU {MONITOR_CPU}. *ns/exit*: the vCPU thread's CPU time "
-        f"per exit (median of the rounds); *added*: minus the same round's unmonitored "
-        f"figure, the {QUIET * 100:.0f}th percentile of the rounds (quiet) and their median. "
-        f"The host is shared with other work, which only ever adds: read the quiet column "
-        f"first. Engines chosen by `--engine auto` on this host: {engines}.",
+        f"{GUEST_CPU}, monitors on CPU {MONITOR_CPU}; each run is cut into {WINDOWS} windows. "
+        f"*ns/exit*: the vCPU thread's CPU time per exit, {QUIET * 100:.0f}th percentile of "
+        f"the windows (quiet); *added, quiet*: that minus the unmonitored quiet figure; "
+        f"*added, median*: the median over rounds of the run's median minus the same "
+        f"round's unmonitored median. The host is shared with other work, which only ever "
+        f"adds: read the quiet column first. `--engine auto` on this host: {engines}.",
         f"Not installed, not measured: {', '.join(missing)}." if missing else "",
         table,
         targets_table(targets),
@@ -265,13 +298,14 @@ def engines_chosen() -> str:
     """What ``kvm_stat --check`` says the engine is, in one line."""
     proc = subprocess.run(support.kvm_stat_command("--check"), capture_output=True, text=True,
                           cwd=support.REPO_ROOT, env=support.CHILD_ENV, timeout=60)
-    lines = [line.strip() for line in proc.stdout.splitlines() if "engine" in line.lower()]
+    lines = [" ".join(line.split()) for line in proc.stdout.splitlines()
+             if line.startswith("BPF engine")]
     return "; ".join(lines) or "(kvm_stat --check said nothing about the engine)"
 
 
 def run(quick: bool = False) -> str:
     """Run the benchmark; returns its Markdown section."""
-    rounds, seconds, exits = (2, 0.3, 5000) if quick else (9, 1.0, 20000)
+    rounds, seconds, exits = (2, 0.3, 5000) if quick else (9, 1.5, 30000)
     return report(measure(rounds, seconds, exits), rounds, seconds, exits, engines_chosen())
 
 
