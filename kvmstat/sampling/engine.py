@@ -45,7 +45,7 @@ def _python_backend(backend: Optional[str]) -> bool:
     return chosen == _PYTHON_BACKEND
 
 
-#: Why ``auto`` picks BPF, per mode (docs/design.md, "Guest cost").
+#: Why ``auto`` picks BPF, per mode (measured: benchmarks/bench_guest_cost.py).
 _BPF_WHY = {
     False: ("BPF programs load and attach to the kvm tracepoints: raw tracepoints where "
             "the kernel allows (no trace record is built) counting into per-CPU array "

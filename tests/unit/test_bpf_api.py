@@ -407,3 +407,56 @@ def test_probe_without_the_extension(monkeypatch):
 def test_c_structures_match_the_header():
     assert FFI.sizeof("struct kvmstat_bpf_entry") == 24
     assert FFI.sizeof("struct kvmstat_bpf_event") == 32
+
+
+# -- layouts and attachments ----------------------------------------------------
+
+RAW_UEXIT = BpfEventSpec("kvm_userspace_exit", 42, 8, 4, tracepoint="kvm_userspace_exit",
+                         reason_arg=0)
+
+
+@pytest.mark.parametrize("layout, attach, expected", [
+    ("by-process", "auto", (0, 0)), ("slots", "perf", (1, 1)), ("slots", "raw", (1, 2))])
+def test_layout_and_attach_reach_the_core(fake, layout, attach, expected):
+    lib = fake()
+    with BpfCounter([RAW_UEXIT, PIO], [(0, None), (0, (2,)), (1, None)],
+                    layout=layout, attach=attach) as c:
+        assert lib.options == expected
+        assert lib.names == [("kvm_userspace_exit", 0), (None, -1)]
+        assert c.attached == ("raw", "perf")
+        assert c.layout == layout
+    # The fields go to the core with the events, in one call.
+    assert lib.calls[1] == ("fields", [(0, None), (0, [2]), (1, None)])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"layout": "per-cpu"}, "unknown layout 'per-cpu'"),
+    ({"attach": "kprobe"}, "unknown attach mode 'kprobe'"),
+])
+def test_bad_layout_or_attach_mode(fake, kwargs, message):
+    lib = fake()
+    with pytest.raises(InvalidArgument, match=message):
+        BpfCounter([PIO], [(0, None)], **kwargs)
+    assert lib.calls == []
+
+
+@pytest.mark.parametrize("spec, message", [
+    (BpfEventSpec("x", 1, 8, 4, reason_arg=12), "bad reason argument 12 for x: need 0 to 11"),
+    (BpfEventSpec("x", 1, 8, 4, reason_arg=-1), "bad reason argument -1"),
+    (BpfEventSpec("x", 1, tracepoint="kvm pio"), "bad tracepoint name 'kvm pio' for x"),
+    (BpfEventSpec("x", 1, tracepoint="../x"), "bad tracepoint name"),
+])
+def test_bad_raw_tracepoint_details(fake, spec, message):
+    fake()
+    with pytest.raises(InvalidArgument, match=message):
+        BpfCounter([spec], [(0, None)])
+
+
+def test_spec_with_a_reason_argument():
+    field = Field("reason", 8, 4, False)
+    spec = BpfEventSpec.for_field("kvm_userspace_exit", 42, field,
+                                  tracepoint="kvm_userspace_exit", reason_arg=0)
+    assert spec == RAW_UEXIT
+    # Without a record field there is no size to read the argument with.
+    assert BpfEventSpec.for_field("kvm_pio", 110, None, tracepoint="kvm_pio",
+                                  reason_arg=0).reason_arg is None
