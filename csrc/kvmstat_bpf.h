@@ -2,28 +2,44 @@
  * kvmstat BPF counting engine: one small BPF program per tracepoint.
  *
  * Each program runs on every hit of its tracepoint, on every CPU, and adds 1
- * to a per-CPU hash map entry keyed by (event index, process id, reason),
- * where the reason is a field of the tracepoint record (e.g. the exit reason
- * of kvm_userspace_exit) or 0 for events without one.  So the breakdown of a
- * tracepoint by reason and by process costs one program run per hit, and the
- * engine holds a fixed number of descriptors: one perf event and one program
- * per tracepoint, plus two maps (three when counting one process), whatever
- * the number of CPUs or threads.
+ * to a per-CPU counter.  Two layouts of the counters:
  *
- * The programs are assembled here as arrays of struct bpf_insn (no compiler
- * or libbpf at run time), loaded with bpf(BPF_PROG_LOAD) and attached with
- * perf_event_open(PERF_TYPE_TRACEPOINT, pid -1, cpu 0) and
- * PERF_EVENT_IOC_SET_BPF: a program attached that way runs for the hits on
- * every CPU; the CPU of the perf event only decides where perf itself would
- * count, and the event is never enabled, so perf itself counts nothing.
- * The programs return 1, so other perf users of the same tracepoint still
- * see every hit.
+ * - KVMSTAT_BPF_SLOTS (counts with no key): one per-CPU array slot per
+ *   event, and per reason for events whose reason is broken down (plus one
+ *   slot for the reasons no field asks for).  A hit costs one array
+ *   lookup, which the kernel inlines, and one add: the closest BPF comes to
+ *   a perf counter increment.  No per-process split (the only_tgid filter
+ *   still works).
+ * - KVMSTAT_BPF_BY_PROCESS: a per-CPU hash map entry keyed by (event,
+ *   process id, reason), so every process's counts can be told apart (the
+ *   per-VM rows): a hash lookup per hit.
  *
- * Reading is one call: the whole map is fetched (BPF_MAP_LOOKUP_BATCH, or
- * GET_NEXT_KEY + LOOKUP_ELEM on kernels without it), the per-CPU values are
- * summed and the entries are folded into caller-defined fields (an event,
- * all of its reasons or a set of reason codes) and, per process, into
- * caller-defined buckets.
+ * The reason is one of the tracepoint's arguments or a field of its record
+ * (e.g. the exit reason of kvm_userspace_exit), read only for events with
+ * reason fields; 0 otherwise.  The breakdown of a tracepoint by reason costs
+ * one program run per hit, and the engine holds a fixed number of
+ * descriptors: one attachment and one program per tracepoint, plus two or
+ * three maps, whatever the number of CPUs or threads.
+ *
+ * Programs are assembled here (kvmstat_bpf_asm.h: no compiler or libbpf at
+ * run time) and attached in one of two ways, per event:
+ *
+ * - raw tracepoint (BPF_PROG_TYPE_RAW_TRACEPOINT, BPF_RAW_TRACEPOINT_OPEN):
+ *   the program gets the tracepoint's arguments (TP_PROTO) without the
+ *   kernel first building the trace record.  Needs the tracepoint's name,
+ *   and for a reason breakdown the index of the reason among the arguments.
+ * - perf (BPF_PROG_TYPE_TRACEPOINT, perf_event_open(PERF_TYPE_TRACEPOINT,
+ *   pid -1, cpu 0) and PERF_EVENT_IOC_SET_BPF): the program reads the trace
+ *   record; a program attached that way runs for the hits on every CPU;
+ *   the event is never enabled, so perf itself counts nothing.  These
+ *   programs return 1, so other perf users of the same tracepoint still see
+ *   every hit.
+ *
+ * Reading is one call: the counters are fetched (the slots with one lookup
+ * per 4096 of them; the hash with BPF_MAP_LOOKUP_BATCH, or GET_NEXT_KEY +
+ * LOOKUP_ELEM on kernels without it), the per-CPU values are summed and
+ * folded into caller-defined fields (an event, all of its reasons or a set
+ * of reason codes) and, per process, into caller-defined buckets.
  *
  * Everything is a file descriptor, so all of it is released when the
  * process exits, even when it is killed; nothing is pinned.
@@ -37,12 +53,33 @@
 
 #include <stdint.h>
 
+/* cdef: begin (csrc/build_native.py hands the API from here to cffi) */
+
 /* What a failing kvmstat_bpf_new/kvmstat_bpf_probe call was doing. */
 #define KVMSTAT_BPF_STAGE_MAP    1  /* creating a map */
 #define KVMSTAT_BPF_STAGE_LOAD   2  /* loading a program (see the log) */
 #define KVMSTAT_BPF_STAGE_OPEN   3  /* perf_event_open of the tracepoint */
 #define KVMSTAT_BPF_STAGE_ATTACH 4  /* PERF_EVENT_IOC_SET_BPF */
 #define KVMSTAT_BPF_STAGE_CPUS   5  /* finding the number of possible CPUs */
+
+/* Counter layouts (struct kvmstat_bpf_options.layout). */
+#define KVMSTAT_BPF_BY_PROCESS 0  /* per-CPU hash keyed by event, process, reason */
+#define KVMSTAT_BPF_SLOTS      1  /* per-CPU array, one slot per event and reason */
+
+/* How programs are attached (struct kvmstat_bpf_options.attach). */
+#define KVMSTAT_BPF_ATTACH_AUTO 0  /* raw tracepoint where the event allows, else perf */
+#define KVMSTAT_BPF_ATTACH_PERF 1  /* always a perf event (programs read the record) */
+#define KVMSTAT_BPF_ATTACH_RAW  2  /* always a raw tracepoint (fails where it cannot) */
+
+/* How an event ended up attached (kvmstat_bpf_attached). */
+#define KVMSTAT_BPF_ATTACHED_PERF 1
+#define KVMSTAT_BPF_ATTACHED_RAW  2
+
+/* Reason codes below this get a slot each in the SLOTS layout; larger codes
+ * a slot per code that a field names (at most KVMSTAT_BPF_MAX_SPARSE per
+ * event: they are compared one by one). */
+#define KVMSTAT_BPF_DENSE_REASONS 1024
+#define KVMSTAT_BPF_MAX_SPARSE 32
 
 /* Not a tgid: count every process. */
 #define KVMSTAT_BPF_ALL_TGIDS (-1)
@@ -61,6 +98,18 @@ struct kvmstat_bpf_event {
     uint64_t tracepoint_id;  /* <tracefs>/events/<sys>/<name>/id */
     int32_t reason_offset;   /* byte offset of the reason field, -1 for none */
     uint32_t reason_size;    /* 1, 2, 4 or 8 (ignored without a field) */
+    const char *name;        /* the tracepoint's name, for a raw attachment; NULL: none */
+    int32_t reason_arg;      /* index of the reason among the TP_PROTO arguments,
+                                -1 if unknown (then a breakdown reads the record) */
+};
+
+/* How kvmstat_bpf_new counts. */
+struct kvmstat_bpf_options {
+    int64_t only_tgid;       /* KVMSTAT_BPF_ALL_TGIDS, or count only this process
+                                and those given to kvmstat_bpf_also_count */
+    uint32_t layout;         /* KVMSTAT_BPF_BY_PROCESS or KVMSTAT_BPF_SLOTS */
+    uint32_t attach;         /* KVMSTAT_BPF_ATTACH_* */
+    uint32_t max_entries;    /* BY_PROCESS: capacity of the count table, 0: default */
 };
 
 /* One output column of a read: an event, all of its reasons (ncodes 0, a
@@ -91,27 +140,36 @@ struct kvmstat_bpf;
 
 /*
  * Create the maps, load one program per event and attach it; counting
- * starts before this returns.
+ * starts before this returns.  fields: the columns of _read (as for
+ * _set_fields); in the SLOTS layout they also decide which events read a
+ * reason and which reasons get a slot.
  *
- * only_tgid: count only this process (KVMSTAT_BPF_ALL_TGIDS for all), and
- *   those given to kvmstat_bpf_also_count (one more map, for the kernel
+ * opt->only_tgid: count only this process (KVMSTAT_BPF_ALL_TGIDS for all),
+ *   and those given to kvmstat_bpf_also_count (one more map, for the kernel
  *   threads that work for a VM process outside its thread group).
- * max_entries: capacity of the count table, 0 for the default size (see
- *   KVMSTAT_BPF_TABLE_BUDGET).  The table is preallocated: the kernel
- *   reserves one u64 per possible CPU per entry, at once (so that counting a
- *   new entry never needs an allocation that could fail); hits that find
- *   the table full are counted as "dropped" (see _read).
+ * opt->max_entries (BY_PROCESS): capacity of the count table, 0 for the
+ *   default size (see KVMSTAT_BPF_TABLE_BUDGET).  The table is
+ *   preallocated: the kernel reserves one u64 per possible CPU per entry,
+ *   at once (so that counting a new entry never needs an allocation that
+ *   could fail); hits that find the table full are counted as "dropped"
+ *   (see _read).
+ * opt->attach: with KVMSTAT_BPF_ATTACH_AUTO, an event is attached as a raw
+ *   tracepoint when it has a name and, if its reason is read, a reason_arg;
+ *   when the kernel refuses that, it falls back to perf for that event.
  * log/log_size: when a program fails to load, the verifier's log for it
  *   (the end of it if it is longer than the buffer), NUL-terminated;
  *   may be NULL/0.
  * On failure *err says where, and nothing is left open.
  */
 int kvmstat_bpf_new(const struct kvmstat_bpf_event *events, unsigned int nevents,
-                    int64_t only_tgid, unsigned int max_entries,
+                    const struct kvmstat_bpf_field *fields, unsigned int nfields,
+                    const struct kvmstat_bpf_options *opt,
                     char *log, unsigned int log_size,
                     struct kvmstat_bpf_error *err, struct kvmstat_bpf **out);
 
-/* Define the fields that _read fills (copied; replaces earlier ones). */
+/* Redefine the fields that _read fills (copied; replaces earlier ones).
+ * In the SLOTS layout, -EINVAL for a reason code that has no slot (one
+ * not named by the fields given to _new). */
 int kvmstat_bpf_set_fields(struct kvmstat_bpf *eng,
                            const struct kvmstat_bpf_field *fields,
                            unsigned int nfields);
@@ -173,6 +231,11 @@ int kvmstat_bpf_ncpus(const struct kvmstat_bpf *eng);
 int kvmstat_bpf_max_entries(const struct kvmstat_bpf *eng);
 int kvmstat_bpf_batch_reads(const struct kvmstat_bpf *eng);
 
+/* The layout (KVMSTAT_BPF_BY_PROCESS or _SLOTS); how event index is
+ * attached (KVMSTAT_BPF_ATTACHED_PERF or _RAW). */
+int kvmstat_bpf_layout(const struct kvmstat_bpf *eng);
+int kvmstat_bpf_attached(const struct kvmstat_bpf *eng, unsigned int index);
+
 /* Read by key iteration from now on (for tests of the fallback path). */
 int kvmstat_bpf_force_iteration(struct kvmstat_bpf *eng);
 
@@ -186,5 +249,14 @@ void kvmstat_bpf_free(struct kvmstat_bpf *eng);
  * *err filled in.
  */
 int kvmstat_bpf_probe(uint64_t tracepoint_id, struct kvmstat_bpf_error *err);
+
+/*
+ * Can programs be attached to the named tracepoint as a raw tracepoint?
+ * Loads a raw tracepoint program and attaches it, then closes everything.
+ * 0 or -errno with *err filled in.
+ */
+int kvmstat_bpf_probe_raw(const char *name, struct kvmstat_bpf_error *err);
+
+/* cdef: end */
 
 #endif

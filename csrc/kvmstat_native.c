@@ -9,13 +9,13 @@
  */
 #define _GNU_SOURCE
 #include "kvmstat_native.h"
+#include "kvmstat_sys.h"
 
 #include <errno.h>
 #include <linux/perf_event.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 struct group {
@@ -64,9 +64,7 @@ static int perf_open(const struct kvmstat_set *set, unsigned int i, int target,
         attr.inherit = 1;
         attr.inherit_thread = set->inherit_thread;
     }
-    long fd = syscall(SYS_perf_event_open, &attr, pid, cpu, group_fd,
-                      PERF_FLAG_FD_CLOEXEC);
-    return fd < 0 ? -errno : (int)fd;
+    return ksys_perf_event_open(&attr, pid, cpu, group_fd);
 }
 
 /* perf_open, except that a kernel older than 5.13, which rejects

@@ -27,6 +27,8 @@
 
 #include <stdint.h>
 
+/* cdef: begin (csrc/build_native.py hands the API from here to cffi) */
+
 #define KVMSTAT_PER_CPU    0  /* targets are CPU numbers */
 #define KVMSTAT_PER_THREAD 1  /* targets are thread ids */
 #define KVMSTAT_PER_THREAD_INHERIT 2  /* thread ids, counting threads they create */
@@ -84,5 +86,7 @@ int kvmstat_set_read(struct kvmstat_set *set, uint64_t *totals,
 
 /* Close every descriptor and free the set.  NULL is allowed. */
 void kvmstat_set_free(struct kvmstat_set *set);
+
+/* cdef: end */
 
 #endif

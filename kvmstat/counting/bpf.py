@@ -1,13 +1,25 @@
 """Counting tracepoints with BPF programs: the interface of the BPF engine.
 
 The engine (``csrc/kvmstat_bpf.c``) attaches one small BPF program to each
-tracepoint.  On every hit, on any CPU, the program adds 1 to a per-CPU table
-entry keyed by (event, process id, reason), the reason being a field of the
-tracepoint record (e.g. ``reason`` of ``kvm_userspace_exit``) or 0.  So a
-full breakdown by reason and by VM costs one program run per hit, and the
-engine holds ``2 x events + 2`` file descriptors (one more when it counts
-one process) however many CPUs, VMs or threads there are.  Threads and processes that appear later are counted
-without any action.
+tracepoint.  On every hit, on any CPU, the program adds 1 to a per-CPU
+counter, in one of two layouts:
+
+* ``"slots"``: a per-CPU array with one slot per event, and per reason for
+  the events a field breaks down (e.g. the ``reason`` of
+  ``kvm_userspace_exit``): one inlined array lookup and one add per hit,
+  the closest BPF comes to a perf counter increment.  No per-process split
+  (``only_pid`` still filters).
+* ``"by-process"``: a per-CPU hash entry keyed by (event, process id,
+  reason), so each VM's counts can be told apart: a hash lookup per hit.
+
+Programs are attached as raw tracepoints where possible (they get the
+tracepoint's arguments, without the kernel first building the trace
+record), else through a perf event of the tracepoint (they read the
+record); see :attr:`BpfCounter.attached`.  A full breakdown by reason (and
+by VM) costs one program run per hit, and the engine holds ``2 x events +
+2`` file descriptors (one more when it counts one process) however many
+CPUs, VMs or threads there are.  Threads and processes that appear later
+are counted without any action.
 
 A :class:`BpfCounter` is configured with *fields*, the columns its
 :meth:`~BpfCounter.read` returns: an event with all of its reasons (a
@@ -40,8 +52,18 @@ __all__ = [
     "BpfLoadError",
     "BpfTableFull",
     "DEFAULT_MAX_ENTRIES",
+    "LAYOUTS",
+    "ATTACH_MODES",
     "bpf_supported",
+    "raw_tracepoints_supported",
 ]
+
+#: Counter layouts of :class:`BpfCounter` (see the module).
+LAYOUTS = ("by-process", "slots")
+#: How programs are attached: raw tracepoint where the event allows
+#: (``auto``, falling back to perf per event), always perf, always raw.
+ATTACH_MODES = ("auto", "perf", "raw")
+_RAW_ARGS = 12  # a raw tracepoint passes at most this many arguments
 
 # Capacity of the count table when none is given: 16384 entries up to 128
 # possible CPUs, fewer beyond (KVMSTAT_BPF_TABLE_BUDGET in kvmstat_bpf.h:
@@ -79,25 +101,35 @@ _BPF_PRIVILEGE_HINT = ("run as root or grant CAP_BPF and CAP_PERFMON "
 
 @dataclass(frozen=True)
 class BpfEventSpec:
-    """A tracepoint to count, and where its reason field is in its record.
+    """A tracepoint to count, and where its reason is.
 
     ``reason_offset``/``reason_size`` come from the ``field:`` line of the
     tracepoint's format file (offset in bytes, size 1, 2, 4 or 8); None for
     an event without a reason breakdown (every hit counts under reason 0).
+    ``tracepoint``: the tracepoint's name (e.g. ``kvm_pio``), which a raw
+    tracepoint attachment needs; None attaches through perf only.
+    ``reason_arg``: the index of the reason among the tracepoint's
+    arguments (its TP_PROTO), for a raw tracepoint program; None when
+    unknown (a breakdown then reads the record, through perf).
     """
 
     name: str  # shown in error messages
     tracepoint_id: int
     reason_offset: int | None = None
     reason_size: int = 0
+    tracepoint: str | None = None
+    reason_arg: int | None = None
 
     @classmethod
-    def for_field(cls, name: str, tracepoint_id: int, field: object | None) -> "BpfEventSpec":
+    def for_field(cls, name: str, tracepoint_id: int, field: object | None, *,
+                  tracepoint: str | None = None,
+                  reason_arg: int | None = None) -> "BpfEventSpec":
         """A spec whose reason is ``field`` (anything with ``offset`` and
         ``size``, e.g. a :class:`kvmstat.tracefs.events.Field`), or None."""
         if field is None:
-            return cls(name, tracepoint_id)
-        return cls(name, tracepoint_id, field.offset, field.size)  # type: ignore[attr-defined]
+            return cls(name, tracepoint_id, tracepoint=tracepoint)
+        return cls(name, tracepoint_id, field.offset, field.size,  # type: ignore[attr-defined]
+                   tracepoint=tracepoint, reason_arg=reason_arg)
 
 
 class BpfField(NamedTuple):
@@ -206,6 +238,13 @@ def _check_events(events: Sequence[BpfEventSpec]) -> tuple[BpfEventSpec, ...]:
             raise InvalidArgument(f"not a BpfEventSpec: {ev!r}")
         if not _is_int(ev.tracepoint_id) or not 0 <= ev.tracepoint_id < 2**64:
             raise InvalidArgument(f"bad tracepoint id {ev.tracepoint_id!r} for {ev.name}")
+        if ev.tracepoint is not None and (not isinstance(ev.tracepoint, str)
+                                          or not ev.tracepoint.isidentifier()):
+            raise InvalidArgument(f"bad tracepoint name {ev.tracepoint!r} for {ev.name}")
+        if ev.reason_arg is not None and (not _is_int(ev.reason_arg)
+                                          or not 0 <= ev.reason_arg < _RAW_ARGS):
+            raise InvalidArgument(f"bad reason argument {ev.reason_arg!r} for {ev.name}: "
+                                  f"need 0 to {_RAW_ARGS - 1}")
         if ev.reason_offset is None:
             continue
         if not _is_int(ev.reason_offset) or not 0 <= ev.reason_offset <= _MAX_REASON_OFFSET:
@@ -263,8 +302,13 @@ class BpfCounter:
     columns of :meth:`read`, each ``(event index, None or reason codes)``.
     ``only_pid``: count only this process (the ``-p`` of kvm_stat), and
     those given to :meth:`also_count`.
-    ``max_entries``: capacity of the count table (preallocated; None: sized
-    by the number of possible CPUs, see :attr:`max_entries` afterwards).
+    ``layout``: ``"by-process"`` (per-process rows, :meth:`set_buckets`) or
+    ``"slots"`` (the cheapest per hit; rows only for ``only_pid``, whose
+    bucket gets every count); see the module.
+    ``attach``: one of :data:`ATTACH_MODES`.
+    ``max_entries``: capacity of the by-process count table (preallocated;
+    None: sized by the number of possible CPUs, see :attr:`max_entries`
+    afterwards).
 
     Counting starts when the object is created.  Context manager; call
     :meth:`close` (or leave the ``with`` block) to release the descriptors.
@@ -272,6 +316,7 @@ class BpfCounter:
 
     def __init__(self, events: Sequence[BpfEventSpec], fields: Iterable,
                  only_pid: int | None = None, *,
+                 layout: str = "by-process", attach: str = "auto",
                  max_entries: int | None = DEFAULT_MAX_ENTRIES,
                  paranoid_path: str = PARANOID_PATH):
         self._closed = True  # until the engine exists
@@ -282,21 +327,22 @@ class BpfCounter:
         if max_entries is not None and (not _is_int(max_entries)
                                         or not 0 < max_entries <= _UINT32_MAX):
             raise InvalidArgument(f"bad table size {max_entries!r}: need 1 to {_UINT32_MAX}")
+        if layout not in LAYOUTS:
+            raise InvalidArgument(f"unknown layout {layout!r} (known: {', '.join(LAYOUTS)})")
+        if attach not in ATTACH_MODES:
+            raise InvalidArgument(f"unknown attach mode {attach!r} "
+                                  f"(known: {', '.join(ATTACH_MODES)})")
         self.only_pid = only_pid
+        self.layout = layout
         self.max_entries = max_entries
         try:
             native = binding()
         except NotAvailable as exc:
             raise NotAvailable(f"the BPF engine needs the kvmstat C extension: {exc}") from None
         self._ffi, self._lib = native.ffi, native.lib
-        self._open(paranoid_path)
+        self._open(attach, paranoid_path)
         self._closed = False
         self.max_entries = self._lib.kvmstat_bpf_max_entries(self._eng)
-        try:
-            self._set_fields()
-        except BaseException:
-            self.close()
-            raise
         n = len(self.fields)
         self._totals = self._ffi.new("uint64_t[]", n)
         self._dropped = self._ffi.new("uint64_t *")
@@ -304,19 +350,51 @@ class BpfCounter:
         self._buckets = self._ffi.NULL
         self._entries = 0
 
-    def _open(self, paranoid_path: str) -> None:
-        ffi, lib = self._ffi, self._lib
-        n = len(self.events)
-        cevents = ffi.new("struct kvmstat_bpf_event[]", n)
+    def _c_fields(self):
+        """The fields as a struct kvmstat_bpf_field array, and the code
+        arrays it points to (keep them alive until the call)."""
+        ffi = self._ffi
+        cfields = ffi.new("struct kvmstat_bpf_field[]", max(1, len(self.fields)))
+        keep = []
+        for i, f in enumerate(self.fields):
+            cfields[i].event = f.event
+            if f.codes is not None:
+                keep.append(ffi.new("uint64_t[]", f.codes))
+                cfields[i].codes = keep[-1]
+                cfields[i].ncodes = len(f.codes)
+        return cfields, keep
+
+    def _c_events(self):
+        """The events as a struct kvmstat_bpf_event array, and the names it
+        points to."""
+        ffi = self._ffi
+        cevents = ffi.new("struct kvmstat_bpf_event[]", len(self.events))
+        keep = []
         for i, ev in enumerate(self.events):
             cevents[i].tracepoint_id = ev.tracepoint_id
             cevents[i].reason_offset = -1 if ev.reason_offset is None else ev.reason_offset
             cevents[i].reason_size = ev.reason_size if ev.reason_offset is not None else 0
+            cevents[i].reason_arg = -1 if ev.reason_arg is None else ev.reason_arg
+            if ev.tracepoint is not None:
+                keep.append(ffi.new("char[]", ev.tracepoint.encode()))
+                cevents[i].name = keep[-1]
+        return cevents, keep
+
+    def _open(self, attach: str, paranoid_path: str) -> None:
+        ffi, lib = self._ffi, self._lib
+        n = len(self.events)
+        cevents, _names = self._c_events()
+        cfields, _codes = self._c_fields()
+        opt = ffi.new("struct kvmstat_bpf_options *")
+        opt.only_tgid = lib.KVMSTAT_BPF_ALL_TGIDS if self.only_pid is None else self.only_pid
+        opt.layout = lib.KVMSTAT_BPF_SLOTS if self.layout == "slots" else lib.KVMSTAT_BPF_BY_PROCESS
+        opt.attach = {"auto": lib.KVMSTAT_BPF_ATTACH_AUTO, "perf": lib.KVMSTAT_BPF_ATTACH_PERF,
+                      "raw": lib.KVMSTAT_BPF_ATTACH_RAW}[attach]
+        opt.max_entries = self.max_entries or 0
         log = ffi.new("char[]", VERIFIER_LOG_SIZE)
         err = ffi.new("struct kvmstat_bpf_error *")
         out = ffi.new("struct kvmstat_bpf **")
-        only = lib.KVMSTAT_BPF_ALL_TGIDS if self.only_pid is None else self.only_pid
-        rc = lib.kvmstat_bpf_new(cevents, n, only, self.max_entries or 0, log,
+        rc = lib.kvmstat_bpf_new(cevents, n, cfields, len(self.fields), opt, log,
                                  VERIFIER_LOG_SIZE, err, out)
         if rc < 0:
             index = err.event_index
@@ -327,19 +405,6 @@ class BpfCounter:
                               max_entries=self.max_entries,
                               paranoid_path=paranoid_path)
         self._eng = out[0]
-
-    def _set_fields(self) -> None:
-        ffi = self._ffi
-        cfields = ffi.new("struct kvmstat_bpf_field[]", max(1, len(self.fields)))
-        keep = []  # the code arrays must live until the call copied them
-        for i, f in enumerate(self.fields):
-            cfields[i].event = f.event
-            if f.codes is not None:
-                keep.append(ffi.new("uint64_t[]", f.codes))
-                cfields[i].codes = keep[-1]
-                cfields[i].ncodes = len(f.codes)
-        self._check_rc(self._lib.kvmstat_bpf_set_fields(self._eng, cfields, len(self.fields)),
-                       "setting the fields")
 
     def _check_open(self) -> None:
         if self._closed:
@@ -420,7 +485,9 @@ class BpfCounter:
     def dump(self) -> list[BpfEntry]:
         """Every table entry (event index, process id, reason, count summed
         over CPUs), in no particular order.  For tests and debugging; the
-        sums kept for forgotten processes are not included."""
+        sums kept for forgotten processes are not included.  In the slots
+        layout: one entry per slot with a count, process id 0, except the
+        slot of the reasons no field names (process id 4294967295)."""
         self._check_open()
         cap = 64
         while True:
@@ -464,6 +531,16 @@ class BpfCounter:
         out = self._ffi.new("uint64_t *")
         self._check_rc(self._lib.kvmstat_bpf_missed(self._eng, out), "reading program statistics")
         return int(out[0])
+
+    @property
+    def attached(self) -> tuple[str, ...]:
+        """How each event's program is attached: ``"raw"`` (raw tracepoint)
+        or ``"perf"`` (a perf event of the tracepoint)."""
+        self._check_open()
+        kinds = {self._lib.KVMSTAT_BPF_ATTACHED_RAW: "raw",
+                 self._lib.KVMSTAT_BPF_ATTACHED_PERF: "perf"}
+        return tuple(kinds.get(self._lib.kvmstat_bpf_attached(self._eng, i), "?")
+                     for i in range(len(self.events)))
 
     @property
     def fds(self) -> int:
@@ -524,3 +601,24 @@ def bpf_supported(tracepoint_id: int | None = None) -> tuple[bool, str]:
              if tracepoint_id and err.event_index >= 0 else None)
     exc = _open_error(err.stage, err.err or -rc, probe, "", needed=4, max_entries=1)
     return False, str(exc)
+
+
+def raw_tracepoints_supported(tracepoint: str) -> tuple[bool, str]:
+    """Whether programs attach to *tracepoint* (a name such as ``kvm_pio``)
+    as a raw tracepoint: loads a raw tracepoint program and attaches it,
+    then closes everything.  ``(True, "")`` or ``(False, one-line reason)``."""
+    if not isinstance(tracepoint, str) or not tracepoint.isidentifier():
+        raise InvalidArgument(f"bad tracepoint name {tracepoint!r}")
+    try:
+        native = binding()
+    except NotAvailable as exc:
+        return False, f"the BPF engine needs the kvmstat C extension: {exc}"
+    err = native.ffi.new("struct kvmstat_bpf_error *")
+    name = native.ffi.new("char[]", tracepoint.encode())
+    rc = native.lib.kvmstat_bpf_probe_raw(name, err)
+    if rc == 0:
+        return True, ""
+    if err.stage == _STAGE_ATTACH:
+        return False, (f"attaching a raw tracepoint program to {tracepoint} failed: "
+                       f"{os.strerror(err.err or -rc)}")
+    return False, str(_open_error(err.stage, err.err or -rc, None, "", needed=4, max_entries=1))

@@ -16,7 +16,7 @@ import os
 import resource
 import time
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from ..sampling.engine import choose_engine
 from ..host import pidfd
@@ -170,17 +170,33 @@ def _check_engine(paths: Paths, tracefs: Optional[str], events: List[Event],
     if choice.engine != "bpf":
         return ProviderCheck(name, False, f"--engine auto counts with perf groups: "
                              f"{choice.reason}"), "perf"
-    # The honest test: the programs that read a reason field, at the
-    # offsets this host's format files give, as kvm_stat loads them.
+    # The honest test: the programs that read a reason field, as kvm_stat
+    # loads and attaches them on this host (raw tracepoints where it can).
     fields = [events[0].name] + [e.children[0].name for e in events if e.children]
     try:
-        BpfTracepointProvider(tracefs, fields=fields, events=events, proc=paths.proc).close()
+        provider = BpfTracepointProvider(tracefs, fields=fields, events=events, proc=paths.proc)
+        try:
+            attached = dict(getattr(provider, "attached", {}))
+        finally:
+            provider.close()
     except Error as exc:
         return ProviderCheck(name, False, f"--engine auto counts with perf groups: the BPF "
                              f"engine failed: {exc}"), "perf"
-    return ProviderCheck(name, True, f"--engine auto uses it: {choice.reason}; every kvm "
-                         f"tracepoint with {2 * len(events) + 2} descriptors, whatever the "
-                         f"number of CPUs"), "bpf"
+    per_vm = choose_engine("auto", tracepoint_id=events[0].id, backend=backend, by_vm=True)
+    return ProviderCheck(name, True, f"--engine auto uses it: {choice.reason}; per VM "
+                         f"(--by-guest, the exporter): {per_vm.reason.split(': ', 1)[-1]}; "
+                         f"every kvm tracepoint with {2 * len(events) + 2} descriptors, "
+                         f"whatever the number of CPUs{_attachment_note(attached)}"), "bpf"
+
+
+def _attachment_note(attached: Dict[str, str]) -> str:
+    """Which of the probed events attach through perf rather than as raw
+    tracepoints (their reason is read from the trace record)."""
+    via_perf = sorted(name for name, kind in attached.items() if kind == "perf")
+    if not attached or not via_perf:
+        return ""
+    return (f"; {', '.join(via_perf)} through perf (its reason is not one of the "
+            f"tracepoint's arguments, so the trace record is read)")
 
 
 # --------------------------------------------------------------------------

@@ -1,17 +1,21 @@
 """The tracepoint provider on the BPF engine (``--engine bpf``).
 
-One BPF program per selected tracepoint counts every hit, on every CPU, per
-process and per reason (:mod:`kvmstat.counting.bpf`); the fields are the same
+One BPF program per selected tracepoint counts every hit, on every CPU
+(:mod:`kvmstat.counting.bpf`), attached as a raw tracepoint where the kernel
+allows (no trace record is built), reading the reason only for events whose
+reason is broken down; the fields are the same
 as with perf groups (:class:`~kvmstat.providers.tracepoints.TracepointProvider`):
 each parent counts all its reasons, each child ``parent(REASON)`` the codes
 of its reason.  The descriptors held do not depend on the number of CPUs,
 VMs or threads: two per tracepoint and two or three maps.
 
-- host-wide: every process is counted; there is no per-VM breakdown.
+- host-wide: every process is counted, in per-CPU array slots (the
+  cheapest layout: no key, no process); there is no per-VM breakdown.
 - *pid*: only that VM process is counted (all its threads, those it starts
   later), and the kernel threads working for it in their own thread group
-  (``kvm-pit/<pid>``), added as they appear.
-- *by_vm*: every process is counted, and each VM's row sums its process and
+  (``kvm-pit/<pid>``), added as they appear; slots too.
+- *by_vm*: every process is counted, per process (a hash entry per event,
+  process and reason), and each VM's row sums its process and
   its kernel helper threads; VMs are followed as they start and exit, with
   no per-thread work at all (new threads are counted by the programs
   anyway).  Unlike perf groups, the totals stay host-wide: they include
@@ -28,13 +32,30 @@ from __future__ import annotations
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from ..counting.bpf import BpfCounter, BpfEventSpec
-from ..errors import NotAvailable
+from ..errors import Error, NotAvailable
 from ..tracefs.events import Event, load_events
 from ..host.vms import VM, VMWatch, process_alive
 from .counting import CountingProvider
 from .tracepoints import selected_fields
 
-__all__ = ["BpfTracepointProvider", "bpf_layout", "in_child_pid_namespace"]
+__all__ = ["BpfTracepointProvider", "REASON_ARGS", "bpf_layout", "in_child_pid_namespace"]
+
+#: Where the reason of an event with children is among its tracepoint's
+#: arguments (its TP_PROTO), for raw tracepoint programs: (event, reason
+#: field) -> argument index.  kvm_userspace_exit is TP_PROTO(__u32 reason,
+#: int errno) in virt/kvm; x86's kvm_exit gets (vcpu, isa) and computes its
+#: reason while building the record, so its breakdown reads the record.
+REASON_ARGS: Dict[Tuple[str, str], int] = {
+    ("kvm_userspace_exit", "reason"): 0,
+}
+
+
+def _spec(event: Event) -> BpfEventSpec:
+    """The BPF engine's view of *event*: its record field and, where known,
+    its reason argument (raw tracepoint programs need the latter)."""
+    arg = REASON_ARGS.get((event.name, event.filter_field or ""))
+    return BpfEventSpec.for_field(event.name, event.id, event.reason_field,
+                                  tracepoint=event.name, reason_arg=arg)
 
 
 def in_child_pid_namespace(proc: str = "/proc") -> bool:
@@ -68,7 +89,7 @@ def bpf_layout(events: Iterable[Event], fields: Optional[Iterable[str]] = None
     for event, child in selected_fields(events, fields):
         if event.name not in index:
             index[event.name] = len(specs)
-            specs.append(BpfEventSpec.for_field(event.name, event.id, event.reason_field))
+            specs.append(_spec(event))
         if child is None:
             columns.append((index[event.name], None))
             names.append(event.name)
@@ -88,8 +109,10 @@ class BpfTracepointProvider(CountingProvider):
     The arguments are those of
     :class:`~kvmstat.providers.tracepoints.TracepointProvider` (no
     *backend*: the BPF engine exists only in the C extension), plus
-    *max_entries*, the capacity of the count table (None: sized by the
-    number of CPUs, see :class:`~kvmstat.counting.bpf.BpfCounter`).
+    *max_entries*, the capacity of the per-process count table (None: sized
+    by the number of CPUs, see :class:`~kvmstat.counting.bpf.BpfCounter`), and
+    *attach* (:data:`~kvmstat.counting.bpf.ATTACH_MODES`).  The layout follows
+    from the mode: per process only with *by_vm*, slots otherwise.
     """
 
     name = "tracepoints"
@@ -98,7 +121,8 @@ class BpfTracepointProvider(CountingProvider):
     def __init__(self, tracefs: str, *, fields: Optional[Iterable[str]] = None,
                  pid: Optional[int] = None, by_vm: bool = False, vendor: Optional[str] = None,
                  events: Optional[Sequence[Event]] = None, proc: str = "/proc",
-                 debugfs: Optional[str] = None, max_entries: Optional[int] = None):
+                 debugfs: Optional[str] = None, max_entries: Optional[int] = None,
+                 attach: str = "auto"):
         if events is None:
             events = load_events(tracefs, vendor)
         specs, columns, names = bpf_layout(events, fields)
@@ -108,6 +132,7 @@ class BpfTracepointProvider(CountingProvider):
         self._rows: Dict[int, int] = {}           # process id -> bucket
         self._helpers: Dict[int, Set[int]] = {}    # VM pid -> its helper threads
         self._rows_changed = False
+        self.layout = "by-process" if by_vm else "slots"
         if not specs:
             return
         watch = None
@@ -120,6 +145,7 @@ class BpfTracepointProvider(CountingProvider):
             # Lists the VM(s) first: NoSuchVM before any program is loaded.
             watch = VMWatch(proc, pid=pid, debugfs=debugfs if pid is None else None)
         self._counter = self._bpf = BpfCounter(specs, columns, only_pid=pid,
+                                               layout=self.layout, attach=attach,
                                                max_entries=max_entries)
         self._sweep_at = self._bpf.max_entries // 2
         try:
@@ -128,6 +154,18 @@ class BpfTracepointProvider(CountingProvider):
         except BaseException:
             self.close()
             raise
+
+    @property
+    def attached(self) -> Dict[str, str]:
+        """Tracepoint name -> how its program is attached (``raw`` or
+        ``perf``); empty once closed or when nothing is counted."""
+        if self._bpf is None or self._counter is not self._bpf:
+            return {}
+        try:
+            kinds = self._bpf.attached
+        except Error:
+            return {}
+        return {spec.name: kind for spec, kind in zip(self._bpf.events, kinds)}
 
     # -- following VMs: a process -> row table, nothing per thread -----------------
     def _map(self, pid: int, tgids: Iterable[int]) -> None:
@@ -181,7 +219,7 @@ class BpfTracepointProvider(CountingProvider):
         """Forget the entries of processes that have exited (other than the
         VMs and helpers in the breakdown, forgotten when dropped)."""
         if self._bpf is None or self._counter is not self._bpf \
-                or self._bpf.entries < self._sweep_at:
+                or self._bpf.layout != "by-process" or self._bpf.entries < self._sweep_at:
             return
         seen = {entry.tgid for entry in self._bpf.dump()}
         dead = [tgid for tgid in seen - self._rows.keys()

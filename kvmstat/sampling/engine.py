@@ -45,14 +45,29 @@ def _python_backend(backend: Optional[str]) -> bool:
     return chosen == _PYTHON_BACKEND
 
 
+#: Why ``auto`` picks BPF, per mode (measured: benchmarks/bench_guest_cost.py).
+_BPF_WHY = {
+    False: ("BPF programs load and attach to the kvm tracepoints: raw tracepoints where "
+            "the kernel allows (no trace record is built) counting into per-CPU array "
+            "slots, one increment per hit, like a perf counter"),
+    True: ("BPF programs load and attach to the kvm tracepoints: one table entry per "
+           "event, process and reason gives the per-VM rows with one program run per "
+           "hit, where perf groups need a group per thread of every VM"),
+}
+
+
 def choose_engine(engine: str = "auto", *, tracepoint_id: Optional[int] = None,
-                  backend: Optional[str] = None) -> EngineChoice:
-    """What *engine* means on this host.
+                  backend: Optional[str] = None, by_vm: bool = False) -> EngineChoice:
+    """What *engine* means on this host, for a host-wide or one-VM count or,
+    with *by_vm*, per-VM rows.
 
     For ``auto``, probes the BPF engine (a map, a program, and with
     *tracepoint_id* its attachment to that tracepoint; all closed again).
-    A pure-Python perf *backend* (argument or ``KVMSTAT_BACKEND``) makes
-    ``auto`` pick perf groups: the BPF engine exists only in C.
+    BPF costs the guests least in every mode when it works (its counting
+    programs cost about what a perf counter increment costs per hit, see
+    benchmarks/RESULTS.md), and per-VM rows with it need no per-thread
+    events.  A pure-Python perf *backend* (argument or ``KVMSTAT_BACKEND``)
+    makes ``auto`` pick perf groups: the BPF engine exists only in C.
     """
     if engine not in ENGINES:
         raise InvalidArgument(f"unknown engine {engine!r} (known: {', '.join(ENGINES)})")
@@ -63,7 +78,7 @@ def choose_engine(engine: str = "auto", *, tracepoint_id: Optional[int] = None,
                                     "(KVMSTAT_BACKEND=python); the BPF engine is C only")
     usable, why = bpfengine.bpf_supported(tracepoint_id)
     if usable:
-        return EngineChoice("bpf", "BPF programs load and attach to the kvm tracepoints")
+        return EngineChoice("bpf", _BPF_WHY[bool(by_vm)])
     return EngineChoice("perf", f"the BPF engine cannot be used: {why}")
 
 
@@ -81,7 +96,7 @@ def open_tracepoints(tracefs: str, events: Sequence[Event], *, engine: str = "au
     # The probe loads a program without attaching it: attaching and closing a
     # tracepoint event takes a grace period (~0.1 s), and the provider's own
     # attachment failing falls back just the same.
-    choice = choose_engine(engine, backend=backend)
+    choice = choose_engine(engine, backend=backend, by_vm=by_vm)
     if choice.engine == "bpf":
         try:
             return BpfTracepointProvider(tracefs, fields=fields, pid=pid, by_vm=by_vm,

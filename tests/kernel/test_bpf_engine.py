@@ -9,6 +9,7 @@ same time: totals are only checked through our guests' buckets, through
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -308,7 +309,8 @@ def test_verifier_rejection_shows_its_log(uexit, offset):
     before = _open_fds()
     bad = BpfEventSpec("kvm_userspace_exit", uexit.tracepoint_id, offset, 4)
     with pytest.raises(BpfLoadError) as info:
-        BpfCounter([bad], [(0, None)])
+        # A child field: only a breakdown reads the reason.
+        BpfCounter([bad], [(0, (KVM_EXIT_IO,))])
     msg = str(info.value)
     assert "\n" not in msg
     assert msg.startswith("the kernel's verifier rejected the BPF program for kvm_userspace_exit "
@@ -322,7 +324,7 @@ def test_field_beyond_the_record_is_refused_at_attach(uexit):
     before = _open_fds()
     bad = BpfEventSpec("kvm_userspace_exit", uexit.tracepoint_id, 200, 4)
     with pytest.raises(NativeError) as info:
-        BpfCounter([bad], [(0, None)])
+        BpfCounter([bad], [(0, (KVM_EXIT_IO,))])
     assert not isinstance(info.value, BpfLoadError)
     assert str(info.value) == ("attaching the BPF program to kvm_userspace_exit failed: its "
                                "reason field at offset 200, 4 bytes lies beyond the tracepoint's record")
@@ -367,3 +369,74 @@ def test_everything_is_released_when_the_process_is_killed(pio):
         child.stdout.close()
     with BpfCounter([pio] * 6, []) as c:
         assert c.fds == 14
+
+
+# -- layouts and attachments -------------------------------------------------------
+
+def _raw(spec: BpfEventSpec, arg: int | None = None) -> BpfEventSpec:
+    """The same event, attachable as a raw tracepoint (reason argument *arg*)."""
+    return BpfEventSpec(spec.name, spec.tracepoint_id, spec.reason_offset, spec.reason_size,
+                        tracepoint=spec.name, reason_arg=arg)
+
+
+@pytest.mark.parametrize("layout", ["slots", "by-process"])
+@pytest.mark.parametrize("attach", ["raw", "perf", "auto"])
+def test_every_layout_and_attachment_counts_exactly(guest_process, uexit, pio, layout, attach):
+    g = guest_process("pio")
+    h = guest_process("hlt")
+    events = [_raw(uexit, 0), _raw(pio)]
+    with BpfCounter(events, FIELDS, only_pid=g.pid, layout=layout, attach=attach) as c:
+        c.also_count([h.pid])
+        c.set_buckets({g.pid: 0, h.pid: 0})
+        assert c.attached == (("perf",) * 2 if attach == "perf" else ("raw",) * 2)
+        g.run(321)
+        h.run(17)
+        totals, flat = c.read(1)
+        assert totals == flat == [338, 321, 17, 321]
+        c.reset()
+        g.run(5)
+        assert c.read()[0] == [5, 5, 0, 5]
+
+
+def test_slots_layout_keeps_no_process_and_counts_unnamed_reasons_in_the_parent(
+        guest_process, uexit, pio):
+    g = guest_process("pio")
+    h = guest_process("hlt")
+    # Only IO is broken down: HLT exits land in the "other reasons" slot.
+    fields = [(0, None), (0, (KVM_EXIT_IO,)), (1, None)]
+    with BpfCounter([_raw(uexit, 0), _raw(pio)], fields, only_pid=g.pid,
+                    layout="slots") as c:
+        c.also_count([h.pid])
+        g.run(40)
+        h.run(3)
+        assert c.read()[0] == [43, 40, 40]
+        entries = {(e.event, e.tgid, e.reason): e.count for e in c.dump()}
+        assert entries == {(0, 0, KVM_EXIT_IO): 40, (0, 2**32 - 1, 0): 3, (1, 0, 0): 40}
+        assert c.forget([g.pid]) == 0
+        # Fields naming a reason without a slot are refused by the core.
+        cfields = c._ffi.new("struct kvmstat_bpf_field[]", 1)
+        codes = c._ffi.new("uint64_t[]", [KVM_EXIT_HLT])
+        cfields[0].event, cfields[0].codes, cfields[0].ncodes = 0, codes, 1
+        assert c._lib.kvmstat_bpf_set_fields(c._eng, cfields, 1) == -errno.EINVAL
+
+
+def test_an_event_without_a_raw_tracepoint_falls_back_to_perf(guest_process, uexit, pio):
+    g = guest_process("pio")
+    misnamed = BpfEventSpec("kvm_pio", pio.tracepoint_id, tracepoint="kvm_no_such_tracepoint")
+    with BpfCounter([_raw(uexit, 0), misnamed], FIELDS, only_pid=g.pid, layout="slots") as c:
+        assert c.attached == ("raw", "perf")
+        g.run(9)
+        assert c.read()[0] == [9, 9, 0, 9]
+    with pytest.raises(NativeError):
+        BpfCounter([misnamed], [(0, None)], attach="raw")
+
+
+def test_a_breakdown_without_a_reason_argument_reads_the_record(guest_process, uexit):
+    g = guest_process("pio")
+    with BpfCounter([_raw(uexit)], FIELDS[:3], only_pid=g.pid, layout="slots") as c:
+        assert c.attached == ("perf",)
+        g.run(6)
+        assert c.read()[0] == [6, 6, 0]
+    # Parents only: no reason to read, so a raw tracepoint will do.
+    with BpfCounter([_raw(uexit)], [(0, None)], only_pid=g.pid, layout="slots") as c:
+        assert c.attached == ("raw",)

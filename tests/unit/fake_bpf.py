@@ -13,7 +13,9 @@ from kvmstat.errors import InvalidArgument
 
 
 class FakeBpfCounter:
-    def __init__(self, events, fields, only_pid=None, *, max_entries=None):
+    def __init__(self, events, fields, only_pid=None, *, layout="by-process", attach="auto",
+                 max_entries=None):
+        self.layout, self.attach = layout, attach
         self.events = tuple(events)
         self.fields = tuple(BpfField(e, None if c is None else tuple(c)) for e, c in fields)
         self.only_pid = only_pid
@@ -68,7 +70,9 @@ class FakeBpfCounter:
         for (event, reason), count in self.retired.items():
             self._fold(event, reason, count, totals, None)
         for (event, tgid, reason), count in self.table.items():
-            bucket = self.buckets.get(tgid)
+            # Slots keep no process: everything is the watched process's.
+            owner = tgid if self.layout == "by-process" else self.only_pid
+            bucket = self.buckets.get(owner)
             row = _Row(flat, bucket * n) if bucket is not None and bucket < nbuckets else None
             self._fold(event, reason, count, totals, row)
         self.entries = len(self.table)

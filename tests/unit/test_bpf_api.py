@@ -41,6 +41,9 @@ class FakeLib:
 
     KVMSTAT_BPF_ALL_TGIDS = -1
     KVMSTAT_BPF_MAX_ALSO = 4
+    KVMSTAT_BPF_BY_PROCESS, KVMSTAT_BPF_SLOTS = 0, 1
+    KVMSTAT_BPF_ATTACH_AUTO, KVMSTAT_BPF_ATTACH_PERF, KVMSTAT_BPF_ATTACH_RAW = 0, 1, 2
+    KVMSTAT_BPF_ATTACHED_PERF, KVMSTAT_BPF_ATTACHED_RAW = 1, 2
 
     def __init__(self, ffi, fail=None, log="", totals=(), dropped=0, entries=()):
         self.ffi = ffi
@@ -52,11 +55,15 @@ class FakeLib:
         self.calls = []
         self.freed = 0
 
-    def kvmstat_bpf_new(self, events, n, only, max_entries, log, log_size, err, out):
+    def kvmstat_bpf_new(self, events, n, fields, nfields, opt, log, log_size, err, out):
         self.calls.append(("new", [(events[i].tracepoint_id, events[i].reason_offset,
                                     events[i].reason_size) for i in range(n)],
-                           only, max_entries))
-        self.max_entries = max_entries or 16384  # 0: the core's default
+                           opt.only_tgid, opt.max_entries))
+        self.options = (opt.layout, opt.attach)
+        self.names = [(self.ffi.string(events[i].name).decode() if events[i].name else None,
+                       events[i].reason_arg) for i in range(n)]
+        self.kvmstat_bpf_set_fields(None, fields, nfields)
+        self.max_entries = max_entries = opt.max_entries or 16384  # 0: the core's default
         if self.fail:
             err.stage, err.event_index, err.err = self.fail
             data = self.log.encode()[:log_size - 1] + b"\0"
@@ -119,6 +126,9 @@ class FakeLib:
 
     def kvmstat_bpf_force_iteration(self, eng):
         return 0
+
+    def kvmstat_bpf_attached(self, eng, index):
+        return self.KVMSTAT_BPF_ATTACHED_RAW if self.names[index][0] else self.KVMSTAT_BPF_ATTACHED_PERF
 
     def kvmstat_bpf_free(self, eng):
         self.freed += 1
@@ -396,4 +406,57 @@ def test_probe_without_the_extension(monkeypatch):
 @needs_ffi
 def test_c_structures_match_the_header():
     assert FFI.sizeof("struct kvmstat_bpf_entry") == 24
-    assert FFI.sizeof("struct kvmstat_bpf_event") == 16
+    assert FFI.sizeof("struct kvmstat_bpf_event") == 32
+
+
+# -- layouts and attachments ----------------------------------------------------
+
+RAW_UEXIT = BpfEventSpec("kvm_userspace_exit", 42, 8, 4, tracepoint="kvm_userspace_exit",
+                         reason_arg=0)
+
+
+@pytest.mark.parametrize("layout, attach, expected", [
+    ("by-process", "auto", (0, 0)), ("slots", "perf", (1, 1)), ("slots", "raw", (1, 2))])
+def test_layout_and_attach_reach_the_core(fake, layout, attach, expected):
+    lib = fake()
+    with BpfCounter([RAW_UEXIT, PIO], [(0, None), (0, (2,)), (1, None)],
+                    layout=layout, attach=attach) as c:
+        assert lib.options == expected
+        assert lib.names == [("kvm_userspace_exit", 0), (None, -1)]
+        assert c.attached == ("raw", "perf")
+        assert c.layout == layout
+    # The fields go to the core with the events, in one call.
+    assert lib.calls[1] == ("fields", [(0, None), (0, [2]), (1, None)])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"layout": "per-cpu"}, "unknown layout 'per-cpu'"),
+    ({"attach": "kprobe"}, "unknown attach mode 'kprobe'"),
+])
+def test_bad_layout_or_attach_mode(fake, kwargs, message):
+    lib = fake()
+    with pytest.raises(InvalidArgument, match=message):
+        BpfCounter([PIO], [(0, None)], **kwargs)
+    assert lib.calls == []
+
+
+@pytest.mark.parametrize("spec, message", [
+    (BpfEventSpec("x", 1, 8, 4, reason_arg=12), "bad reason argument 12 for x: need 0 to 11"),
+    (BpfEventSpec("x", 1, 8, 4, reason_arg=-1), "bad reason argument -1"),
+    (BpfEventSpec("x", 1, tracepoint="kvm pio"), "bad tracepoint name 'kvm pio' for x"),
+    (BpfEventSpec("x", 1, tracepoint="../x"), "bad tracepoint name"),
+])
+def test_bad_raw_tracepoint_details(fake, spec, message):
+    fake()
+    with pytest.raises(InvalidArgument, match=message):
+        BpfCounter([spec], [(0, None)])
+
+
+def test_spec_with_a_reason_argument():
+    field = Field("reason", 8, 4, False)
+    spec = BpfEventSpec.for_field("kvm_userspace_exit", 42, field,
+                                  tracepoint="kvm_userspace_exit", reason_arg=0)
+    assert spec == RAW_UEXIT
+    # Without a record field there is no size to read the argument with.
+    assert BpfEventSpec.for_field("kvm_pio", 110, None, tracepoint="kvm_pio",
+                                  reason_arg=0).reason_arg is None

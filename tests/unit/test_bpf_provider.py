@@ -218,3 +218,28 @@ def test_per_vm_counting_is_refused_inside_a_pid_namespace(open_provider, proc):
     open_provider().close()  # host-wide counts do not depend on process ids
     (proc.root / "self" / "status").write_text("Name:\tkvm_stat\nNSpid:\t48213\n")
     open_provider(pid=300).close()
+
+
+def test_raw_tracepoint_names_and_reason_arguments(tracefs):
+    specs, _, _ = bpf_layout(load_events(tracefs, "vmx"))
+    by_name = {s.name: s for s in specs}
+    # Every program may attach by the tracepoint's name.
+    assert all(s.tracepoint == s.name for s in specs)
+    # kvm_userspace_exit's reason is its first argument; x86 kvm_exit
+    # computes its reason while building the record: no argument.
+    assert by_name["kvm_userspace_exit"].reason_arg == 0
+    assert by_name["kvm_exit"].reason_arg is None
+    assert by_name["kvm_exit"].reason_offset is not None
+
+
+@pytest.mark.parametrize("options, layout", [
+    ({}, "slots"), ({"pid": 1000}, "slots"), ({"by_vm": True}, "by-process")])
+def test_per_process_counts_only_for_per_vm_rows(open_provider, proc, options, layout):
+    if "pid" in options or options.get("by_vm"):
+        proc.add_vm(1000, "vm", tids=[1001])
+    p = open_provider(**options)
+    try:
+        assert p.layout == layout
+        assert open_provider.created[-1].layout == layout
+    finally:
+        p.close()

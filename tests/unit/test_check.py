@@ -116,12 +116,33 @@ def test_engine_row_with_bpf(tmp_path, monkeypatch):
     result = check_host(paths, dev_kvm=str(tmp_path / "kvm"))
     assert result.engine.available
     # 4 events in the fake tracefs: 2 descriptors each, and 2 maps
+    from kvmstat.sampling.engine import _BPF_WHY
     assert result.engine.reason == (
-        "--engine auto uses it: BPF programs load and attach to the kvm tracepoints; every "
+        f"--engine auto uses it: {_BPF_WHY[False]}; per VM (--by-guest, the exporter): "
+        f"{_BPF_WHY[True].split(': ', 1)[1]}; every "
         "kvm tracepoint with 10 descriptors, whatever the number of CPUs")
     # the programs that read a reason field are loaded
     assert opened == [["kvm_exit", "kvm_exit(EXCEPTION_NMI)", "kvm_userspace_exit(UNKNOWN)"]]
     assert "BPF programs count per process" in result.attribution.reason
+
+
+def test_engine_row_names_events_attached_through_perf(tmp_path, monkeypatch):
+    paths = working_host(tmp_path, monkeypatch)
+    monkeypatch.setattr("kvmstat.counting.bpf.bpf_supported", lambda tracepoint_id=None: (True, ""))
+
+    class Attached:
+        attached = {"kvm_exit": "perf", "kvm_userspace_exit": "raw"}
+
+        def __init__(self, tracefs, *, fields, events, proc):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(check_mod, "BpfTracepointProvider", Attached)
+    reason = check_host(paths, dev_kvm=str(tmp_path / "kvm")).engine.reason
+    assert reason.endswith("; kvm_exit through perf (its reason is not one of the "
+                           "tracepoint's arguments, so the trace record is read)")
 
 
 def test_engine_row_when_loading_fails(tmp_path, monkeypatch):

@@ -40,7 +40,11 @@ def test_auto_picks_bpf_where_the_probe_works(monkeypatch):
     monkeypatch.delenv("KVMSTAT_BACKEND", raising=False)
     choice = choose_engine("auto", tracepoint_id=42)
     assert (choice.engine, probed) == ("bpf", [42])
-    assert choice.reason == "BPF programs load and attach to the kvm tracepoints"
+    assert choice.reason.startswith("BPF programs load and attach to the kvm tracepoints: "
+                                    "raw tracepoints where the kernel allows")
+    per_vm = choose_engine("auto", tracepoint_id=42, by_vm=True)
+    assert per_vm.engine == "bpf" and "one table entry per event, process and reason" \
+        in per_vm.reason
 
 
 def test_auto_picks_perf_and_says_why(monkeypatch):
