@@ -25,15 +25,15 @@ def tracefs(tmp_path):
 
 
 @pytest.fixture
-def open_provider(tracefs, proc, monkeypatch):
+def open_provider(tracefs, proc):
     """opener(fields=..., **options) -> provider; its fake engines are in
     ``opener.created``."""
-    created = fake_bpf.install(monkeypatch)
+    counters, created = fake_bpf.counters()
 
     def opener(fields=("kvm_pio", "kvm_userspace_exit", "kvm_userspace_exit(IO)",
                        "kvm_userspace_exit(HLT)"), **kwargs):
         return BpfTracepointProvider(tracefs, fields=fields, vendor="vmx", proc=proc.path,
-                                     **kwargs)
+                                     counters=counters, **kwargs)
     opener.created = created
     return opener
 

@@ -43,7 +43,7 @@ def test_by_guest_needs_batch_or_log_mode(capsys):
 
 
 def test_guest_name_not_found_or_ambiguous_before_anything_is_opened(proc, paths, monkeypatch):
-    monkeypatch.setattr("kvmstat.sampling.sources.open_sampler",
+    monkeypatch.setattr("kvmstat.sampling.sources.sampler_for",
                         lambda *a, **k: pytest.fail("opened events for a bad -g"))
     proc.add_vm(301, "db")
     proc.add_vm(302, "db")
