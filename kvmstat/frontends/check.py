@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Tuple
 from ..counting.factories import CounterFactories
 from ..sampling.engine import choose_engine
 from ..host import pidfd
-from ..errors import AccessDenied, Error, NotAvailable
+from ..errors import SPARE_FDS, AccessDenied, Error, NotAvailable
 from ..tracefs.events import Event, detect_vendor, load_events
 from ..host.paths import Paths
 from ..host.privileges import (CAP_SYS_PTRACE, has_capability, perf_event_paranoid,
@@ -374,7 +374,7 @@ def _open_files_note(paths: Paths, events: List[Event]) -> Optional[str]:
         return f"{start}: enough"
     if hard == resource.RLIM_INFINITY or hard >= needed or os.geteuid() == 0:
         return f"{start}: kvm_stat raises it itself"
-    return f"{start}: too low: run 'ulimit -n {needed + 64}' first, or count fewer fields with -f"
+    return f"{start}: too low: run 'ulimit -n {needed + SPARE_FDS}' first, or count fewer fields with -f"
 
 
 def check_host(paths: Optional[Paths] = None, *, dev_kvm: str = "/dev/kvm",

@@ -22,6 +22,7 @@ from ..host.paths import Paths
 from ..sampling.sampler import vm_exited_message
 from ..sampling.teardown import close_detached
 from .arguments import DEFAULT_DELAY, MAX_DELAY, MIN_DELAY, parse_delay, parse_pid
+from .hints import with_flags
 
 if TYPE_CHECKING:
     from ..sampling.options import SamplerOptions
@@ -211,7 +212,7 @@ def parse_options(argv: Optional[Sequence[str]] = None) -> Options:
 
 
 def _notify(message: str) -> None:
-    print(f"kvm_stat: {message}", file=sys.stderr)
+    print(f"kvm_stat: {with_flags(message)}", file=sys.stderr)
 
 
 def _resolve_vm(opts: Options, paths: Paths) -> None:
@@ -383,7 +384,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         opts = parse_options(argv)
         return run(opts)
     except Error as exc:
-        print(f"Error: {exc}", file=sys.stderr)
+        print(f"Error: {with_flags(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -30,6 +30,7 @@ from ..sampling.sampler import Sample, Sampler
 from ..sampling.teardown import close_detached
 from ..sampling.options import SamplerOptions
 from .arguments import DELAY_RANGE, parse_delay, parse_pid
+from .hints import with_flags
 from .tui_layout import Line, View
 from ..host.vms import find_vm, find_vm_by_name, list_vms
 
@@ -124,7 +125,7 @@ class Display:
         try:
             sampler = self._open(wanted.regex, wanted.pid, wanted.children, wanted.by_guest)
         except Error as exc:
-            return str(exc)
+            return with_flags(str(exc))
         old, self.sampler = self.sampler, sampler
         if old is not None:
             close_detached(old)
@@ -153,7 +154,7 @@ class Display:
         try:
             sample = self.sampler.sample()
         except Error as exc:
-            self.view.message = str(exc)
+            self.view.message = with_flags(str(exc))
             sample = None
         if sample is not None and self.sampler.done:
             self._vm_exited(sample)  # this sample holds its counts up to the exit
@@ -282,7 +283,7 @@ class Display:
             try:
                 error = accept(answer)
             except Error as exc:
-                error = str(exc)
+                error = with_flags(str(exc))
             if error is None:
                 return
 
@@ -327,7 +328,7 @@ class Display:
             self.sampler.reset()
             self.sampler.sample()
         except Error as exc:
-            self.view.message = str(exc)
+            self.view.message = with_flags(str(exc))
             return
         self._started()
 
@@ -436,7 +437,7 @@ def run_tui(options: SamplerOptions, *, delay: float,
     def tell(message: str) -> None:
         # While the screen is up, notices go to its message line.
         if display is not None and display.sampler is not None:
-            display.view.message = message
+            display.view.message = with_flags(message)
         elif notify is not None:
             notify(message)
 

@@ -1,4 +1,4 @@
-"""The tracepoint provider on the BPF engine (``--engine bpf``).
+"""The tracepoint provider on the BPF engine (``engine="bpf"``).
 
 One BPF program per selected tracepoint counts every hit, on every CPU
 (:mod:`kvmstat.counting.bpf`), attached as a raw tracepoint where the kernel
@@ -98,7 +98,7 @@ def bpf_layout(events: Iterable[Event], fields: Optional[Iterable[str]] = None
         if event.reason_field is None:
             raise NotAvailable(
                 f"the BPF engine cannot count {child.name}: the format file of {event.name} "
-                f"does not say where its {event.filter_field} field is (use --engine perf)")
+                f"does not say where its {event.filter_field} field is (use the perf engine)")
         columns.append((index[event.name], child.codes))
         names.append(child.name)
     return specs, columns, names
@@ -142,7 +142,7 @@ class BpfTracepointProvider(CountingProvider):
             # The programs see the host's process ids, /proc shows this
             # namespace's: the VMs could not be told apart.
             raise NotAvailable("the BPF engine tells VMs apart by the host's process ids, "
-                               "and kvm_stat runs in a PID namespace: use --engine perf")
+                               "and kvmstat runs in a PID namespace: use the perf engine")
         if pid is not None or by_vm:
             # Lists the VM(s) first: NoSuchVM before any program is loaded.
             watch = VMWatch(proc, pid=pid, debugfs=debugfs if pid is None else None)

@@ -74,7 +74,7 @@ def _debugfs_catalog(paths: Paths, notify: Notify) -> Catalog:
     from ..providers.debugfs import DebugfsProvider, probe_debugfs
 
     # The files left out (kernel lockdown, unusable contents) are reported
-    # here, once; with none readable at all, -d fails with that reason.
+    # here, once; with none readable at all, opening it fails with that reason.
     debugfs = paths.find_debugfs(notify=notify)
     probe = probe_debugfs(debugfs, paths.sys)
     if not probe.available:
@@ -142,7 +142,7 @@ def providers_for(options: SamplerOptions, notify: Notify = None) -> List[Provid
     catalogs = [catalog(name, paths, notify) for name in options.providers]
     chosen = [(c, field_filter.select(c.fields)) for c in catalogs]
     if not any(selected for _, selected in chosen):
-        raise InvalidArgument(f"no field matches '{field_filter.regex}' (see '-f help')")
+        raise InvalidArgument(f"no field matches '{field_filter.regex}' (see the list of fields)")
     opened: List[Provider] = []
     try:
         for cat, selected in chosen:
