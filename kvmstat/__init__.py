@@ -5,7 +5,8 @@ What ``kvm_stat`` does, without the command line:
 * list the fields this host can count: :func:`list_fields`;
 * open providers for the whole host or for one VM process (``pid=``):
   :func:`open_providers`, or :func:`open_sampler` which wraps them in a
-  :class:`Sampler`;
+  :class:`Sampler`; both build one :class:`SamplerOptions`, which
+  :func:`sampler_for` also takes directly;
 * take samples: :meth:`Sampler.sample` returns a :class:`Sample` whose
   ``values`` map each field to ``(total, delta)``; VMs that exit are in
   ``Sample.ended`` (and :attr:`Sampler.done` once the one VM watched has);
@@ -54,7 +55,8 @@ from .sampling.fields import FieldFilter, child_name, is_child, parent_of, reaso
 from .host.paths import Paths
 from .providers.base import Histograms, HistogramValues, Provider, Reading, Totals
 from .providers.tracepoints import TracepointProvider
-from .sampling.sources import list_fields, open_providers, open_sampler
+from .sampling.options import SamplerOptions
+from .sampling.sources import list_fields, open_providers, open_sampler, sampler_for
 from .sampling.sampler import FieldValues, Sample, Sampler
 from .host.vms import VM, find_vm, find_vm_by_name, list_vms
 
@@ -70,7 +72,7 @@ __all__ = [
     # fields
     "list_fields", "FieldFilter", "parent_of", "reason_of", "is_child", "child_name",
     # providers and samples
-    "open_providers", "open_sampler", "Provider", "Reading", "Sampler", "Sample", "FieldValues",
+    "open_providers", "open_sampler", "SamplerOptions", "sampler_for", "Provider", "Reading", "Sampler", "Sample", "FieldValues",
     "Totals", "Paths", "TracepointProvider", "DebugfsProvider", "BinstatsProvider",
     "HistogramValues", "Histograms",
     # VMs

@@ -1,10 +1,28 @@
-"""Exceptions raised by kvmstat.
+"""Exceptions raised by kvmstat: the whole error tree, and the one mapping
+from a failed system call's errno to an exception of the tree.
 
 Every exception derives from :class:`Error`.  ``str(exc)`` is the one-line
 message a user sees: it names the cause and, where there is one, the fix.
+Messages speak of library concepts (providers, engines, fields); the
+``kvm_stat`` command adds its flag names when it prints them.
+
+- :class:`InvalidArgument`: the caller's fault (a bad regex, delay, pid...);
+- :class:`KernelDataError`: data the kernel gave cannot be understood (a
+  corrupt tracefs format file: :class:`FormatError`; binary statistics:
+  :class:`StatsFormatError`);
+- :class:`AccessDenied`, :class:`NotAvailable`, :class:`TooManyEvents`: the
+  host does not allow or offer something;
+- :class:`NoSuchVM`, :class:`VMGone`: about the VM asked for;
+- :class:`NativeError`: a system call failed (``errno``), with the BPF
+  engine's :class:`BpfLoadError` and :class:`BpfTableFull`.
 """
 
 from __future__ import annotations
+
+import errno as _errno
+import os
+import resource
+from typing import Mapping, Optional, Type
 
 __all__ = [
     "Error",
@@ -15,7 +33,19 @@ __all__ = [
     "VMGone",
     "TooManyEvents",
     "NativeError",
+    "KernelDataError",
+    "FormatError",
+    "StatsFormatError",
+    "BpfLoadError",
+    "BpfTableFull",
+    "SPARE_FDS",
+    "error_from_errno",
+    "too_many_events",
 ]
+
+#: descriptors kvmstat needs besides its counters (stdio, /proc files, the
+#: terminal, a log file, the exporter's sockets...)
+SPARE_FDS = 64
 
 
 class Error(Exception):
@@ -58,7 +88,7 @@ class VMGone(Error):
 
 
 class TooManyEvents(Error):
-    """More perf events are needed than the open-files limit allows."""
+    """More descriptors (perf events) are needed than the open-files limit allows."""
 
     def __init__(self, message: str, needed: int = 0, limit: int = 0):
         super().__init__(message)
@@ -79,3 +109,94 @@ class NativeError(Error, OSError):
         self.errno = errno
         self.event = event
         self.target = target
+
+
+class KernelDataError(Error):
+    """Data the kernel gave cannot be understood (not the caller's fault)."""
+
+
+class FormatError(KernelDataError):
+    """A tracepoint ``format`` file or ``print fmt`` expression is malformed."""
+
+
+class StatsFormatError(KernelDataError, ValueError):
+    """Binary statistics data that does not follow the KVM_GET_STATS_FD format."""
+
+
+class BpfLoadError(NativeError):
+    """The kernel's verifier rejected a program; ``log`` is its full log."""
+
+    def __init__(self, message: str, errno: int, event: str | None, log: str):
+        super().__init__(message, errno, event=event)
+        self.log = log
+
+
+class BpfTableFull(NativeError):
+    """Hits were lost because the count table was full (``dropped`` of them)."""
+
+    def __init__(self, message: str, dropped: int):
+        super().__init__(message, _errno.ENOSPC)
+        self.dropped = dropped
+
+
+def too_many_events(needed: int, *, what: str = "", kind: str = "perf events",
+                    system_wide: bool = False) -> TooManyEvents:
+    """The one error for running out of descriptors: *needed* are needed (0:
+    unknown) by *what*, when said, to hold *kind*; *system_wide* when the
+    kernel's own file table is full (ENFILE) rather than this process's limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if system_wide:
+        cause = "the system-wide open-files table is full (fs.file-max)"
+    elif soft == resource.RLIM_INFINITY:
+        cause = "the open-files limit is unlimited"
+    else:
+        shown_hard = "unlimited" if hard == resource.RLIM_INFINITY else str(hard)
+        cause = f"the open-files limit is {soft} (hard {shown_hard})"
+    count = f"{needed} open files" if needed else "more open files"
+    need = f"{what} needs {count}" if what else f"{count} are needed"
+    raise_to = f" (ulimit -n {needed + SPARE_FDS})" if needed else " (ulimit -n)"
+    return TooManyEvents(
+        f"too many {kind}: {need} and {cause}: raise the limit{raise_to} or run as root, "
+        f"or count fewer events",
+        needed=needed, limit=0 if soft == resource.RLIM_INFINITY else soft)
+
+
+_DENIED = (_errno.EPERM, _errno.EACCES)
+_NO_FILES = (_errno.EMFILE, _errno.ENFILE)
+_UNSUPPORTED = (_errno.ENOSYS, _errno.EOPNOTSUPP)
+
+
+def error_from_errno(err: int, what: str, subject: str = "", *, fix: str = "",
+                     fixes: Optional[Mapping[int, str]] = None,
+                     reasons: Optional[Mapping[int, str]] = None,
+                     other: Type[Error] = NativeError, needed: int = 0,
+                     kind: str = "perf events", event: Optional[str] = None,
+                     target: Optional[int] = None) -> Error:
+    """The one mapping from a failed system call's errno to a kvmstat exception.
+
+    *what* names what was attempted ("perf_event_open", "mounting tracefs at
+    /x"), *subject* (optional) what it was for ("kvm_pio on CPU 0"); the
+    message is ``what denied[ for subject] (reason): fix`` for a permission error,
+    else ``what failed[ for subject]: reason[: fix]``, the reason being
+    ``reasons[err]`` or the errno's text, the fix ``fixes[err]`` or *fix*.
+    The class follows the errno: EPERM/EACCES
+    :class:`AccessDenied`; EMFILE/ENFILE :class:`TooManyEvents` (*needed*
+    descriptors to hold *kind*, see :func:`too_many_events`); ENOSYS/EOPNOTSUPP
+    :class:`NotAvailable`; any other *other* (a :class:`NativeError` carries
+    *err*, *event* and *target*).
+    """
+    where = f" for {subject}" if subject else ""
+    if err in _NO_FILES:
+        return too_many_events(needed, what=what + where, kind=kind,
+                               system_wide=err == _errno.ENFILE)
+    reason = (reasons or {}).get(err) or os.strerror(err)
+    cure = (fixes or {}).get(err, fix)
+    if err in _DENIED:
+        return AccessDenied(f"{what} denied{where} ({reason}): {cure}" if cure
+                            else f"{what} denied{where}: {reason}")
+    message = f"{what} failed{where}: {reason}" + (f": {cure}" if cure else "")
+    if err in _UNSUPPORTED:
+        return NotAvailable(message)
+    if issubclass(other, NativeError):
+        return other(message, err, event=event, target=target)
+    return other(message)

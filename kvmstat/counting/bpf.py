@@ -41,7 +41,9 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping, NamedTuple, Sequence
 
 from .common import PARANOID_PATH, PER_CPU, EventSpec, error_from_errno
-from ..errors import AccessDenied, Error, InvalidArgument, NativeError, NotAvailable
+from .. import errors
+from ..errors import (BpfLoadError, BpfTableFull, Error, InvalidArgument, NativeError,
+                      NotAvailable)
 from .native import binding
 
 __all__ = [
@@ -96,7 +98,7 @@ _STAGE_ACTIONS = {
     _STAGE_CPUS: "counting the possible CPUs",
 }
 _BPF_PRIVILEGE_HINT = ("run as root or grant CAP_BPF and CAP_PERFMON "
-                       "(or use --engine perf)")
+                       "(or use the perf engine)")
 
 
 @dataclass(frozen=True)
@@ -149,22 +151,6 @@ class BpfEntry(NamedTuple):
     count: int
 
 
-class BpfLoadError(NativeError):
-    """The kernel's verifier rejected a program; ``log`` is its full log."""
-
-    def __init__(self, message: str, errno: int, event: str | None, log: str):
-        super().__init__(message, errno, event=event)
-        self.log = log
-
-
-class BpfTableFull(NativeError):
-    """Hits were lost because the count table was full (``dropped`` of them)."""
-
-    def __init__(self, message: str, dropped: int):
-        super().__init__(message, _errno.ENOSPC)
-        self.dropped = dropped
-
-
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -208,7 +194,7 @@ def _open_error(stage: int, err: int, event: BpfEventSpec | None, log: str,
             f"the kernel's verifier rejected the BPF program{what} "
             f"({_errno.errorcode.get(err, err)}): {_log_tail(log)}", err, name, log)
     if err in (_errno.EPERM, _errno.EACCES) and stage in (_STAGE_MAP, _STAGE_LOAD):
-        return AccessDenied(f"{action}{subject} denied: {_BPF_PRIVILEGE_HINT}")
+        return errors.error_from_errno(err, f"{action}{subject}", fix=_BPF_PRIVILEGE_HINT)
     if stage == _STAGE_ATTACH and err == _errno.EACCES and event is not None:
         # perf refuses programs that read past the end of the record.
         return NativeError(
@@ -224,7 +210,7 @@ def _open_error(stage: int, err: int, event: BpfEventSpec | None, log: str,
         detail += f" (count table of {size})"
     if stage == _STAGE_LOAD and err == _errno.EINVAL:
         detail += " (does this kernel support BPF tracepoint programs?)"
-    return NativeError(f"{action}{subject} failed: {detail}", err, event=name)
+    return errors.error_from_errno(err, f"{action}{subject}", reasons={err: detail}, event=name)
 
 
 def _check_events(events: Sequence[BpfEventSpec]) -> tuple[BpfEventSpec, ...]:
@@ -477,8 +463,8 @@ class BpfCounter:
         if self._dropped[0]:
             raise BpfTableFull(
                 f"the BPF count table is full ({self.max_entries} entries): "
-                f"{self._dropped[0]} hits were not counted; count fewer events (-f) "
-                "or use --engine perf", self._dropped[0])
+                f"{self._dropped[0]} hits were not counted; count fewer events "
+                "or use the perf engine", self._dropped[0])
         return (ffi.unpack(self._totals, n),
                 ffi.unpack(self._buckets, nbuckets * n) if nbuckets else None)
 

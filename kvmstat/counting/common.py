@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import errno as _errno
 import os
-import resource
 from dataclasses import dataclass
 from typing import Sequence
 
-from ..errors import AccessDenied, Error, InvalidArgument, NativeError, TooManyEvents
+from .. import errors
+from ..errors import Error, InvalidArgument
+from ..host.privileges import read_perf_event_paranoid
 
 PER_CPU = 0
 PER_THREAD = 1
@@ -43,19 +44,12 @@ def describe_target(mode: int, target: int | None) -> str:
     return f"CPU {target}" if mode == PER_CPU else f"thread {target}"
 
 
-def _paranoid_value(path: str) -> str:
-    try:
-        with open(path) as f:
-            return f.read().strip() or "?"
-    except OSError:
-        return "unreadable"
-
-
 def error_from_errno(err: int, *, event: EventSpec | None, target: int | None,
                      mode: int, action: str = "perf_event_open",
                      needed: int = 0,
                      paranoid_path: str = PARANOID_PATH) -> Error:
-    """Turn a positive errno from the counting core into a kvmstat exception.
+    """Turn a positive errno from the counting core into a kvmstat exception
+    (through :func:`kvmstat.errors.error_from_errno`).
 
     ``event``/``target`` say where it failed (None when not specific),
     ``action`` what was attempted, ``needed`` how many descriptors the set
@@ -64,27 +58,15 @@ def error_from_errno(err: int, *, event: EventSpec | None, target: int | None,
     name = event.name if event is not None else None
     where = describe_target(mode, target)
     subject = f"{name} on {where}" if name else where
-    if err in (_errno.EACCES, _errno.EPERM):
-        return AccessDenied(
-            f"{action} denied for {subject}: run as root or grant CAP_PERFMON, "
-            f"or lower {paranoid_path} (now {_paranoid_value(paranoid_path)})")
-    if err in (_errno.EMFILE, _errno.ENFILE):
-        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        limit_txt = "unlimited" if limit == resource.RLIM_INFINITY else str(limit)
-        if err == _errno.ENFILE:
-            cause = "the system-wide open-files table is full (fs.file-max)"
-        else:
-            cause = f"the open-files limit is {limit_txt}"
-        return TooManyEvents(
-            f"too many perf events: {action} for {subject} needs {needed} "
-            f"open files and {cause}: raise the limit (ulimit -n) or "
-            f"count fewer events", needed=needed,
-            limit=0 if limit == resource.RLIM_INFINITY else limit)
-    detail = os.strerror(err)
-    if event is not None and event.filter and err == _errno.EINVAL:
-        detail += f" (filter {event.filter!r})"
-    return NativeError(f"{action} failed for {subject}: {detail}", err,
-                       event=name, target=target)
+    paranoid = read_perf_event_paranoid(paranoid_path)
+    denied = (f"run as root or grant CAP_PERFMON, or lower {paranoid_path} "
+              f"(now {'unreadable' if paranoid is None else paranoid})")
+    reasons = {}
+    if event is not None and event.filter:
+        reasons[_errno.EINVAL] = f"{os.strerror(_errno.EINVAL)} (filter {event.filter!r})"
+    return errors.error_from_errno(err, action, subject,
+                                   fixes={_errno.EACCES: denied, _errno.EPERM: denied},
+                                   reasons=reasons, needed=needed, event=name, target=target)
 
 
 def _is_int(value: object) -> bool:

@@ -18,9 +18,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
+from ..counting.factories import CounterFactories
 from ..sampling.engine import choose_engine
 from ..host import pidfd
-from ..errors import AccessDenied, Error, NotAvailable
+from ..errors import SPARE_FDS, AccessDenied, Error, NotAvailable
 from ..tracefs.events import Event, detect_vendor, load_events
 from ..host.paths import Paths
 from ..host.privileges import (CAP_SYS_PTRACE, has_capability, perf_event_paranoid,
@@ -101,7 +102,8 @@ def _root_only(name: str, path: str) -> ProviderCheck:
     return ProviderCheck(name, False, f"{path} is readable by root only", "run kvm_stat as root")
 
 
-def _check_tracepoints(paths: Paths, notes: List[str], backend: Optional[str]
+def _check_tracepoints(paths: Paths, notes: List[str], backend: Optional[str],
+                       counters: Optional[CounterFactories]
                        ) -> Tuple[ProviderCheck, Optional[str], List[Event]]:
     name = "tracepoints"
     tracefs, failure = _mounted(name, "tracefs", paths, notes)
@@ -117,7 +119,8 @@ def _check_tracepoints(paths: Paths, notes: List[str], backend: Optional[str]
     try:
         # The honest test: open one event on every CPU, as kvm_stat does.
         with TracepointProvider(tracefs, fields=[events[0].name], events=events,
-                                backend=backend, proc=paths.proc, sys=paths.sys):
+                                backend=backend, proc=paths.proc, sys=paths.sys,
+                                counters=counters):
             pass
     except AccessDenied:
         paranoid = perf_event_paranoid(paths.proc)
@@ -133,7 +136,8 @@ def _check_tracepoints(paths: Paths, notes: List[str], backend: Optional[str]
 
 
 def _exit_note(paths: Paths, tracefs: Optional[str], events: List[Event], vms: List[VM],
-               seconds: float, backend: Optional[str]) -> Optional[str]:
+               seconds: float, backend: Optional[str],
+               counters: Optional[CounterFactories]) -> Optional[str]:
     """Whether kvm_exit fires: by the kvm_pvm module and by counting briefly."""
     pvm = os.path.isdir(os.path.join(paths.sys, "module", "kvm_pvm"))
     names = {e.name for e in events}
@@ -142,7 +146,8 @@ def _exit_note(paths: Paths, tracefs: Optional[str], events: List[Event], vms: L
         witnesses = [n for n in _EXIT_WITNESSES if n in names]
         try:
             with TracepointProvider(tracefs, fields=["kvm_exit"] + witnesses, events=events,
-                                    backend=backend, proc=paths.proc, sys=paths.sys) as tp:
+                                    backend=backend, proc=paths.proc, sys=paths.sys,
+                                    counters=counters) as tp:
                 time.sleep(seconds)
                 counts = tp.snapshot().totals
         except Error:
@@ -161,12 +166,14 @@ def _exit_note(paths: Paths, tracefs: Optional[str], events: List[Event], vms: L
 
 
 def _check_engine(paths: Paths, tracefs: Optional[str], events: List[Event],
-                  backend: Optional[str]) -> Tuple[ProviderCheck, str]:
+                  backend: Optional[str], counters: Optional[CounterFactories]
+                  ) -> Tuple[ProviderCheck, str]:
     """The BPF engine's row, and the engine ``--engine auto`` picks."""
     name = "BPF engine"
     if tracefs is None or not events:
         return ProviderCheck(name, False, "no kvm tracepoints to count"), "perf"
-    choice = choose_engine("auto", tracepoint_id=events[0].id, backend=backend)
+    choice = choose_engine("auto", tracepoint_id=events[0].id, backend=backend,
+                           counters=counters)
     if choice.engine != "bpf":
         return ProviderCheck(name, False, f"--engine auto counts with perf groups: "
                              f"{choice.reason}"), "perf"
@@ -174,7 +181,8 @@ def _check_engine(paths: Paths, tracefs: Optional[str], events: List[Event],
     # loads and attaches them on this host (raw tracepoints where it can).
     fields = [events[0].name] + [e.children[0].name for e in events if e.children]
     try:
-        provider = BpfTracepointProvider(tracefs, fields=fields, events=events, proc=paths.proc)
+        provider = BpfTracepointProvider(tracefs, fields=fields, events=events, proc=paths.proc,
+                                         counters=counters)
         try:
             attached = dict(getattr(provider, "attached", {}))
         finally:
@@ -182,7 +190,8 @@ def _check_engine(paths: Paths, tracefs: Optional[str], events: List[Event],
     except Error as exc:
         return ProviderCheck(name, False, f"--engine auto counts with perf groups: the BPF "
                              f"engine failed: {exc}"), "perf"
-    per_vm = choose_engine("auto", tracepoint_id=events[0].id, backend=backend, by_vm=True)
+    per_vm = choose_engine("auto", tracepoint_id=events[0].id, backend=backend, by_vm=True,
+                           counters=counters)
     return ProviderCheck(name, True, f"--engine auto uses it: {choice.reason}; per VM "
                          f"(--by-guest, the exporter): {per_vm.reason.split(': ', 1)[-1]}; "
                          f"every kvm tracepoint with {2 * len(events) + 2} descriptors, "
@@ -365,15 +374,17 @@ def _open_files_note(paths: Paths, events: List[Event]) -> Optional[str]:
         return f"{start}: enough"
     if hard == resource.RLIM_INFINITY or hard >= needed or os.geteuid() == 0:
         return f"{start}: kvm_stat raises it itself"
-    return f"{start}: too low: run 'ulimit -n {needed + 64}' first, or count fewer fields with -f"
+    return f"{start}: too low: run 'ulimit -n {needed + SPARE_FDS}' first, or count fewer fields with -f"
 
 
 def check_host(paths: Optional[Paths] = None, *, dev_kvm: str = "/dev/kvm",
-               sample_seconds: float = 0.25, backend: Optional[str] = None) -> HostCheck:
+               sample_seconds: float = 0.25, backend: Optional[str] = None,
+               counters: Optional[CounterFactories] = None) -> HostCheck:
     """Diagnose every provider on this host.
 
     *dev_kvm* is the KVM device; *sample_seconds* how long kvm_exit is
-    counted (while VMs run) to see whether it fires at all (0: do not).
+    counted (while VMs run) to see whether it fires at all (0: do not);
+    *counters* makes the counters tried (the real counting core by default).
     Never raises a kvmstat error: every failure becomes a row or a note.
     """
     paths = paths or Paths()
@@ -382,14 +393,14 @@ def check_host(paths: Optional[Paths] = None, *, dev_kvm: str = "/dev/kvm",
         vms = list_vms(paths.proc)
     except OSError:
         vms = []
-    tracepoints, tracefs, events = _check_tracepoints(paths, notes, backend)
-    engine_row, engine = _check_engine(paths, tracefs, events, backend)
+    tracepoints, tracefs, events = _check_tracepoints(paths, notes, backend, counters)
+    engine_row, engine = _check_engine(paths, tracefs, events, backend, counters)
     debugfs, probe = _check_debugfs(paths, notes)
     binstats = _check_binstats(paths, dev_kvm, vms)
     attribution = _check_attribution(tracepoints, debugfs, binstats, probe, vms, engine)
     extra = [
         _exit_note(paths, tracefs if tracepoints.available else None, events, vms,
-                   sample_seconds, backend),
+                   sample_seconds, backend, counters),
         _lockdown_note(probe),
         _paranoid_note(paths),
         _open_files_note(paths, events),

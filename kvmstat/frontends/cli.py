@@ -7,13 +7,12 @@ error reaches the user as one ``Error: ...`` line on stderr.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import re
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from typing import TYPE_CHECKING, List, Optional, Sequence
 
 from .. import __version__
 from ..sampling.engine import ENGINES
@@ -22,13 +21,13 @@ from ..sampling.fields import FieldFilter
 from ..host.paths import Paths
 from ..sampling.sampler import vm_exited_message
 from ..sampling.teardown import close_detached
+from .arguments import DEFAULT_DELAY, MAX_DELAY, MIN_DELAY, parse_delay, parse_pid
+from .hints import with_flags
+
+if TYPE_CHECKING:
+    from ..sampling.options import SamplerOptions
 
 __all__ = ["build_parser", "parse_options", "Options", "main", "console_main"]
-
-MIN_DELAY = 0.1
-MAX_DELAY = 25.5
-DEFAULT_DELAY = 3.0
-
 
 @dataclass
 class Options:
@@ -48,30 +47,6 @@ class Options:
     by_guest: bool = False
     serve: Optional[str] = None
     engine: str = "auto"
-
-
-def parse_delay(text: str) -> float:
-    """Parse a ``-s`` value: a finite number of seconds from 0.1 to 25.5."""
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        raise InvalidArgument(f"{text!r} is not a number of seconds") from None
-    if not math.isfinite(value):
-        raise InvalidArgument(f"delay must be a finite number of seconds, not {text!r}")
-    if not MIN_DELAY <= value <= MAX_DELAY:
-        raise InvalidArgument(f"delay must be between {MIN_DELAY} and {MAX_DELAY} seconds, not {text!r}")
-    return value
-
-
-def parse_pid(text: str) -> int:
-    """Parse a ``-p`` value: a positive process id."""
-    try:
-        value = int(text, 10)
-    except (TypeError, ValueError):
-        raise InvalidArgument(f"{text!r} is not a process id") from None
-    if value <= 0:
-        raise InvalidArgument(f"{text!r} is not a process id")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -237,7 +212,7 @@ def parse_options(argv: Optional[Sequence[str]] = None) -> Options:
 
 
 def _notify(message: str) -> None:
-    print(f"kvm_stat: {message}", file=sys.stderr)
+    print(f"kvm_stat: {with_flags(message)}", file=sys.stderr)
 
 
 def _resolve_vm(opts: Options, paths: Paths) -> None:
@@ -248,6 +223,19 @@ def _resolve_vm(opts: Options, paths: Paths) -> None:
         opts.pid = find_vm_by_name(opts.guest, paths.proc).pid
     elif opts.pid is not None:
         find_vm(opts.pid, paths.proc)
+
+
+def _sampler_options(opts: Options, paths: Paths, *, by_vm: Optional[bool] = None,
+                     histograms: Optional[bool] = None) -> "SamplerOptions":
+    """What the command line asks to count, as the one options object of the
+    library (per VM with --by-guest, histograms with --json, unless said)."""
+    from ..sampling.options import SamplerOptions
+
+    return SamplerOptions(providers=tuple(opts.providers), fields=opts.fields, pid=opts.pid,
+                          by_vm=opts.by_guest if by_vm is None else by_vm,
+                          engine=opts.engine, include_past=opts.include_past,
+                          histograms=opts.json if histograms is None else histograms,
+                          paths=paths)
 
 
 def _run_fields_help(opts: Options, paths: Paths) -> int:
@@ -261,12 +249,9 @@ def _run_fields_help(opts: Options, paths: Paths) -> int:
 
 def _run_batch(opts: Options, paths: Paths) -> int:
     from .formats.text import batch_lines, by_guest_batch_lines
-    from ..sampling.sources import open_sampler
+    from ..sampling.sources import sampler_for
 
-    sampler = open_sampler(opts.providers, fields=opts.fields, pid=opts.pid, paths=paths,
-                           backend=None, include_past=opts.include_past,
-                           notify=_notify, by_vm=opts.by_guest, engine=opts.engine,
-                           histograms=opts.json)
+    sampler = sampler_for(_sampler_options(opts, paths), notify=_notify)
     try:
         sample = sampler.sample()
         if not sampler.done:
@@ -309,7 +294,7 @@ def _run_log(opts: Options, paths: Paths) -> int:
     """Log mode: -L FILE is opened before any event, then the loop runs
     until SIGTERM/SIGINT, a closed pipe, or the watched VM exiting."""
     from .logger import LogFile, Logger, LogSignals, StreamOutput, log_layout
-    from ..sampling.sources import open_sampler
+    from ..sampling.sources import sampler_for
 
     layout = log_layout(_log_format(opts), opts.by_guest)
     if opts.log_file is not None:
@@ -318,11 +303,7 @@ def _run_log(opts: Options, paths: Paths) -> int:
         output = StreamOutput(sys.stdout)
     with output, LogSignals(reopen=opts.log_file is not None,
                             watch_fd=output.watch_fd) as signals:
-        sampler = open_sampler(opts.providers, fields=opts.fields, pid=opts.pid,
-                               by_vm=opts.by_guest, paths=paths, backend=None,
-                               include_past=opts.include_past, notify=_notify,
-                               engine=opts.engine,
-                               histograms=opts.json)
+        sampler = sampler_for(_sampler_options(opts, paths), notify=_notify)
         try:
             Logger(sampler, output, layout, delay=opts.delay,
                    skip_zero=opts.skip_zero).run(signals)
@@ -341,7 +322,7 @@ def _run_serve(opts: Options, paths: Paths) -> int:
 
     from .exporter import (KvmCollector, MetricsServer, parse_serve_address,
                            serve_until_stopped, stop_on_signals)
-    from ..sampling.sources import open_sampler
+    from ..sampling.sources import sampler_for
     from ..host.vms import find_vm
 
     def release_later(sampler) -> None:
@@ -351,9 +332,8 @@ def _run_serve(opts: Options, paths: Paths) -> int:
     with MetricsServer(parse_serve_address(opts.serve), notify=_notify) as server, \
             stop_on_signals() as stop:
         vm = find_vm(opts.pid, paths.proc) if opts.pid is not None else None
-        sampler = open_sampler(opts.providers, fields=opts.fields, pid=opts.pid,
-                               by_vm=opts.pid is None, paths=paths, notify=_notify,
-                               engine=opts.engine)
+        sampler = sampler_for(_sampler_options(opts, paths, by_vm=opts.pid is None,
+                                               histograms=False), notify=_notify)
         collector = KvmCollector(sampler, vm=vm, release=release_later, notify=_notify)
         try:
             server.register(collector)
@@ -367,9 +347,8 @@ def _run_serve(opts: Options, paths: Paths) -> int:
 def _run_tui(opts: Options, paths: Paths) -> int:
     from .tui import run_tui
 
-    return run_tui(opts.providers, paths=paths, delay=opts.delay, regex=opts.fields,
-                   pid=opts.pid, parse_delay=parse_delay, parse_pid=parse_pid,
-                   notify=_notify, engine=opts.engine)
+    return run_tui(_sampler_options(opts, paths, by_vm=False, histograms=False),
+                   delay=opts.delay, notify=_notify)
 
 
 def _require_terminal() -> None:
@@ -405,7 +384,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         opts = parse_options(argv)
         return run(opts)
     except Error as exc:
-        print(f"Error: {exc}", file=sys.stderr)
+        print(f"Error: {with_flags(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

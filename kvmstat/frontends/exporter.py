@@ -56,7 +56,7 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ..errors import AccessDenied, Error, InvalidArgument, NotAvailable
+from ..errors import Error, InvalidArgument, NotAvailable, error_from_errno
 from ..sampling.fields import parent_of, reason_of
 from ..sampling.sampler import FieldValues, Sample, Sampler, vm_exited_message
 from ..host.vms import VM
@@ -383,12 +383,12 @@ def _bind_error(address: ServeAddress, exc: OSError) -> Error:
     if exc.errno == errno.EADDRINUSE:
         return NotAvailable(f"{where}: the port is already in use (stop the other program "
                             f"or choose another port)")
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return AccessDenied(f"{where}: permission denied (ports below 1024 need root "
-                            f"or CAP_NET_BIND_SERVICE)")
     if exc.errno == errno.EADDRNOTAVAIL:
         return InvalidArgument(f"{where}: {address.host} is not an address of this host")
-    return NotAvailable(f"{where}: {exc.strerror or exc}")
+    return error_from_errno(exc.errno or errno.EIO, f"listening on {address}",
+                            fix="ports below 1024 need root or CAP_NET_BIND_SERVICE"
+                            if exc.errno in (errno.EACCES, errno.EPERM) else "",
+                            other=NotAvailable)
 
 
 class MetricsServer:

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, TextIO
 
-from ..errors import Error, InvalidArgument
+from ..errors import Error, InvalidArgument, error_from_errno
 from .formats import json as json_format
 from .formats import log as log_format
 from ..sampling.sampler import Sample
@@ -131,7 +131,8 @@ _OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
 
 
 def _open_for_append(path: str) -> int:
-    """Open *path* for appending; any failure is a one-line InvalidArgument."""
+    """Open *path* for appending; any failure is a one-line error (see
+    :func:`_log_file_error`)."""
     if not path:
         raise InvalidArgument("the log file name is empty")
     try:
@@ -139,11 +140,7 @@ def _open_for_append(path: str) -> int:
         # blocking; it is cleared again for the writes.
         fd = os.open(path, _OPEN_FLAGS | os.O_NONBLOCK, 0o644)
     except OSError as exc:
-        if exc.errno == errno.ENXIO:
-            reason = "it is a FIFO that no process reads"
-        else:
-            reason = exc.strerror or str(exc)
-        raise InvalidArgument(f"cannot write log file {path!r}: {reason}") from None
+        raise _log_file_error(exc, path) from None
     os.set_blocking(fd, True)
     try:
         # A zero-length write is a no-op for files that can be written, and
@@ -151,8 +148,16 @@ def _open_for_append(path: str) -> int:
         os.write(fd, b"")
     except OSError as exc:
         os.close(fd)
-        raise InvalidArgument(f"cannot write log file {path!r}: {exc.strerror or exc}") from None
+        raise _log_file_error(exc, path) from None
     return fd
+
+
+def _log_file_error(exc: OSError, path: str) -> Error:
+    """Why *path* cannot be the log file, in one line (the user's path:
+    InvalidArgument, or AccessDenied)."""
+    return error_from_errno(exc.errno or errno.EIO, f"writing log file {path!r}",
+                            reasons={errno.ENXIO: "it is a FIFO that no process reads"},
+                            other=InvalidArgument)
 
 
 def _aside_name(path: str, when: float) -> str:

@@ -26,9 +26,11 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 from . import tui_layout as layout
 from ..errors import Error, NoSuchVM, NotAvailable
 from ..sampling.fields import FieldFilter
-from ..host.paths import Paths
 from ..sampling.sampler import Sample, Sampler
 from ..sampling.teardown import close_detached
+from ..sampling.options import SamplerOptions
+from .arguments import DELAY_RANGE, parse_delay, parse_pid
+from .hints import with_flags
 from .tui_layout import Line, View
 from ..host.vms import find_vm, find_vm_by_name, list_vms
 
@@ -57,20 +59,16 @@ class Display:
     """The curses display of one kvm_stat session.
 
     *opener* opens samplers (see :data:`Opener`); *delay* is the refresh
-    interval; *parse_delay* and *parse_pid* turn prompt answers into values
-    (raising :class:`~kvmstat.errors.InvalidArgument`); *proc* is where VMs
+    interval; *proc* is where VMs
     are looked up.  :meth:`run` opens the first sampler before the screen is
     touched, so errors there reach the caller as exceptions.
     """
 
     def __init__(self, opener: Opener, *, delay: float,
-                 parse_delay: Callable[[str], float], parse_pid: Callable[[str], int],
                  regex: Optional[str] = None, pid: Optional[int] = None,
                  by_guest: bool = False, children: bool = False, proc: str = "/proc",
                  clock: Callable[[], float] = time.monotonic):
         self._opener = opener
-        self._parse_delay = parse_delay
-        self._parse_pid = parse_pid
         self._proc = proc
         self._clock = clock
         self.delay = delay
@@ -127,7 +125,7 @@ class Display:
         try:
             sampler = self._open(wanted.regex, wanted.pid, wanted.children, wanted.by_guest)
         except Error as exc:
-            return str(exc)
+            return with_flags(str(exc))
         old, self.sampler = self.sampler, sampler
         if old is not None:
             close_detached(old)
@@ -156,7 +154,7 @@ class Display:
         try:
             sample = self.sampler.sample()
         except Error as exc:
-            self.view.message = str(exc)
+            self.view.message = with_flags(str(exc))
             sample = None
         if sample is not None and self.sampler.done:
             self._vm_exited(sample)  # this sample holds its counts up to the exit
@@ -285,7 +283,7 @@ class Display:
             try:
                 error = accept(answer)
             except Error as exc:
-                error = str(exc)
+                error = with_flags(str(exc))
             if error is None:
                 return
 
@@ -311,13 +309,13 @@ class Display:
 
     def _ask_delay(self) -> None:
         def accept(answer: str) -> None:
-            self.delay = self._parse_delay(answer.strip())
+            self.delay = parse_delay(answer.strip())
             if self._due is not None:
                 self._due = self._last + self.delay
 
         self._ask([f"Refresh interval: {self.delay:g} s", "",
                    "Enter: set  empty: keep the current interval  ESC: cancel"],
-                  "New interval in seconds (0.1-25.5): ", accept)
+                  f"New interval in seconds ({DELAY_RANGE}): ", accept)
 
     def _show_help(self) -> None:
         while True:
@@ -330,7 +328,7 @@ class Display:
             self.sampler.reset()
             self.sampler.sample()
         except Error as exc:
-            self.view.message = str(exc)
+            self.view.message = with_flags(str(exc))
             return
         self._started()
 
@@ -360,7 +358,7 @@ class Display:
             v.sort = layout.SORT_TOTAL if v.sort == layout.SORT_RATE else layout.SORT_RATE
         elif char == "p":
             self._ask_vm("process id", "PID: ",
-                         lambda answer: find_vm(self._parse_pid(answer.strip()), self._proc).pid)
+                         lambda answer: find_vm(parse_pid(answer.strip()), self._proc).pid)
         elif char == "r":
             self._reset()
         elif char == "s":
@@ -428,28 +426,25 @@ class Display:
         return 0
 
 
-def run_tui(providers: Sequence[str], *, paths: Paths, delay: float,
-            parse_delay: Callable[[str], float], parse_pid: Callable[[str], int],
-            regex: Optional[str] = None, pid: Optional[int] = None,
-            backend: Optional[str] = None, engine: str = "auto",
+def run_tui(options: SamplerOptions, *, delay: float,
             notify: Optional[Callable[[str], None]] = None) -> int:
-    """Run the display on *providers* (names from :data:`kvmstat.sampling.sources.PROVIDERS`),
-    counting tracepoints with *engine* (:mod:`kvmstat.sampling.engine`)."""
-    from ..sampling.sources import open_sampler
+    """Run the display on what *options* says to count (its fields and pid
+    are where the display starts; the keys change them)."""
+    from ..sampling.sources import sampler_for
 
     display: Optional[Display] = None
 
     def tell(message: str) -> None:
         # While the screen is up, notices go to its message line.
         if display is not None and display.sampler is not None:
-            display.view.message = message
+            display.view.message = with_flags(message)
         elif notify is not None:
             notify(message)
 
     def opener(selection: FieldFilter, vm_pid: Optional[int], by_vm: bool) -> Sampler:
-        return open_sampler(providers, fields=selection, pid=vm_pid, by_vm=by_vm,
-                            paths=paths, backend=backend, notify=tell, engine=engine)
+        return sampler_for(dataclasses.replace(options, fields=selection, pid=vm_pid,
+                                               by_vm=by_vm), notify=tell)
 
-    display = Display(opener, delay=delay, parse_delay=parse_delay, parse_pid=parse_pid,
-                      regex=regex, pid=pid, proc=paths.proc)
+    display = Display(opener, delay=delay, regex=options.field_filter.regex,
+                      pid=options.pid, proc=options.paths.proc)
     return display.run()

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
-from ..errors import AccessDenied, InvalidArgument, NotAvailable
+from ..errors import InvalidArgument, NotAvailable, error_from_errno
 
 __all__ = ["find_mount", "find_mounts", "Paths"]
 
@@ -115,10 +115,8 @@ class Paths:
         try:
             _libc_mount(fstype, target, fstype)
         except OSError as e:
-            reason = os.strerror(e.errno) if e.errno else str(e)
-            if e.errno in (errno.EPERM, errno.EACCES):
-                raise AccessDenied(f"cannot mount {fstype} at {target} ({reason}): run '{cmd}' as root") from None
-            raise NotAvailable(f"cannot mount {fstype} at {target} ({reason}): run '{cmd}' as root") from None
+            raise error_from_errno(e.errno or errno.EIO, f"mounting {fstype} at {target}",
+                                   fix=f"run '{cmd}' as root", other=NotAvailable) from None
         if notify is not None:
             notify(f"mounted {fstype} at {target}")
         return target

@@ -10,7 +10,8 @@ import os
 from typing import Optional
 
 __all__ = ["CAP_SYS_PTRACE", "CAP_SYS_ADMIN", "CAP_PERFMON", "effective_capabilities",
-           "has_capability", "perf_event_paranoid", "perf_privileged", "permission_hint"]
+           "has_capability", "paranoid_path", "read_perf_event_paranoid", "perf_event_paranoid",
+           "perf_privileged", "permission_hint"]
 
 # Capability numbers from <linux/capability.h>.
 CAP_SYS_PTRACE = 19
@@ -35,13 +36,23 @@ def has_capability(cap: int, proc: str = "/proc") -> bool:
     return bool(effective_capabilities(proc) >> cap & 1)
 
 
-def perf_event_paranoid(proc: str = "/proc") -> Optional[int]:
-    """The value of ``<proc>/sys/kernel/perf_event_paranoid``, None if unreadable."""
+def paranoid_path(proc: str = "/proc") -> str:
+    """Where perf_event_paranoid is: ``<proc>/sys/kernel/perf_event_paranoid``."""
+    return os.path.join(proc, "sys", "kernel", "perf_event_paranoid")
+
+
+def read_perf_event_paranoid(path: str) -> Optional[int]:
+    """The perf_event_paranoid value in file *path*, None if unreadable."""
     try:
-        with open(os.path.join(proc, "sys", "kernel", "perf_event_paranoid")) as f:
+        with open(path) as f:
             return int(f.read().strip())
     except (OSError, ValueError):
         return None
+
+
+def perf_event_paranoid(proc: str = "/proc") -> Optional[int]:
+    """The value of ``<proc>/sys/kernel/perf_event_paranoid``, None if unreadable."""
+    return read_perf_event_paranoid(paranoid_path(proc))
 
 
 def perf_privileged(proc: str = "/proc") -> bool:

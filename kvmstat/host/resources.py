@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import resource
 
-from ..errors import TooManyEvents
+from ..errors import SPARE_FDS, too_many_events
 
 __all__ = ["ensure_open_files"]
-
-# Descriptors kvmstat needs besides its perf events (stdio, /proc files,
-# the terminal, a log file, sockets of the exporter...).
-_SPARE_FDS = 64
 
 
 def ensure_open_files(needed: int, nr_open_file: str = "/proc/sys/fs/nr_open") -> int:
@@ -20,7 +16,7 @@ def ensure_open_files(needed: int, nr_open_file: str = "/proc/sys/fs/nr_open") -
     :class:`~kvmstat.errors.TooManyEvents` naming the number needed when the
     limit cannot be raised far enough.
     """
-    want = needed + _SPARE_FDS
+    want = needed + SPARE_FDS
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and soft >= want:
         return soft
@@ -40,8 +36,4 @@ def ensure_open_files(needed: int, nr_open_file: str = "/proc/sys/fs/nr_open") -
             return want
         except (ValueError, OSError):
             pass
-    raise TooManyEvents(
-        f"{needed} perf events are needed but the open-files limit is {soft} "
-        f"(hard {hard}): raise it with 'ulimit -n {want}' or run as root, "
-        f"or count fewer events with -f",
-        needed=needed, limit=soft)
+    raise too_many_events(needed)

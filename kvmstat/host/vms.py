@@ -481,7 +481,7 @@ def find_vm_by_name(name: str, proc: str = "/proc") -> VM:
         raise NoSuchVM(f"no VM named '{name}'; running VMs: {running}",
                        [(vm.pid, vm.name) for vm in vms])
     listing = ", ".join(describe_vm(vm) for vm in matches)
-    raise NoSuchVM(f"{len(matches)} VMs are named '{name}': {listing}; choose one with -p PID",
+    raise NoSuchVM(f"{len(matches)} VMs are named '{name}': {listing}; choose one by pid",
                    [(vm.pid, vm.name) for vm in matches])
 
 

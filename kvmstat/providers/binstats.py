@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
 from ..host import pidfd
-from ..errors import AccessDenied, NoSuchVM, NotAvailable
+from ..errors import NotAvailable, error_from_errno
 from ..host.vms import fd_links, find_vm, list_vms, start_time
 from .base import (SINCE_CREATION, SINCE_START, HistogramValues, Histograms, Provider, Reading,
                    Totals)
@@ -50,7 +50,7 @@ VCPU_STATS_PREFIX = "anon_inode:kvm-vcpu-stats:"
 NO_STATS_FDS_HELP = (
     "only a VM's own process can create them (KVM_GET_STATS_FD); QEMU keeps them open "
     "from version 8.1 on, QEMU 7.2 and older open them only while answering the QMP "
-    "command query-stats; use the tracepoint (-t) or debugfs (-d) provider instead")
+    "command query-stats; use the tracepoint provider or the debugfs provider instead")
 
 # errno of pidfd_getfd/readlink meaning "that fd or process is gone": skip it.
 _GONE = (errno.ESRCH, errno.EBADF, errno.ENOENT)
@@ -101,19 +101,15 @@ def _borrow(pfd: int, ref: StatsFdRef, proc: str) -> Optional[int]:
     except OSError as exc:
         if exc.errno in _GONE:
             return None
-        if exc.errno == errno.EPERM:
-            raise AccessDenied(
-                f"not allowed to borrow the statistics descriptors of VM process {ref.pid} "
-                f"(pidfd_getfd needs root or CAP_SYS_PTRACE, and kernel.yama.ptrace_scope "
-                f"below 3)") from None
-        if exc.errno == errno.ENOSYS:
-            raise NotAvailable("this kernel lacks pidfd_getfd (Linux 5.6 or newer is needed "
-                               "to read KVM binary statistics of other processes)") from None
-        if exc.errno == errno.EMFILE:
-            raise NotAvailable(f"out of file descriptors while borrowing the statistics of VM "
-                               f"process {ref.pid}: raise the open-files limit (ulimit -n)") from None
-        raise NotAvailable(f"cannot borrow fd {ref.fd} of VM process {ref.pid}: "
-                           f"{exc.strerror}") from None
+        raise error_from_errno(
+            exc.errno or errno.EIO,
+            f"borrowing the statistics descriptors of VM process {ref.pid} (fd {ref.fd})",
+            fixes={errno.EPERM: "pidfd_getfd needs root or CAP_SYS_PTRACE, and "
+                                "kernel.yama.ptrace_scope below 3",
+                   errno.ENOSYS: "Linux 5.6 or newer is needed to read KVM binary "
+                                 "statistics of other processes"},
+            reasons={errno.ENOSYS: "this kernel lacks pidfd_getfd"},
+            other=NotAvailable, kind="borrowed descriptors") from None
     # The fd number may have been closed and reused between readlink and here.
     try:
         same = os.readlink(f"{proc}/self/fd/{fd}") == ref.link
@@ -131,10 +127,11 @@ def _open_pidfd(pid: int) -> Optional[int]:
     except OSError as exc:
         if exc.errno in _GONE:
             return None
-        if exc.errno == errno.ENOSYS:
-            raise NotAvailable("this kernel lacks pidfd_open (Linux 5.3 or newer is needed "
-                               "to read KVM binary statistics)") from None
-        raise
+        raise error_from_errno(
+            exc.errno or errno.EIO, f"opening a pidfd of VM process {pid}",
+            reasons={errno.ENOSYS: "this kernel lacks pidfd_open"},
+            fixes={errno.ENOSYS: "Linux 5.3 or newer is needed to read KVM binary statistics"},
+            other=NotAvailable, kind="borrowed descriptors") from None
 
 
 def _layout_of(fd: int, ref: StatsFdRef) -> StatsLayout:

@@ -32,7 +32,7 @@ import struct
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ..errors import Error
+from ..errors import StatsFormatError
 
 __all__ = [
     "StatsFormatError", "StatsHeader", "StatDesc", "StatsLayout", "Histogram",
@@ -67,10 +67,6 @@ MAX_NAME_SIZE = 4096
 MAX_BLOCK_SIZE = 16 << 20
 
 Reader = Callable[[int, int], bytes]   # (size, offset) -> bytes, like os.pread
-
-
-class StatsFormatError(Error, ValueError):
-    """Binary statistics data that does not follow the KVM_GET_STATS_FD format."""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The tracepoint provider on the BPF engine (``--engine bpf``).
+"""The tracepoint provider on the BPF engine (``engine="bpf"``).
 
 One BPF program per selected tracepoint counts every hit, on every CPU
 (:mod:`kvmstat.counting.bpf`), attached as a raw tracepoint where the kernel
@@ -32,6 +32,7 @@ from __future__ import annotations
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from ..counting.bpf import BpfCounter, BpfEventSpec
+from ..counting.factories import CounterFactories, real_counters
 from ..errors import Error, NotAvailable
 from ..tracefs.events import Event, load_events
 from ..host.vms import VM, VMWatch, process_alive
@@ -97,7 +98,7 @@ def bpf_layout(events: Iterable[Event], fields: Optional[Iterable[str]] = None
         if event.reason_field is None:
             raise NotAvailable(
                 f"the BPF engine cannot count {child.name}: the format file of {event.name} "
-                f"does not say where its {event.filter_field} field is (use --engine perf)")
+                f"does not say where its {event.filter_field} field is (use the perf engine)")
         columns.append((index[event.name], child.codes))
         names.append(child.name)
     return specs, columns, names
@@ -110,8 +111,9 @@ class BpfTracepointProvider(CountingProvider):
     :class:`~kvmstat.providers.tracepoints.TracepointProvider` (no
     *backend*: the BPF engine exists only in the C extension), plus
     *max_entries*, the capacity of the per-process count table (None: sized
-    by the number of CPUs, see :class:`~kvmstat.counting.bpf.BpfCounter`), and
-    *attach* (:data:`~kvmstat.counting.bpf.ATTACH_MODES`).  The layout follows
+    by the number of CPUs, see :class:`~kvmstat.counting.bpf.BpfCounter`),
+    *attach* (:data:`~kvmstat.counting.bpf.ATTACH_MODES`), and *counters*,
+    which makes the BPF engine (the real one by default).  The layout follows
     from the mode: per process only with *by_vm*, slots otherwise.
     """
 
@@ -122,7 +124,7 @@ class BpfTracepointProvider(CountingProvider):
                  pid: Optional[int] = None, by_vm: bool = False, vendor: Optional[str] = None,
                  events: Optional[Sequence[Event]] = None, proc: str = "/proc",
                  debugfs: Optional[str] = None, max_entries: Optional[int] = None,
-                 attach: str = "auto"):
+                 attach: str = "auto", counters: Optional[CounterFactories] = None):
         if events is None:
             events = load_events(tracefs, vendor)
         specs, columns, names = bpf_layout(events, fields)
@@ -140,13 +142,14 @@ class BpfTracepointProvider(CountingProvider):
             # The programs see the host's process ids, /proc shows this
             # namespace's: the VMs could not be told apart.
             raise NotAvailable("the BPF engine tells VMs apart by the host's process ids, "
-                               "and kvm_stat runs in a PID namespace: use --engine perf")
+                               "and kvmstat runs in a PID namespace: use the perf engine")
         if pid is not None or by_vm:
             # Lists the VM(s) first: NoSuchVM before any program is loaded.
             watch = VMWatch(proc, pid=pid, debugfs=debugfs if pid is None else None)
-        self._counter = self._bpf = BpfCounter(specs, columns, only_pid=pid,
-                                               layout=self.layout, attach=attach,
-                                               max_entries=max_entries)
+        open_bpf_counter = (counters or real_counters()).open_bpf_counter
+        self._counter = self._bpf = open_bpf_counter(specs, columns, only_pid=pid,
+                                                     layout=self.layout, attach=attach,
+                                                     max_entries=max_entries)
         self._sweep_at = self._bpf.max_entries // 2
         try:
             if watch is not None:

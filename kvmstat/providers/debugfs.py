@@ -41,7 +41,7 @@ import stat
 from dataclasses import dataclass, field
 from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple
 
-from ..errors import AccessDenied, NotAvailable, NoSuchVM
+from ..errors import NotAvailable, NoSuchVM, error_from_errno
 from .base import SINCE_CREATION, HistogramValues, Histograms, Provider, Reading, Totals
 
 __all__ = [
@@ -219,8 +219,8 @@ class DebugfsProbe:
             notes.append(
                 f"debugfs: {len(self.denied)} of {self.files} files in {self.kvm_dir} are "
                 f"unavailable ({self._lockdown_reason()}) and left out: "
-                f"{', '.join(self.denied)}; count these with tracepoints (-t) or binary "
-                f"statistics (--binstats)")
+                f"{', '.join(self.denied)}; count these with the tracepoint provider or "
+                f"the binary statistics provider")
         if self.unreadable:
             listing = ", ".join(f"{name} ({why})" for name, why in sorted(self.unreadable.items()))
             notes.append(f"debugfs: files in {self.kvm_dir} left out because they hold no "
@@ -232,10 +232,11 @@ class DebugfsProbe:
         if self.denied:
             return NotAvailable(
                 f"debugfs: none of the {self.files} KVM statistics files in {self.kvm_dir} can "
-                f"be read ({self._lockdown_reason()}): use tracepoints (-t) or binary "
-                f"statistics (--binstats) instead")
+                f"be read ({self._lockdown_reason()}): use the tracepoint provider or the "
+                f"binary statistics provider instead")
         return NotAvailable(f"debugfs: no readable KVM statistics file in {self.kvm_dir}: "
-                            f"use tracepoints (-t) or binary statistics (--binstats) instead")
+                            f"use the tracepoint provider or the binary statistics provider "
+                            f"instead")
 
 
 def lockdown_mode(sys: str = "/sys") -> Optional[str]:
@@ -275,11 +276,11 @@ def probe_debugfs(debugfs: str, sys: str = "/sys") -> DebugfsProbe:
     except FileNotFoundError:
         raise NotAvailable(f"no KVM: {kvm_dir} does not exist (is the kvm module loaded? "
                            f"'modprobe kvm_intel' or 'modprobe kvm_amd')") from None
-    except PermissionError as exc:
-        raise AccessDenied(f"cannot read {kvm_dir} ({exc.strerror}): debugfs is readable "
-                           f"by root only: run kvm_stat as root") from None
     except OSError as exc:
-        raise NotAvailable(f"cannot read {kvm_dir}: {exc.strerror}") from None
+        root_only = "debugfs is readable by root only: run kvm_stat as root"
+        raise error_from_errno(exc.errno or errno.EIO, f"reading {kvm_dir}",
+                               fixes={errno.EACCES: root_only, errno.EPERM: root_only},
+                               other=NotAvailable) from None
     probe = DebugfsProbe(kvm_dir)
     for name in entries:
         path = os.path.join(kvm_dir, name)

@@ -17,6 +17,7 @@ import errno
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ..counting import native
+from ..counting.factories import CounterFactories, real_counters
 from ..errors import NativeError, NoSuchVM
 from ..tracefs.events import Child, Event, load_events
 from ..host.resources import ensure_open_files
@@ -100,7 +101,8 @@ class TracepointProvider(CountingProvider):
     starts need nothing from :meth:`refresh`: they inherit.  The groups of
     its ended threads stay open until the VM exits (closing them would stop
     the counting of threads they started).  :meth:`reset` zeroes live
-    groups and those of ended threads.
+    groups and those of ended threads.  *counters* makes the counter sets
+    (the real counting core by default).
     """
 
     name = "tracepoints"
@@ -109,8 +111,10 @@ class TracepointProvider(CountingProvider):
     def __init__(self, tracefs: str, *, fields: Optional[Iterable[str]] = None,
                  pid: Optional[int] = None, by_vm: bool = False, vendor: Optional[str] = None,
                  events: Optional[Sequence[Event]] = None, backend: Optional[str] = None,
-                 proc: str = "/proc", sys: str = "/sys", debugfs: Optional[str] = None):
+                 proc: str = "/proc", sys: str = "/sys", debugfs: Optional[str] = None,
+                 counters: Optional[CounterFactories] = None):
         self._proc = proc
+        self._open_counter_set = (counters or real_counters()).open_counter_set
         if events is None:
             events = load_events(tracefs, vendor)
         self._specs = event_specs(events, fields)
@@ -125,8 +129,8 @@ class TracepointProvider(CountingProvider):
         vms = list(watch.vms.values())
         ensure_open_files(len(self._specs) * sum(len(vm.tids) + len(vm.helper_tids)
                                                  for vm in vms))
-        self._counter = self._set = native.open_counter_set(self._specs,
-                                                            native.PER_THREAD_INHERIT, backend)
+        self._counter = self._set = self._open_counter_set(self._specs,
+                                                           native.PER_THREAD_INHERIT, backend)
         try:
             self._follow(watch, pid)
             if pid is not None and not self._vm_slots.get(pid):
@@ -138,7 +142,7 @@ class TracepointProvider(CountingProvider):
 
     def _open_per_cpu(self, cpus: List[int], backend: Optional[str]) -> native.CounterSet:
         ensure_open_files(len(self._specs) * len(cpus))
-        counter_set = native.open_counter_set(self._specs, native.PER_CPU, backend)
+        counter_set = self._open_counter_set(self._specs, native.PER_CPU, backend)
         try:
             for cpu in cpus:
                 counter_set.add(cpu)

@@ -14,16 +14,19 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Optional, Sequence
 
-from ..counting import bpf as bpfengine
+from ..counting.factories import CounterFactories, real_counters
 from ..errors import Error, InvalidArgument, NoSuchVM
 from ..tracefs.events import Event
 from ..providers.bpf_tracepoints import BpfTracepointProvider
 from ..providers.counting import CountingProvider
 from ..providers.tracepoints import TracepointProvider
 
-__all__ = ["ENGINES", "EngineChoice", "choose_engine", "open_tracepoints"]
+if TYPE_CHECKING:
+    from .options import SamplerOptions
+
+__all__ = ["ENGINES", "EngineChoice", "check_engine", "choose_engine", "open_tracepoints"]
 
 #: the values of ``--engine``
 ENGINES = ("auto", "bpf", "perf")
@@ -37,6 +40,13 @@ class EngineChoice:
 
     engine: str
     reason: str
+
+
+def check_engine(engine: str) -> str:
+    """Return *engine* if it is one of :data:`ENGINES`, else raise InvalidArgument."""
+    if engine not in ENGINES:
+        raise InvalidArgument(f"unknown engine {engine!r} (known: {', '.join(ENGINES)})")
+    return engine
 
 
 def _python_backend(backend: Optional[str]) -> bool:
@@ -57,50 +67,51 @@ _BPF_WHY = {
 
 
 def choose_engine(engine: str = "auto", *, tracepoint_id: Optional[int] = None,
-                  backend: Optional[str] = None, by_vm: bool = False) -> EngineChoice:
+                  backend: Optional[str] = None, by_vm: bool = False,
+                  counters: Optional[CounterFactories] = None) -> EngineChoice:
     """What *engine* means on this host, for a host-wide or one-VM count or,
     with *by_vm*, per-VM rows.
 
     For ``auto``, probes the BPF engine (a map, a program, and with
-    *tracepoint_id* its attachment to that tracepoint; all closed again).
+    *tracepoint_id* its attachment to that tracepoint; all closed again)
+    through *counters* (the real counting core by default).
     BPF costs the guests least in every mode when it works (its counting
     programs cost about what a perf counter increment costs per hit, see
     benchmarks/RESULTS.md), and per-VM rows with it need no per-thread
     events.  A pure-Python perf *backend* (argument or ``KVMSTAT_BACKEND``)
     makes ``auto`` pick perf groups: the BPF engine exists only in C.
     """
-    if engine not in ENGINES:
-        raise InvalidArgument(f"unknown engine {engine!r} (known: {', '.join(ENGINES)})")
-    if engine != "auto":
-        return EngineChoice(engine, f"--engine {engine} was asked for")
+    if check_engine(engine) != "auto":
+        return EngineChoice(engine, f"the {engine} engine was asked for")
     if _python_backend(backend):
         return EngineChoice("perf", "the pure-Python perf backend was asked for "
                                     "(KVMSTAT_BACKEND=python); the BPF engine is C only")
-    usable, why = bpfengine.bpf_supported(tracepoint_id)
+    usable, why = (counters or real_counters()).bpf_supported(tracepoint_id)
     if usable:
         return EngineChoice("bpf", _BPF_WHY[bool(by_vm)])
     return EngineChoice("perf", f"the BPF engine cannot be used: {why}")
 
 
-def open_tracepoints(tracefs: str, events: Sequence[Event], *, engine: str = "auto",
-                     fields: Optional[Iterable[str]] = None, pid: Optional[int] = None,
-                     by_vm: bool = False, backend: Optional[str] = None,
-                     proc: str = "/proc", sys: str = "/sys", debugfs: Optional[str] = None,
+def open_tracepoints(tracefs: str, events: Sequence[Event], fields: Optional[Iterable[str]],
+                     options: "SamplerOptions", *, debugfs: Optional[str] = None,
                      notify: Optional[Callable[[str], None]] = None) -> CountingProvider:
-    """Open the tracepoint provider of the chosen *engine* (see the module).
+    """Open the tracepoint provider of the engine *options* choose (see the
+    module) for *fields* of *events* (all if None).
 
-    The arguments are those of the providers; the result's ``engine``
-    attribute says which one counts.
+    The result's ``engine`` attribute says which one counts.
     """
     fields = None if fields is None else list(fields)
+    engine, paths = options.engine, options.paths
     # The probe loads a program without attaching it: attaching and closing a
     # tracepoint event takes a grace period (~0.1 s), and the provider's own
     # attachment failing falls back just the same.
-    choice = choose_engine(engine, backend=backend, by_vm=by_vm)
+    choice = choose_engine(engine, backend=options.backend, by_vm=options.by_vm,
+                           counters=options.counters)
     if choice.engine == "bpf":
         try:
-            return BpfTracepointProvider(tracefs, fields=fields, pid=pid, by_vm=by_vm,
-                                         events=events, proc=proc, debugfs=debugfs)
+            return BpfTracepointProvider(tracefs, fields=fields, pid=options.pid,
+                                         by_vm=options.by_vm, events=events, proc=paths.proc,
+                                         debugfs=debugfs, counters=options.counters)
         except NoSuchVM:
             raise  # about the VM, not the engine
         except Error as exc:
@@ -108,5 +119,6 @@ def open_tracepoints(tracefs: str, events: Sequence[Event], *, engine: str = "au
                 raise
             if notify is not None:
                 notify(f"the BPF engine failed ({exc}): counting with perf groups")
-    return TracepointProvider(tracefs, fields=fields, pid=pid, by_vm=by_vm, events=events,
-                              backend=backend, proc=proc, sys=sys, debugfs=debugfs)
+    return TracepointProvider(tracefs, fields=fields, pid=options.pid, by_vm=options.by_vm,
+                              events=events, backend=options.backend, proc=paths.proc,
+                              sys=paths.sys, debugfs=debugfs, counters=options.counters)

@@ -10,19 +10,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
 
-from .engine import ENGINES, open_tracepoints
+from .engine import open_tracepoints
 from ..errors import Error, InvalidArgument
 from ..tracefs.events import detect_vendor, load_events
 from .fields import FieldFilter
 from ..host.paths import Paths
 from ..providers.base import Provider
 from ..providers.tracepoints import event_fields
+from .options import PROVIDER_NAMES, SamplerOptions
 from .sampler import Sampler
 from ..host.vms import GuestNames, find_vm
 
-__all__ = ["PROVIDERS", "Catalog", "catalog", "list_fields", "open_providers", "open_sampler"]
+__all__ = ["PROVIDERS", "Catalog", "catalog", "list_fields", "providers_for", "sampler_for",
+           "open_providers", "open_sampler"]
 
 Notify = Optional[Callable[[str], None]]
+
+
+#: opener(selected fields, options) -> the provider counting them
+Opener = Callable[[List[str], SamplerOptions], Provider]
 
 
 @dataclass
@@ -31,21 +37,13 @@ class Catalog:
 
     name: str
     fields: List[str]
-    _opener: Callable[..., Provider]
+    _opener: Opener
 
-    def open(self, fields: Iterable[str], *, pid: Optional[int] = None,
-             backend: Optional[str] = None, by_vm: bool = False,
-             include_past: bool = False, engine: str = "auto") -> Provider:
-        """Open the provider for *fields*, host-wide or for VM process *pid*.
-
-        *by_vm* asks for a per-VM breakdown (:meth:`Provider.snapshot`),
-        *engine* (``auto``, ``bpf``, ``perf``: see :mod:`kvmstat.sampling.engine`)
-        and *backend* concern tracepoint counting, *include_past* (count
-        from VM creation, ``-i``) the providers that can see the past; each
-        provider ignores the options that do not concern it.
-        """
-        return self._opener(list(fields), pid=pid, backend=backend, by_vm=by_vm,
-                            include_past=include_past, engine=engine)
+    def open(self, fields: Iterable[str], options: SamplerOptions) -> Provider:
+        """Open the provider for *fields*, as *options* say (host-wide or for
+        its pid, per VM or not, the engine...); each provider takes from
+        *options* what concerns it."""
+        return self._opener(list(fields), options)
 
 
 def _mounted_debugfs(paths: Paths) -> Optional[str]:
@@ -60,12 +58,11 @@ def _tracepoint_catalog(paths: Paths, notify: Notify) -> Catalog:
     tracefs = paths.find_tracefs(notify=notify)
     events = load_events(tracefs, detect_vendor(paths.sys, paths.proc))
 
-    def opener(fields, *, pid, backend, by_vm, engine, **_ignored):
+    def opener(fields: List[str], options: SamplerOptions) -> Provider:
         # Per VM, debugfs (when mounted) makes finding new VMs cheap.
-        debugfs = _mounted_debugfs(paths) if by_vm and pid is None else None
-        return open_tracepoints(tracefs, events, engine=engine, fields=fields, pid=pid,
-                                by_vm=by_vm, backend=backend, proc=paths.proc, sys=paths.sys,
-                                debugfs=debugfs, notify=notify)
+        debugfs = _mounted_debugfs(paths) if options.by_vm and options.pid is None else None
+        return open_tracepoints(tracefs, events, fields, options, debugfs=debugfs,
+                                notify=notify)
 
     return Catalog("tracepoints", event_fields(events), opener)
 
@@ -77,7 +74,7 @@ def _debugfs_catalog(paths: Paths, notify: Notify) -> Catalog:
     from ..providers.debugfs import DebugfsProvider, probe_debugfs
 
     # The files left out (kernel lockdown, unusable contents) are reported
-    # here, once; with none readable at all, -d fails with that reason.
+    # here, once; with none readable at all, opening it fails with that reason.
     debugfs = paths.find_debugfs(notify=notify)
     probe = probe_debugfs(debugfs, paths.sys)
     if not probe.available:
@@ -86,9 +83,9 @@ def _debugfs_catalog(paths: Paths, notify: Notify) -> Catalog:
         for note in probe.notes():
             notify(note)
 
-    def opener(fields, *, pid, include_past, **_ignored):
-        return DebugfsProvider(debugfs, fields=fields, pid=pid, include_past=include_past,
-                               probe=probe, sys=paths.sys)
+    def opener(fields: List[str], options: SamplerOptions) -> Provider:
+        return DebugfsProvider(debugfs, fields=fields, pid=options.pid,
+                               include_past=options.include_past, probe=probe, sys=paths.sys)
 
     return Catalog("debugfs", probe.fields, opener)
 
@@ -96,9 +93,9 @@ def _debugfs_catalog(paths: Paths, notify: Notify) -> Catalog:
 def _binstats_catalog(paths: Paths, notify: Notify) -> Catalog:
     from ..providers.binstats import BinstatsProvider, binstats_fields
 
-    def opener(fields, *, pid, include_past, **_ignored):
-        return BinstatsProvider(fields=fields, pid=pid, include_past=include_past,
-                                proc=paths.proc)
+    def opener(fields: List[str], options: SamplerOptions) -> Provider:
+        return BinstatsProvider(fields=fields, pid=options.pid,
+                                include_past=options.include_past, proc=paths.proc)
 
     return Catalog("binstats", binstats_fields(paths.proc), opener)
 
@@ -109,6 +106,7 @@ PROVIDERS: Dict[str, Callable[[Paths, Notify], Catalog]] = {
     "debugfs": _debugfs_catalog,
     "binstats": _binstats_catalog,
 }
+assert tuple(PROVIDERS) == PROVIDER_NAMES
 
 
 def catalog(name: str, paths: Optional[Paths] = None, notify: Notify = None) -> Catalog:
@@ -129,6 +127,41 @@ def list_fields(providers: Sequence[str] = ("tracepoints",), paths: Optional[Pat
     return sorted(names)
 
 
+def providers_for(options: SamplerOptions, notify: Notify = None) -> List[Provider]:
+    """Open the providers *options* name, for the fields it selects.
+
+    Only the selected fields are opened.  Raises :class:`InvalidArgument` if
+    nothing matches, :class:`~kvmstat.errors.NoSuchVM` if ``options.pid``
+    is not a VM.  *notify* receives one-line notes (files left out, an
+    engine fallback).
+    """
+    paths = options.paths
+    field_filter = options.field_filter
+    if options.pid is not None:
+        find_vm(options.pid, paths.proc)
+    catalogs = [catalog(name, paths, notify) for name in options.providers]
+    chosen = [(c, field_filter.select(c.fields)) for c in catalogs]
+    if not any(selected for _, selected in chosen):
+        raise InvalidArgument(f"no field matches '{field_filter.regex}' (see the list of fields)")
+    opened: List[Provider] = []
+    try:
+        for cat, selected in chosen:
+            if selected:
+                opened.append(cat.open(selected, options))
+    except BaseException:
+        for provider in opened:
+            provider.close()
+        raise
+    return opened
+
+
+def sampler_for(options: SamplerOptions, notify: Notify = None) -> Sampler:
+    """Open the providers of *options* (:func:`providers_for`) in a :class:`Sampler`."""
+    opened = providers_for(options, notify)
+    return Sampler(opened, by_vm=options.by_vm, names=GuestNames(options.paths.proc),
+                   histograms=options.field_filter.matches if options.histograms else None)
+
+
 def open_providers(providers: Sequence[str] = ("tracepoints",), *,
                    fields: Union[str, FieldFilter, None] = None, pid: Optional[int] = None,
                    paths: Optional[Paths] = None, backend: Optional[str] = None,
@@ -143,28 +176,13 @@ def open_providers(providers: Sequence[str] = ("tracepoints",), *,
     counting; with BPF: rows per process).  *engine* chooses how
     tracepoints are counted (:mod:`kvmstat.sampling.engine`).
     *include_past* makes debugfs values count from VM creation (``-i``).
+    The arguments make one :class:`~kvmstat.sampling.options.SamplerOptions`
+    (see :func:`providers_for`).
     """
-    paths = paths or Paths()
-    if engine not in ENGINES:
-        raise InvalidArgument(f"unknown engine {engine!r} (known: {', '.join(ENGINES)})")
-    field_filter = fields if isinstance(fields, FieldFilter) else FieldFilter(fields)
-    if pid is not None:
-        find_vm(pid, paths.proc)
-    catalogs = [catalog(name, paths, notify) for name in providers]
-    chosen = [(c, field_filter.select(c.fields)) for c in catalogs]
-    if not any(selected for _, selected in chosen):
-        raise InvalidArgument(f"no field matches '{field_filter.regex}' (see '-f help')")
-    opened: List[Provider] = []
-    try:
-        for cat, selected in chosen:
-            if selected:
-                opened.append(cat.open(selected, pid=pid, backend=backend, by_vm=by_vm,
-                                       include_past=include_past, engine=engine))
-    except BaseException:
-        for provider in opened:
-            provider.close()
-        raise
-    return opened
+    return providers_for(SamplerOptions(providers=tuple(providers), fields=fields, pid=pid,
+                                        by_vm=by_vm, engine=engine, backend=backend,
+                                        include_past=include_past, paths=paths or Paths()),
+                         notify)
 
 
 def open_sampler(providers: Sequence[str] = ("tracepoints",), *,
@@ -178,12 +196,12 @@ def open_sampler(providers: Sequence[str] = ("tracepoints",), *,
     With *by_vm*, samples carry ``by_vm`` (pid -> field values) and
     ``vm_names`` (pid -> guest name) too.  With *histograms*, samples carry
     the providers' histogram statistics (``histograms``, and
-    ``vm_histograms`` with *by_vm*) whose names *fields* matches.
+    ``vm_histograms`` with *by_vm*) whose names *fields* matches.  The
+    arguments make one :class:`~kvmstat.sampling.options.SamplerOptions`
+    (see :func:`sampler_for`).
     """
-    paths = paths or Paths()
-    field_filter = fields if isinstance(fields, FieldFilter) else FieldFilter(fields)
-    opened = open_providers(providers, fields=field_filter, pid=pid, paths=paths,
-                            backend=backend, notify=notify, by_vm=by_vm,
-                            include_past=include_past, engine=engine)
-    return Sampler(opened, by_vm=by_vm, names=GuestNames(paths.proc),
-                   histograms=field_filter.matches if histograms else None)
+    return sampler_for(SamplerOptions(providers=tuple(providers), fields=fields, pid=pid,
+                                      by_vm=by_vm, engine=engine, backend=backend,
+                                      include_past=include_past, histograms=histograms,
+                                      paths=paths or Paths()),
+                       notify)

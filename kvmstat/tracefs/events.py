@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, field as dc_field
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from ..errors import AccessDenied, InvalidArgument, NotAvailable
+from ..errors import FormatError, NotAvailable, error_from_errno
 from ..host.privileges import permission_hint
 
 __all__ = [
@@ -39,10 +39,6 @@ __all__ = [
     "list_event_names",
     "load_events",
 ]
-
-
-class FormatError(InvalidArgument):
-    """A tracepoint ``format`` file or ``print fmt`` expression is malformed."""
 
 
 # --------------------------------------------------------------------------
@@ -775,7 +771,7 @@ def list_event_names(tracefs: str, subsystem: str = "kvm") -> List[str]:
         entries = os.listdir(base)
     except PermissionError as exc:
         # tracefs is readable by root only (mode 0700): the user is not root.
-        raise AccessDenied(f"cannot read {base} ({exc.strerror}): {permission_hint()}") from None
+        raise error_from_errno(exc.errno, f"reading {base}", fix=permission_hint()) from None
     except OSError:
         entries = []
     names = sorted(e for e in entries if os.path.isfile(os.path.join(base, e, "id")))

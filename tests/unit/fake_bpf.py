@@ -8,6 +8,9 @@ counting only ``only_pid`` and the processes given to ``also_count`` when
 
 from __future__ import annotations
 
+import dataclasses
+
+from kvmstat.counting import factories
 from kvmstat.counting.bpf import BpfEntry, BpfField
 from kvmstat.errors import InvalidArgument
 
@@ -119,9 +122,10 @@ class _Row:
         self.flat[self.start + i] = value
 
 
-def install(monkeypatch, supported=(True, "")):
-    """Make the BPF tracepoint provider use FakeBpfCounters and the probe
-    answer *supported*; returns the list of counters created."""
+def counters(supported=(True, ""), base=None):
+    """Counter factories whose BPF engine is FakeBpfCounters and whose probe
+    answers *supported* (the rest from *base*, by default the real core):
+    (factories, the list of counters made)."""
     created = []
 
     def make(*args, **kwargs):
@@ -129,7 +133,15 @@ def install(monkeypatch, supported=(True, "")):
         created.append(counter)
         return counter
 
-    monkeypatch.setattr("kvmstat.providers.bpf_tracepoints.BpfCounter", make)
-    monkeypatch.setattr("kvmstat.counting.bpf.bpf_supported",
-                        lambda tracepoint_id=None: supported)
+    fake = dataclasses.replace(base or factories.REAL_COUNTERS, open_bpf_counter=make,
+                               bpf_supported=lambda tracepoint_id=None: supported)
+    return fake, created
+
+
+def install(monkeypatch, supported=(True, "")):
+    """Make every command and provider given no counter factories use
+    :func:`counters` (on top of those installed already); returns the list
+    of counters created."""
+    fake, created = counters(supported)
+    monkeypatch.setattr(factories, "REAL_COUNTERS", fake)
     return created

@@ -6,9 +6,12 @@ Tests set ``counts[(target, event_name)]``; reads sum them like the real core
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import itertools
 
+from kvmstat.counting import factories
+from kvmstat.counting.factories import CounterFactories
 from kvmstat.errors import NativeError
 
 
@@ -92,8 +95,8 @@ class FakeCounterSet:
         self.closed = True
 
 
-def install(monkeypatch, gone=(), refuse=None):
-    """Make kvmstat.counting.native.open_counter_set return FakeCounterSets; returns the list of them.
+def counters(gone=(), refuse=None):
+    """Counter factories making FakeCounterSets: (factories, the list of sets made).
 
     The fake core has no BPF engine: ``--engine auto`` picks perf groups.
     """
@@ -104,7 +107,17 @@ def install(monkeypatch, gone=(), refuse=None):
         created.append(counter_set)
         return counter_set
 
-    monkeypatch.setattr("kvmstat.counting.native.open_counter_set", open_counter_set)
-    monkeypatch.setattr("kvmstat.counting.bpf.bpf_supported",
-                        lambda tracepoint_id=None: (False, "the fake counting core has no BPF"))
+    def no_bpf(tracepoint_id=None):
+        return False, "the fake counting core has no BPF"
+
+    return CounterFactories(open_counter_set=open_counter_set, bpf_supported=no_bpf), created
+
+
+def install(monkeypatch, gone=(), refuse=None):
+    """Make every command and provider that is given no counter factories use
+    :func:`counters`; returns the list of FakeCounterSets made."""
+    fake, created = counters(gone, refuse)
+    current = factories.REAL_COUNTERS
+    monkeypatch.setattr(factories, "REAL_COUNTERS", dataclasses.replace(
+        current, open_counter_set=fake.open_counter_set, bpf_supported=fake.bpf_supported))
     return created

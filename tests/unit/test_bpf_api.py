@@ -305,7 +305,7 @@ def test_dropped_hits_are_an_error(fake):
     assert info.value.dropped == 12
     assert info.value.errno == errno.ENOSPC
     assert str(info.value) == ("the BPF count table is full (64 entries): 12 hits were not "
-                               "counted; count fewer events (-f) or use --engine perf")
+                               "counted; count fewer events or use the perf engine")
 
 
 def test_dump_returns_entries(fake):
@@ -347,8 +347,8 @@ def test_missing_bpf_privilege(fake, stage):
 def test_missing_perf_privilege_names_the_paranoid_setting(fake):
     exc = _open_with(fake, 3, 1, errno.EACCES)
     assert isinstance(exc, AccessDenied)
-    assert str(exc).startswith("perf_event_open denied for kvm_pio on CPU 0: run as root "
-                               "or grant CAP_PERFMON")
+    assert str(exc).startswith("perf_event_open denied for kvm_pio on CPU 0 (Permission "
+                               "denied): run as root or grant CAP_PERFMON")
     assert "perf_event_paranoid" in str(exc)
 
 
@@ -387,7 +387,8 @@ def test_probe(fake):
     fake(fail=(2, -1, errno.EPERM))
     ok, why = bpf_supported(42)
     assert not ok
-    assert why.startswith("loading a BPF program denied: run as root or grant CAP_BPF")
+    assert why.startswith("loading a BPF program denied (Operation not permitted): "
+                           "run as root or grant CAP_BPF")
     with pytest.raises(InvalidArgument):
         bpf_supported(0)
 

@@ -25,15 +25,15 @@ def tracefs(tmp_path):
 
 
 @pytest.fixture
-def open_provider(tracefs, proc, monkeypatch):
+def open_provider(tracefs, proc):
     """opener(fields=..., **options) -> provider; its fake engines are in
     ``opener.created``."""
-    created = fake_bpf.install(monkeypatch)
+    counters, created = fake_bpf.counters()
 
     def opener(fields=("kvm_pio", "kvm_userspace_exit", "kvm_userspace_exit(IO)",
                        "kvm_userspace_exit(HLT)"), **kwargs):
         return BpfTracepointProvider(tracefs, fields=fields, vendor="vmx", proc=proc.path,
-                                     **kwargs)
+                                     counters=counters, **kwargs)
     opener.created = created
     return opener
 
@@ -62,7 +62,7 @@ def test_a_child_without_a_known_field_offset_is_refused(tracefs):
     events = [dataclasses.replace(e, reason_field=None) for e in load_events(tracefs, "vmx")]
     with pytest.raises(NotAvailable, match=r"^the BPF engine cannot count kvm_exit\(.*\): the "
                                            r"format file of kvm_exit does not say where its "
-                                           r"exit_reason field is \(use --engine perf\)$"):
+                                           r"exit_reason field is \(use the perf engine\)$"):
         bpf_layout(events)
     # Parents need no field.
     assert bpf_layout(events, ["kvm_exit"])[2] == ["kvm_exit"]
@@ -209,8 +209,8 @@ def test_per_vm_counting_is_refused_inside_a_pid_namespace(open_provider, proc):
     proc.add_vm(300, "web")
     (proc.root / "self").mkdir()
     (proc.root / "self" / "status").write_text("Name:\tkvm_stat\nNSpid:\t48213\t7\n")
-    message = "the BPF engine tells VMs apart by the host's process ids, and kvm_stat runs " \
-              "in a PID namespace: use --engine perf"
+    message = "the BPF engine tells VMs apart by the host's process ids, and kvmstat runs " \
+              "in a PID namespace: use the perf engine"
     with pytest.raises(NotAvailable, match=message):
         open_provider(pid=300)
     with pytest.raises(NotAvailable, match=message):

@@ -1,10 +1,12 @@
 """``--check`` on fake hosts: rows, reasons, fixes, notes, exit status; the pure table."""
 
+import dataclasses
 import errno
 import os
 
 import pytest
 
+from kvmstat.counting.factories import CounterFactories
 from kvmstat.frontends import check as check_mod
 from kvmstat.frontends import cli
 from kvmstat.frontends.check import HostCheck, ProviderCheck, check_host, format_check
@@ -61,6 +63,15 @@ def test_cli_check_exit_status(tmp_path, monkeypatch, capsys):
     assert cli.main(["--check"]) == 0
 
 
+#: the fake counting core with a BPF probe that says yes (the provider itself is replaced)
+BPF_WORKS = dataclasses.replace(fake_native.counters()[0],
+                                bpf_supported=lambda tracepoint_id=None: (True, ""))
+
+
+def NO_BPF(tracepoint_id=None):
+    return False, "no BPF in this test"
+
+
 def working_host(tmp_path, monkeypatch, **proc):
     fake_native.install(monkeypatch)
     return Paths(proc=fake_proc(tmp_path / "proc", **proc), sys=make_sys(tmp_path / "sys"),
@@ -102,18 +113,17 @@ def test_engine_row_without_bpf(tmp_path, monkeypatch):
 
 def test_engine_row_with_bpf(tmp_path, monkeypatch):
     paths = working_host(tmp_path, monkeypatch)
-    monkeypatch.setattr("kvmstat.counting.bpf.bpf_supported", lambda tracepoint_id=None: (True, ""))
     opened = []
 
     class Works:
-        def __init__(self, tracefs, *, fields, events, proc):
+        def __init__(self, tracefs, *, fields, events, proc, counters):
             opened.append(fields)
 
         def close(self):
             pass
 
     monkeypatch.setattr(check_mod, "BpfTracepointProvider", Works)
-    result = check_host(paths, dev_kvm=str(tmp_path / "kvm"))
+    result = check_host(paths, dev_kvm=str(tmp_path / "kvm"), counters=BPF_WORKS)
     assert result.engine.available
     # 4 events in the fake tracefs: 2 descriptors each, and 2 maps
     from kvmstat.sampling.engine import _BPF_WHY
@@ -128,32 +138,30 @@ def test_engine_row_with_bpf(tmp_path, monkeypatch):
 
 def test_engine_row_names_events_attached_through_perf(tmp_path, monkeypatch):
     paths = working_host(tmp_path, monkeypatch)
-    monkeypatch.setattr("kvmstat.counting.bpf.bpf_supported", lambda tracepoint_id=None: (True, ""))
 
     class Attached:
         attached = {"kvm_exit": "perf", "kvm_userspace_exit": "raw"}
 
-        def __init__(self, tracefs, *, fields, events, proc):
+        def __init__(self, tracefs, *, fields, events, proc, counters):
             pass
 
         def close(self):
             pass
 
     monkeypatch.setattr(check_mod, "BpfTracepointProvider", Attached)
-    reason = check_host(paths, dev_kvm=str(tmp_path / "kvm")).engine.reason
+    reason = check_host(paths, dev_kvm=str(tmp_path / "kvm"), counters=BPF_WORKS).engine.reason
     assert reason.endswith("; kvm_exit through perf (its reason is not one of the "
                            "tracepoint's arguments, so the trace record is read)")
 
 
 def test_engine_row_when_loading_fails(tmp_path, monkeypatch):
     paths = working_host(tmp_path, monkeypatch)
-    monkeypatch.setattr("kvmstat.counting.bpf.bpf_supported", lambda tracepoint_id=None: (True, ""))
 
     def rejected(*args, **kwargs):
         raise NativeError("the kernel's verifier rejected the BPF program", 13)
 
     monkeypatch.setattr(check_mod, "BpfTracepointProvider", rejected)
-    engine = check_host(paths, dev_kvm=str(tmp_path / "kvm")).engine
+    engine = check_host(paths, dev_kvm=str(tmp_path / "kvm"), counters=BPF_WORKS).engine
     assert engine == ProviderCheck("BPF engine", False, "--engine auto counts with perf "
                                    "groups: the BPF engine failed: the kernel's verifier "
                                    "rejected the BPF program")
@@ -173,8 +181,9 @@ def test_perf_denied_names_paranoid(tmp_path, monkeypatch):
     def denied(*args, **kwargs):
         raise AccessDenied("perf_event_open denied")
 
-    monkeypatch.setattr("kvmstat.counting.native.open_counter_set", denied)
-    tracepoints = check_host(paths, dev_kvm=str(tmp_path / "kvm")).providers[0]
+    tracepoints = check_host(paths, dev_kvm=str(tmp_path / "kvm"),
+                             counters=CounterFactories(open_counter_set=denied,
+                                                       bpf_supported=NO_BPF)).providers[0]
     assert not tracepoints.available
     assert "perf_event_paranoid is 3" in tracepoints.reason
     assert "CAP_PERFMON" in tracepoints.fix
@@ -286,7 +295,9 @@ def test_binstats_check_borrowing_refused(binstats_host):
     binstats_host.getfd_error = errno.EPERM
     row = binstats_row(binstats_host)
     assert not row.available
-    assert "not allowed to borrow the statistics descriptors of VM process 100" in row.reason
+    assert "borrowing the statistics descriptors of VM process 100" in row.reason
+    assert "denied (Operation not permitted): pidfd_getfd needs root or CAP_SYS_PTRACE" \
+        in row.reason
     assert row.fix == "run kvm_stat as root"
 
 

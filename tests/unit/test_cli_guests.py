@@ -3,6 +3,7 @@
 import pytest
 
 from kvmstat.frontends import cli
+from kvmstat.frontends.hints import with_flags
 from kvmstat.errors import NoSuchVM
 from kvmstat.host.paths import Paths
 
@@ -43,7 +44,7 @@ def test_by_guest_needs_batch_or_log_mode(capsys):
 
 
 def test_guest_name_not_found_or_ambiguous_before_anything_is_opened(proc, paths, monkeypatch):
-    monkeypatch.setattr("kvmstat.sampling.sources.open_sampler",
+    monkeypatch.setattr("kvmstat.sampling.sources.sampler_for",
                         lambda *a, **k: pytest.fail("opened events for a bad -g"))
     proc.add_vm(301, "db")
     proc.add_vm(302, "db")
@@ -52,8 +53,12 @@ def test_guest_name_not_found_or_ambiguous_before_anything_is_opened(proc, paths
                                        r"'db' \(pid 302\), 'web' \(pid 303\)$"):
         cli.run(cli.parse_options(["-1", "-g", "mail"]), paths)
     with pytest.raises(NoSuchVM, match=r"^2 VMs are named 'db': 'db' \(pid 301\), "
-                                       r"'db' \(pid 302\); choose one with -p PID$"):
+                                       r"'db' \(pid 302\); choose one by pid$"):
         cli.run(cli.parse_options(["-1", "-g", "db"]), paths)
+    # kvm_stat names the flag when it prints the error.
+    with pytest.raises(NoSuchVM) as several:
+        cli.run(cli.parse_options(["-1", "-g", "db"]), paths)
+    assert with_flags(str(several.value)).endswith("; choose one with -p PID")
 
 
 def test_batch_for_a_guest_by_name(proc, paths, created, monkeypatch, capsys):

@@ -19,7 +19,7 @@ def nothing_opened(monkeypatch):
     """Fails the test if kvm_stat gets as far as opening events."""
     def no_open(*args, **kwargs):
         raise AssertionError("events were opened despite a bad option")
-    monkeypatch.setattr("kvmstat.sampling.sources.open_sampler", no_open)
+    monkeypatch.setattr("kvmstat.sampling.sources.sampler_for", no_open)
 
 
 def one_line_error(argv, capsys):
@@ -128,7 +128,7 @@ def test_log_file_is_opened_before_the_events(tmp_path, capsys, monkeypatch):
     def record(*args, **kwargs):
         seen.append(log_file.exists())
         raise cli.InvalidArgument("stop here")
-    monkeypatch.setattr("kvmstat.sampling.sources.open_sampler", record)
+    monkeypatch.setattr("kvmstat.sampling.sources.sampler_for", record)
     assert "stop here" in one_line_error(["-L", str(log_file), "-c"], capsys)
     assert seen == [True]
 
@@ -172,7 +172,7 @@ class VanishingProvider(Provider):
 @pytest.mark.parametrize("fmt", [["-c"], ["--json"], []])
 def test_log_mode_stops_with_status_0_when_the_vm_exits(fmt, capsys, monkeypatch):
     provider = VanishingProvider(gone_at=4)
-    monkeypatch.setattr("kvmstat.sampling.sources.open_sampler",
+    monkeypatch.setattr("kvmstat.sampling.sources.sampler_for",
                         lambda *a, **k: Sampler([provider]))
     monkeypatch.setattr(cli, "_resolve_vm", lambda opts, paths: None)
     # Do not fork the test process: the ordinary close is fast for this fake.

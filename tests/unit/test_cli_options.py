@@ -76,7 +76,7 @@ def test_provider_choice():
 def test_missing_pid_fails_before_opening(capsys, monkeypatch):
     def no_open(*args, **kwargs):
         raise AssertionError("opened events despite a bad pid")
-    monkeypatch.setattr("kvmstat.sampling.sources.open_sampler", no_open)
+    monkeypatch.setattr("kvmstat.sampling.sources.sampler_for", no_open)
     status, err = error_of(["-1", "-p", "999999999"], capsys)
     assert status == 1 and "no process with pid 999999999" in err
 

@@ -1,10 +1,12 @@
 """--engine auto|bpf|perf with fake engines: what auto picks and why, the
 fallback to perf groups, and the engine named in samples, JSON and the CLI."""
 
+import dataclasses
 import json
 
 import pytest
 
+from kvmstat.counting.factories import CounterFactories
 from kvmstat.frontends import cli
 from kvmstat.sampling.engine import choose_engine, open_tracepoints
 from kvmstat.errors import InvalidArgument, NativeError, NoSuchVM, NotAvailable
@@ -12,7 +14,8 @@ from kvmstat.tracefs.events import load_events
 from kvmstat.host.paths import Paths
 from kvmstat.providers.bpf_tracepoints import BpfTracepointProvider
 from kvmstat.providers.tracepoints import TracepointProvider
-from kvmstat.sampling.sources import open_sampler
+from kvmstat.sampling.options import SamplerOptions
+from kvmstat.sampling.sources import open_sampler, sampler_for
 
 import fake_bpf
 import fake_native
@@ -33,12 +36,20 @@ def paths(tmp_path):
                  tracefs=make_tracefs(tmp_path / "t"))
 
 
+def probe_says(answer, probed=None):
+    """Counter factories whose BPF probe gives *answer* (and records its argument)."""
+    def bpf_supported(tracepoint_id=None):
+        if probed is None:
+            pytest.fail("probed")
+        probed.append(tracepoint_id)
+        return answer
+    return CounterFactories(bpf_supported=bpf_supported)
+
+
 def test_auto_picks_bpf_where_the_probe_works(monkeypatch):
     probed = []
-    monkeypatch.setattr("kvmstat.counting.bpf.bpf_supported",
-                        lambda tracepoint_id=None: probed.append(tracepoint_id) or (True, ""))
     monkeypatch.delenv("KVMSTAT_BACKEND", raising=False)
-    choice = choose_engine("auto", tracepoint_id=42)
+    choice = choose_engine("auto", tracepoint_id=42, counters=probe_says((True, ""), probed))
     assert (choice.engine, probed) == ("bpf", [42])
     assert choice.reason.startswith("BPF programs load and attach to the kvm tracepoints: "
                                     "raw tracepoints where the kernel allows")
@@ -48,107 +59,106 @@ def test_auto_picks_bpf_where_the_probe_works(monkeypatch):
 
 
 def test_auto_picks_perf_and_says_why(monkeypatch):
-    monkeypatch.setattr("kvmstat.counting.bpf.bpf_supported",
-                        lambda tracepoint_id=None: (False, "loading a BPF program denied: x"))
     monkeypatch.delenv("KVMSTAT_BACKEND", raising=False)
-    choice = choose_engine("auto")
+    choice = choose_engine("auto", counters=probe_says(
+        (False, "loading a BPF program denied: x"), []))
     assert choice.engine == "perf"
     assert choice.reason == "the BPF engine cannot be used: loading a BPF program denied: x"
 
 
 @pytest.mark.parametrize("backend, env", [("python", None), (None, "python")])
 def test_the_python_perf_backend_means_perf_groups(monkeypatch, backend, env):
-    monkeypatch.setattr("kvmstat.counting.bpf.bpf_supported",
-                        lambda tracepoint_id=None: pytest.fail("probed"))
     if env:
         monkeypatch.setenv("KVMSTAT_BACKEND", env)
-    assert choose_engine("auto", backend=backend).engine == "perf"
+    assert choose_engine("auto", backend=backend, counters=probe_says(None)).engine == "perf"
 
 
-def test_explicit_engines_are_not_probed(monkeypatch):
-    monkeypatch.setattr("kvmstat.counting.bpf.bpf_supported",
-                        lambda tracepoint_id=None: pytest.fail("probed"))
-    assert choose_engine("bpf").engine == "bpf"
-    assert choose_engine("perf").reason == "--engine perf was asked for"
+def test_explicit_engines_are_not_probed():
+    counters = probe_says(None)
+    assert choose_engine("bpf", counters=counters).engine == "bpf"
+    assert choose_engine("perf", counters=counters).reason == "the perf engine was asked for"
     with pytest.raises(InvalidArgument, match="unknown engine 'ebpf' \\(known: auto, bpf, perf\\)"):
-        choose_engine("ebpf")
+        choose_engine("ebpf", counters=counters)
 
 
-def open_with(paths, **kwargs):
+def engines(supported=(True, ""), fail=None):
+    """Fake perf and BPF engines: (factories, perf sets made, BPF counters made);
+    with *fail*, opening the BPF engine raises it."""
+    perf_counters, perf = fake_native.counters()
+    counters, bpf = fake_bpf.counters(supported, base=perf_counters)
+    if fail is not None:
+        def failing(*args, **kwargs):
+            raise fail
+        counters = dataclasses.replace(counters, open_bpf_counter=failing)
+    return counters, perf, bpf
+
+
+def open_with(paths, counters, fields=("kvm_pio",), engine="auto", pid=None, notify=None):
     events = load_events(paths.tracefs, "vmx")
-    return open_tracepoints(paths.tracefs, events, fields=["kvm_pio"], proc=paths.proc,
-                            sys=paths.sys, **kwargs)
+    options = SamplerOptions(engine=engine, pid=pid, paths=paths, counters=counters)
+    return open_tracepoints(paths.tracefs, events, list(fields), options, notify=notify)
 
 
-def test_auto_opens_the_bpf_provider(paths, perf, monkeypatch):
-    bpf = fake_bpf.install(monkeypatch)
-    provider = open_with(paths)
+def test_auto_opens_the_bpf_provider(paths):
+    counters, perf, bpf = engines()
+    provider = open_with(paths, counters)
     assert isinstance(provider, BpfTracepointProvider) and provider.engine == "bpf"
     assert len(bpf) == 1 and perf == []
 
 
-def test_auto_without_bpf_opens_perf_groups(paths, perf, monkeypatch):
-    fake_bpf.install(monkeypatch, supported=(False, "no"))
-    provider = open_with(paths)
+def test_auto_without_bpf_opens_perf_groups(paths):
+    counters, perf, _ = engines(supported=(False, "no"))
+    provider = open_with(paths, counters)
     assert isinstance(provider, TracepointProvider) and provider.engine == "perf"
     assert len(perf) == 1
 
 
-def failing_bpf(monkeypatch, exc):
-    fake_bpf.install(monkeypatch)
-
-    def fail(*args, **kwargs):
-        raise exc
-
-    monkeypatch.setattr("kvmstat.providers.bpf_tracepoints.BpfCounter", fail)
-
-
-def test_a_failing_bpf_engine_is_an_error_with_engine_bpf(paths, perf, monkeypatch):
-    failing_bpf(monkeypatch, NativeError("the kernel's verifier rejected the BPF program", 13))
+def test_a_failing_bpf_engine_is_an_error_with_engine_bpf(paths):
+    counters, perf, _ = engines(
+        fail=NativeError("the kernel's verifier rejected the BPF program", 13))
     with pytest.raises(NativeError, match="verifier rejected"):
-        open_with(paths, engine="bpf")
+        open_with(paths, counters, engine="bpf")
     assert perf == []
 
 
-def test_auto_falls_back_to_perf_groups_and_says_so(paths, perf, monkeypatch):
-    failing_bpf(monkeypatch, NativeError("the kernel's verifier rejected the BPF program", 13))
+def test_auto_falls_back_to_perf_groups_and_says_so(paths):
+    counters, perf, _ = engines(
+        fail=NativeError("the kernel's verifier rejected the BPF program", 13))
     notes = []
-    provider = open_with(paths, notify=notes.append)
+    provider = open_with(paths, counters, notify=notes.append)
     assert provider.engine == "perf" and len(perf) == 1
     assert notes == ["the BPF engine failed (the kernel's verifier rejected the BPF program): "
                      "counting with perf groups"]
 
 
-def test_auto_does_not_fall_back_for_a_vm_that_is_gone(paths, perf, monkeypatch):
-    failing_bpf(monkeypatch, NoSuchVM("VM process 300 has exited"))
+def test_auto_does_not_fall_back_for_a_vm_that_is_gone(paths):
+    counters, perf, _ = engines(fail=NoSuchVM("VM process 300 has exited"))
     with pytest.raises(NoSuchVM):
-        open_with(paths, pid=300)
+        open_with(paths, counters, pid=300)
     assert perf == []
 
 
-def test_auto_falls_back_when_a_reason_offset_is_unknown(paths, perf, monkeypatch):
-    fake_bpf.install(monkeypatch)
+def test_auto_falls_back_when_a_reason_offset_is_unknown(paths):
+    counters, _, _ = engines()
     with open(f"{paths.tracefs}/events/kvm/kvm_userspace_exit/format", "w") as f:
         f.write("garbage\n")  # the reason table is built in, its offset unknown
-    events = load_events(paths.tracefs, "vmx")
     notes = []
-    provider = open_tracepoints(paths.tracefs, events, fields=["kvm_userspace_exit(IO)"],
-                                proc=paths.proc, sys=paths.sys, notify=notes.append)
+    provider = open_with(paths, counters, fields=["kvm_userspace_exit(IO)"], notify=notes.append)
     assert provider.engine == "perf" and provider.fields == ["kvm_userspace_exit(IO)"]
     assert notes and "format file of kvm_userspace_exit does not say where" in notes[0]
     with pytest.raises(NotAvailable):
-        open_tracepoints(paths.tracefs, events, fields=["kvm_userspace_exit(IO)"],
-                         proc=paths.proc, sys=paths.sys, engine="bpf")
+        open_with(paths, counters, fields=["kvm_userspace_exit(IO)"], engine="bpf")
 
 
-def test_samples_name_the_engine(paths, perf, monkeypatch):
-    bpf = fake_bpf.install(monkeypatch)
-    with open_sampler(fields="kvm_pio", paths=paths) as sampler:
+def test_samples_name_the_engine(paths):
+    counters, _, bpf = engines()
+    with sampler_for(SamplerOptions(fields="kvm_pio", paths=paths, counters=counters)) as sampler:
         assert sampler.engine == "bpf"
         bpf[0].hit(300, "kvm_pio", n=3)
         assert sampler.sample().engine == "bpf"
         assert sampler.sample().values == {"kvm_pio": (3, 0)}
-    with open_sampler(fields="kvm_pio", paths=paths, engine="perf") as sampler:
+    with sampler_for(SamplerOptions(fields="kvm_pio", paths=paths, engine="perf",
+                                    counters=counters)) as sampler:
         assert sampler.sample().engine == "perf"
     with pytest.raises(InvalidArgument, match="unknown engine"):
         open_sampler(fields="kvm_pio", paths=paths, engine="gpu")

@@ -41,7 +41,7 @@ def test_unreadable_tracefs_names_the_fix(tmp_path, monkeypatch, capsys):
     status, err = run_cli(["-f", "help"], Paths(proc=str(proc), tracefs=str(tmp_path)),
                           monkeypatch, capsys)
     assert status == 1
-    assert err.startswith(f"Error: cannot read {tmp_path}/events/kvm (Permission denied): "
+    assert err.startswith(f"Error: reading {tmp_path}/events/kvm denied (Permission denied): "
                           "run kvm_stat as root")
     assert "perf_event_paranoid is " in err
 

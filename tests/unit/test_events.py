@@ -7,7 +7,7 @@ import pathlib
 
 import pytest
 
-from kvmstat.errors import InvalidArgument, NotAvailable
+from kvmstat.errors import InvalidArgument, KernelDataError, NotAvailable
 from kvmstat.tracefs.events import (Child, Event, Field, FormatError, detect_vendor, fallback_table,
                             list_event_names, load_events, parse_format,
                             parse_symbolic_tables)
@@ -81,7 +81,8 @@ def test_parse_format_array_and_data_loc_names():
 def test_parse_format_malformed(text):
     with pytest.raises(FormatError) as e:
         parse_format(text)
-    assert isinstance(e.value, InvalidArgument)
+    # The kernel's data is bad, not the caller's argument.
+    assert isinstance(e.value, KernelDataError) and not isinstance(e.value, InvalidArgument)
     assert "\n" not in str(e.value)
 
 

@@ -474,12 +474,12 @@ def test_kvm_stat_serve_end_to_end_with_per_vm_data(monkeypatch):
                                    8: {"kvm_pio": 20, "kvm_exit": 0, "kvm_exit(HLT)": 0}})
     opened = {}
 
-    def fake_open_sampler(providers, **kw):
-        opened.update(kw)
-        return Sampler([provider], by_vm=kw["by_vm"], names={7: "alpha"}.get)
+    def fake_sampler_for(options, notify=None):
+        opened.update(by_vm=options.by_vm, pid=options.pid)
+        return Sampler([provider], by_vm=options.by_vm, names={7: "alpha"}.get)
 
     notes, scraped = [], []
-    monkeypatch.setattr(kvmstat.sampling.sources, "open_sampler", fake_open_sampler)
+    monkeypatch.setattr(kvmstat.sampling.sources, "sampler_for", fake_sampler_for)
     monkeypatch.setattr(cli, "_notify", notes.append)
     monkeypatch.setattr(cli, "close_detached", lambda resource: resource.close())
 

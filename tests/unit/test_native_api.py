@@ -7,6 +7,7 @@ that fails on every host.
 from __future__ import annotations
 
 import errno
+import os
 import sys
 
 import pytest
@@ -153,8 +154,8 @@ def test_permission_error_names_cause_and_fix(tmp_path, err):
     exc = error_from_errno(err, event=EV, target=0, mode=PER_CPU, paranoid_path=path)
     assert isinstance(exc, AccessDenied) and isinstance(exc, PermissionError)
     msg = str(exc)
-    assert msg == (f"perf_event_open denied for kvm_pio on CPU 0: run as root or "
-                   f"grant CAP_PERFMON, or lower {path} (now 3)")
+    assert msg == (f"perf_event_open denied for kvm_pio on CPU 0 ({os.strerror(err)}): run as "
+                   f"root or grant CAP_PERFMON, or lower {path} (now 3)")
 
 
 def test_permission_error_unreadable_paranoid(tmp_path):

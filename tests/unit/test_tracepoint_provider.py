@@ -8,7 +8,8 @@ import pytest
 from kvmstat.counting import native
 from kvmstat.errors import NoSuchVM
 from kvmstat.providers.tracepoints import TracepointProvider, online_cpus
-from kvmstat.sampling.sources import open_providers
+from kvmstat.sampling.options import SamplerOptions
+from kvmstat.sampling.sources import providers_for
 from kvmstat.host.paths import Paths
 
 import fake_native
@@ -58,10 +59,10 @@ def test_online_cpus(tmp_path, text, cpus):
 
 
 def test_host_wide_opens_one_group_per_cpu_and_reads_by_name(tmp_path, monkeypatch):
-    created = fake_native.install(monkeypatch)
+    counters, created = fake_native.counters()
     tracefs = make_tracefs(tmp_path / "t")
     sys_root = make_sys(tmp_path / "s", "0-3")
-    provider = TracepointProvider(tracefs, sys=sys_root, vendor="vmx")
+    provider = TracepointProvider(tracefs, sys=sys_root, vendor="vmx", counters=counters)
     counter_set = created[0]
     assert counter_set.mode == native.PER_CPU
     assert sorted(t for t, _ in counter_set.slots.values()) == [0, 1, 2, 3]
@@ -80,18 +81,20 @@ def test_host_wide_opens_one_group_per_cpu_and_reads_by_name(tmp_path, monkeypat
 
 
 def test_only_selected_fields_are_opened(tmp_path, monkeypatch):
-    created = fake_native.install(monkeypatch)
+    counters, created = fake_native.counters()
     paths = Paths(tracefs=make_tracefs(tmp_path / "t"), sys=make_sys(tmp_path / "s"),
                   proc=str(tmp_path))
-    providers = open_providers(["tracepoints"], fields=r"kvm_userspace_exit\(IO\)", paths=paths)
+    providers = providers_for(SamplerOptions(fields=r"kvm_userspace_exit\(IO\)", paths=paths,
+                                             counters=counters))
     assert [e.name for e in created[0].events] == ["kvm_userspace_exit", "kvm_userspace_exit(IO)"]
     assert providers[0].fields == ["kvm_userspace_exit", "kvm_userspace_exit(IO)"]
 
 
 def test_per_thread_groups_and_vanished_threads(tmp_path, monkeypatch):
-    created = fake_native.install(monkeypatch, gone={1002})
+    counters, created = fake_native.counters(gone={1002})
     proc = make_proc(tmp_path / "p", {1000: [1000, 1001, 1002]})
     provider = TracepointProvider(make_tracefs(tmp_path / "t"), pid=1000, proc=proc,
+                                  counters=counters,
                                   sys=make_sys(tmp_path / "s"), vendor="vmx")
     counter_set = created[0]
     assert counter_set.mode == native.PER_THREAD_INHERIT  # threads started later count too
@@ -100,12 +103,12 @@ def test_per_thread_groups_and_vanished_threads(tmp_path, monkeypatch):
 
 
 def test_pid_that_is_not_a_vm(tmp_path, monkeypatch):
-    fake_native.install(monkeypatch)
+    counters, _ = fake_native.counters()
     proc = tmp_path / "p"
     (proc / "77" / "fd").mkdir(parents=True)
     with pytest.raises(NoSuchVM, match="not a KVM VM"):
-        TracepointProvider(make_tracefs(tmp_path / "t"), pid=77, proc=str(proc),
+        TracepointProvider(make_tracefs(tmp_path / "t"), pid=77, proc=str(proc), counters=counters,
                            sys=make_sys(tmp_path / "s"), vendor="vmx")
     with pytest.raises(NoSuchVM, match="no process with pid 78"):
-        TracepointProvider(make_tracefs(tmp_path / "t2"), pid=78, proc=str(proc),
+        TracepointProvider(make_tracefs(tmp_path / "t2"), pid=78, proc=str(proc), counters=counters,
                            sys=make_sys(tmp_path / "s2"), vendor="vmx")

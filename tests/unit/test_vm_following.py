@@ -9,7 +9,8 @@ from kvmstat.counting import native
 from kvmstat.errors import NativeError, NoSuchVM, VMGone
 from kvmstat.host.paths import Paths
 from kvmstat.providers.tracepoints import TracepointProvider
-from kvmstat.sampling.sources import open_sampler
+from kvmstat.sampling.options import SamplerOptions
+from kvmstat.sampling.sources import sampler_for
 
 import fake_native
 from fakeproc import FakeProc
@@ -24,18 +25,24 @@ def proc(tmp_path):
 
 
 @pytest.fixture
-def created(monkeypatch):
-    return fake_native.install(monkeypatch)
+def fake_core():
+    """(counter factories of the fake core, the counter sets it made)."""
+    return fake_native.counters()
 
 
 @pytest.fixture
-def open_provider(tmp_path, proc):
+def created(fake_core):
+    return fake_core[1]
+
+
+@pytest.fixture
+def open_provider(tmp_path, proc, fake_core):
     tracefs = make_tracefs(tmp_path / "t")
     sys_root = make_sys(tmp_path / "s")
 
-    def opener(**kwargs):
+    def opener(counters=None, **kwargs):
         return TracepointProvider(tracefs, fields=FIELDS, vendor="vmx", proc=proc.path,
-                                  sys=sys_root, **kwargs)
+                                  sys=sys_root, counters=counters or fake_core[0], **kwargs)
     return opener
 
 
@@ -108,11 +115,11 @@ def test_pid_mode_refresh_is_one_stat_and_one_children_read(proc, created, open_
 
 
 def test_pid_mode_vm_whose_threads_all_vanished(proc, open_provider, monkeypatch):
-    fake_native.install(monkeypatch, gone={300, 301})
+    counters, created = fake_native.counters(gone={300, 301})
     proc.add_vm(300, "web", tids=[300, 301])
     proc.set_state(300, "Z")  # every thread has ended (301 has no /proc entry left)
     with pytest.raises(NoSuchVM, match="VM process 300 has exited"):
-        open_provider(pid=300)
+        open_provider(pid=300, counters=counters)
 
 
 @pytest.mark.parametrize("exiting", [True, False])
@@ -120,14 +127,14 @@ def test_a_thread_on_its_way_out_may_refuse_with_any_errno(proc, open_provider, 
                                                           exiting):
     # The kernel refuses perf_event_open with EINVAL when the thread's perf
     # context was torn down while its /proc entry still shows it running.
-    created = fake_native.install(monkeypatch, refuse={301: [errno.EINVAL] * 10})
+    counters, created = fake_native.counters(refuse={301: [errno.EINVAL] * 10})
     proc.add_vm(300, "web", tids=[300, 301])
     proc.set_thread_stat(301, "R", flags=0x4 if exiting else 0)
     if not exiting:
         with pytest.raises(NativeError, match="thread 301 refused"):
-            open_provider(by_vm=True)
+            open_provider(by_vm=True, counters=counters)
         return
-    provider = open_provider(by_vm=True)
+    provider = open_provider(by_vm=True, counters=counters)
     assert groups(created[0]) == {300: 0}
     provider.close()
 
@@ -141,24 +148,24 @@ def test_a_thread_on_its_way_out_may_refuse_with_any_errno(proc, open_provider, 
 ])
 def test_a_live_thread_refusing_for_a_moment_is_opened_again(proc, open_provider, monkeypatch,
                                                             refusals, opened):
-    created = fake_native.install(monkeypatch, refuse={301: refusals})
+    counters, created = fake_native.counters(refuse={301: refusals})
     proc.add_vm(300, "web", tids=[300, 301])
     proc.set_thread_stat(301, "R")
     if not opened:
         with pytest.raises(NativeError, match="thread 301 refused"):
-            open_provider(pid=300)
+            open_provider(pid=300, counters=counters)
         return
-    provider = open_provider(pid=300)
+    provider = open_provider(pid=300, counters=counters)
     assert groups(created[0]) == {300: 0, 301: 0}
     provider.close()
 
 
 def test_a_live_helper_thread_refusing_is_an_error(proc, open_provider, monkeypatch):
-    fake_native.install(monkeypatch, refuse={310: [errno.EACCES]})
+    counters, created = fake_native.counters(refuse={310: [errno.EACCES]})
     proc.add_vm(300, "web")
     proc.add_kthread(310, "kvm-pit/300")  # not in the VM's thread group
     with pytest.raises(NativeError, match="thread 310 refused"):
-        open_provider(pid=300)
+        open_provider(pid=300, counters=counters)
 
 
 def test_host_mode_has_no_breakdown(proc, created, open_provider):
@@ -219,12 +226,13 @@ def test_by_vm_with_no_vm_yet(proc, created, open_provider):
     assert groups(created[0]) == {300: 0}
 
 
-def test_open_sampler_by_vm_gives_breakdown_and_names(tmp_path, proc, created):
+def test_open_sampler_by_vm_gives_breakdown_and_names(tmp_path, proc, created, fake_core):
     proc.add_vm(300, "web")
     proc.add_vm(400, None)
     paths = Paths(proc=proc.path, sys=make_sys(tmp_path / "s"),
                   tracefs=make_tracefs(tmp_path / "t"))
-    with open_sampler(fields="kvm_pio", by_vm=True, paths=paths) as sampler:
+    with sampler_for(SamplerOptions(fields="kvm_pio", by_vm=True, paths=paths,
+                                    counters=fake_core[0])) as sampler:
         cs = created[0]
         cs.counts[(300, "kvm_pio")] = 2
         first = sampler.sample()
@@ -237,11 +245,13 @@ def test_open_sampler_by_vm_gives_breakdown_and_names(tmp_path, proc, created):
     assert second.vm_names == {300: "web", 400: None}
 
 
-def test_sampler_reports_the_watched_vm_ended_with_its_last_counts(tmp_path, proc, created):
+def test_sampler_reports_the_watched_vm_ended_with_its_last_counts(tmp_path, proc, created,
+                                                                 fake_core):
     proc.add_vm(300, "web")
     paths = Paths(proc=proc.path, sys=make_sys(tmp_path / "s"),
                   tracefs=make_tracefs(tmp_path / "t"))
-    with open_sampler(fields="kvm_pio", pid=300, by_vm=True, paths=paths) as sampler:
+    with sampler_for(SamplerOptions(fields="kvm_pio", pid=300, by_vm=True, paths=paths,
+                                    counters=fake_core[0])) as sampler:
         sampler.sample()
         created[0].counts[(300, "kvm_pio")] = 4
         proc.remove(300)

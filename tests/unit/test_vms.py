@@ -55,7 +55,7 @@ def test_guest_by_name_unique_none_or_several(proc):
     with pytest.raises(NoSuchVM) as several:
         find_vm_by_name("db", proc.path)
     assert str(several.value) == ("2 VMs are named 'db': 'db' (pid 301), 'db' (pid 302); "
-                                  "choose one with -p PID")
+                                  "choose one by pid")
     assert several.value.candidates == [(301, "db"), (302, "db")]
 
 

@@ -20,7 +20,6 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # the worktree's kvmstat
 
-from kvmstat.frontends.cli import parse_delay, parse_pid  # noqa: E402
 from kvmstat.errors import InvalidArgument  # noqa: E402
 from kvmstat.providers.base import Provider, Reading  # noqa: E402
 from kvmstat.sampling.sampler import Sampler  # noqa: E402
@@ -110,7 +109,7 @@ def main(argv=None) -> int:
                        names=lambda vm: VMS[vm][0],
                        clock=lambda: next(ticks) * SECONDS_PER_SAMPLE)
 
-    display = Display(opener, delay=args.delay, parse_delay=parse_delay, parse_pid=parse_pid,
+    display = Display(opener, delay=args.delay,
                       regex=args.regex, pid=args.pid, proc=args.proc)
     return display.run()
 
