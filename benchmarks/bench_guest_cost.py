@@ -19,8 +19,10 @@ kvm event, host-wide); ``kvm_stat -l --engine perf``; ``kvm_stat -l
 --by-guest``; ``perf stat -a -e 'kvm:*'`` and a bpftrace program counting
 every kvm tracepoint by process (when those tools are installed); one plain
 perf counting event on kvm_userspace_exit and the reason breakdown of
-kvm_userspace_exit (parent and every reason) with the default engine; and
-``-f kvm_pio`` with perf groups (an event the cpuid guest never hits).
+kvm_userspace_exit (parent and every reason) with the default engine;
+``-f kvm_pio`` with perf groups (an event the cpuid guest never hits); and
+the floor of BPF, programs that do nothing attached to every kvm tracepoint
+(empty_programs.py), as kvm_stat attaches them and all through perf events.
 
 The added cost of a monitor is its figure minus the unmonitored figure of
 the same round: the median over rounds, and the quiet figure (other work on
@@ -68,6 +70,9 @@ BPFTRACE = "bpftrace, every kvm tracepoint by process"
 PLAIN = f"1 plain perf event ({UEXIT})"
 BREAKDOWN = f"{UEXIT} breakdown (default engine)"
 NARROW = "kvm_stat -l -f kvm_pio --engine perf"
+FLOOR_RAW = "floor: empty BPF programs, attached as kvm_stat does"
+FLOOR_PERF = "floor: empty BPF programs, all through perf events"
+EMPTY_PROGRAMS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "empty_programs.py")
 
 
 def monitors() -> Dict[str, Optional[List[str]]]:
@@ -85,6 +90,8 @@ def monitors() -> Dict[str, Optional[List[str]]]:
     out[PLAIN] = support.kvm_stat_command("-l", "--engine", "perf", "-f", f"{UEXIT}$")
     out[BREAKDOWN] = support.kvm_stat_command("-l", "-f", UEXIT)
     out[NARROW] = support.kvm_stat_command("-l", "-f", "kvm_pio", "--engine", "perf")
+    out[FLOOR_RAW] = [sys.executable, EMPTY_PROGRAMS, "--attach", "auto"]
+    out[FLOOR_PERF] = [sys.executable, EMPTY_PROGRAMS, "--attach", "perf"]
     return out
 
 

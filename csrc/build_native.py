@@ -25,6 +25,7 @@ PRIVATE_HEADERS = ("kvmstat_sys.h", "kvmstat_bpf_asm.h", "kvmstat_bpf_engine.h")
 BEGIN = re.compile(r"^/\* cdef: begin\b.*\*/$", re.M)
 END = re.compile(r"^/\* cdef: end \*/$", re.M)
 DEFINE = re.compile(r"^(\s*#\s*define\s+[A-Za-z_][A-Za-z0-9_]*)\s+.*$", re.M)
+COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
 
 
 def header_cdef(text, name="header"):
@@ -35,7 +36,9 @@ def header_cdef(text, name="header"):
     begin, end = BEGIN.search(text), END.search(text)
     if begin is None or end is None or end.start() < begin.end():
         raise ValueError(f"{name}: no '/* cdef: begin */' ... '/* cdef: end */' part")
-    return DEFINE.sub(r"\1 ...", text[begin.end():end.start()])
+    # Comments first: one may follow a #define and run over several lines.
+    public = COMMENT.sub(lambda m: "\n" * m.group().count("\n"), text[begin.end():end.start()])
+    return DEFINE.sub(r"\1 ...", public)
 
 
 def read_cdef(csrc=CSRC):

@@ -91,7 +91,7 @@ static int check_arguments(const struct kvmstat_bpf_event *events, unsigned int 
 {
     if (!out || !events || nevents == 0 || !opt ||
         opt->only_tgid < KVMSTAT_BPF_ALL_TGIDS || opt->only_tgid > INT32_MAX ||
-        (opt->layout != KVMSTAT_BPF_BY_PROCESS && opt->layout != KVMSTAT_BPF_SLOTS) ||
+        opt->layout > KVMSTAT_BPF_EMPTY ||
         opt->attach > KVMSTAT_BPF_ATTACH_RAW || !valid_fields(fields, nfields, nevents))
         return set_error(err, 0, -1, -EINVAL);
     for (unsigned int i = 0; i < nevents; i++)
@@ -117,10 +117,10 @@ static struct kvmstat_bpf *engine_alloc(unsigned int nevents, const struct kvmst
     eng->with_reason = calloc(nevents, 1);
     eng->pstart = calloc(nevents + 1, sizeof(unsigned int));
     eng->cstart = calloc(nevents + 1, sizeof(unsigned int));
-    if (opt->layout == KVMSTAT_BPF_SLOTS)
+    if (opt->layout != KVMSTAT_BPF_BY_PROCESS)
         eng->slots = calloc(nevents, sizeof(*eng->slots));
     if (!eng->prog_fds || !eng->link_fds || !eng->attached || !eng->with_reason ||
-        !eng->pstart || !eng->cstart || (opt->layout == KVMSTAT_BPF_SLOTS && !eng->slots)) {
+        !eng->pstart || !eng->cstart || (opt->layout != KVMSTAT_BPF_BY_PROCESS && !eng->slots)) {
         kvmstat_bpf_free(eng);
         return NULL;
     }
@@ -145,7 +145,7 @@ static void mark_reasons(struct kvmstat_bpf *eng, const struct kvmstat_bpf_event
  * per-CPU array of slots. */
 static int create_counts(struct kvmstat_bpf *eng, unsigned int max_entries)
 {
-    if (eng->layout == KVMSTAT_BPF_SLOTS) {
+    if (eng->slots) {
         eng->max_entries = eng->nelems;
         return ksys_map_create(BPF_MAP_TYPE_PERCPU_ARRAY, sizeof(uint32_t),
                                eng->elem_slots * (uint32_t)sizeof(uint64_t), eng->nelems,
@@ -173,7 +173,7 @@ static int create_maps(struct kvmstat_bpf *eng, const struct kvmstat_bpf_options
     if (rc < 0)
         return set_error(err, KVMSTAT_BPF_STAGE_CPUS, -1, rc);
     eng->ncpus = (unsigned int)rc;
-    if (eng->layout == KVMSTAT_BPF_SLOTS) {
+    if (eng->slots) {
         eng->slotbuf = malloc((size_t)eng->ncpus * eng->elem_slots * sizeof(uint64_t));
         if (!eng->slotbuf)
             return set_error(err, 0, -1, -ENOMEM);
@@ -246,6 +246,7 @@ static int attach_programs(struct kvmstat_bpf *eng, const struct kvmstat_bpf_eve
         struct counter_shape shape = {
             .index = i, .ev = &events[i], .with_reason = eng->with_reason[i],
             .slots = eng->slots ? &eng->slots[i] : NULL, .only_tgid = opt->only_tgid,
+            .empty = eng->layout == KVMSTAT_BPF_EMPTY,
         };
         int raw_ok = raw_possible(eng, &events[i], i);
         if (opt->attach == KVMSTAT_BPF_ATTACH_RAW && !raw_ok)
@@ -299,22 +300,17 @@ int kvmstat_bpf_new(const struct kvmstat_bpf_event *events, unsigned int nevents
 }
 
 /* Load the counting program (with throw-away maps) and, given a
- * tracepoint, attach it: to a perf event of it, or by name as a raw
- * tracepoint. */
-static int probe_attach(uint64_t tracepoint_id, const char *name,
-                        const struct count_maps *maps, struct kvmstat_bpf_error *err)
+ * tracepoint, attach it to a perf event of it. */
+static int probe_attach(uint64_t tracepoint_id, const struct count_maps *maps,
+                        struct kvmstat_bpf_error *err)
 {
     static const struct kvmstat_bpf_event no_reason = { 0, -1, 0, NULL, -1 };
-    struct counter_shape shape = { .ev = &no_reason, .raw = name != NULL,
-                                   .only_tgid = KVMSTAT_BPF_ALL_TGIDS };
+    struct counter_shape shape = { .ev = &no_reason, .only_tgid = KVMSTAT_BPF_ALL_TGIDS };
     int pfd = -1, efd = -1;
     int rc = pfd = kbpf_load_counter(&shape, maps, NULL, 0);
 
     if (rc < 0) {
         set_error(err, KVMSTAT_BPF_STAGE_LOAD, -1, rc);
-    } else if (name) {
-        if ((rc = efd = ksys_raw_tracepoint_open(name, pfd)) < 0)
-            set_error(err, KVMSTAT_BPF_STAGE_ATTACH, 0, rc);
     } else if (tracepoint_id) {
         rc = efd = ksys_perf_open_tracepoint(tracepoint_id);
         if (rc < 0)
@@ -327,7 +323,7 @@ static int probe_attach(uint64_t tracepoint_id, const char *name,
     return rc < 0 ? rc : 0;
 }
 
-static int probe(uint64_t tracepoint_id, const char *name, struct kvmstat_bpf_error *err)
+int kvmstat_bpf_probe(uint64_t tracepoint_id, struct kvmstat_bpf_error *err)
 {
     struct count_maps maps = { -1, -1, -1 };
     int rc = maps.counts_fd = ksys_map_create(BPF_MAP_TYPE_PERCPU_HASH,
@@ -339,22 +335,10 @@ static int probe(uint64_t tracepoint_id, const char *name, struct kvmstat_bpf_er
     if (rc < 0)
         set_error(err, KVMSTAT_BPF_STAGE_MAP, -1, rc);
     else
-        rc = probe_attach(tracepoint_id, name, &maps, err);
+        rc = probe_attach(tracepoint_id, &maps, err);
     ksys_close(&maps.drops_fd);
     ksys_close(&maps.counts_fd);
     return rc;
-}
-
-int kvmstat_bpf_probe(uint64_t tracepoint_id, struct kvmstat_bpf_error *err)
-{
-    return probe(tracepoint_id, NULL, err);
-}
-
-int kvmstat_bpf_probe_raw(const char *name, struct kvmstat_bpf_error *err)
-{
-    if (!name || !name[0])
-        return set_error(err, 0, -1, -EINVAL);
-    return probe(0, name, err);
 }
 
 /* ------------------------------------------------------------------------

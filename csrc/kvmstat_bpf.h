@@ -65,6 +65,8 @@
 /* Counter layouts (struct kvmstat_bpf_options.layout). */
 #define KVMSTAT_BPF_BY_PROCESS 0  /* per-CPU hash keyed by event, process, reason */
 #define KVMSTAT_BPF_SLOTS      1  /* per-CPU array, one slot per event and reason */
+#define KVMSTAT_BPF_EMPTY      2  /* programs that return at once, counting nothing:
+                                     the floor of a hit's cost (for benchmarks) */
 
 /* How programs are attached (struct kvmstat_bpf_options.attach). */
 #define KVMSTAT_BPF_ATTACH_AUTO 0  /* raw tracepoint where the event allows, else perf */
@@ -107,7 +109,7 @@ struct kvmstat_bpf_event {
 struct kvmstat_bpf_options {
     int64_t only_tgid;       /* KVMSTAT_BPF_ALL_TGIDS, or count only this process
                                 and those given to kvmstat_bpf_also_count */
-    uint32_t layout;         /* KVMSTAT_BPF_BY_PROCESS or KVMSTAT_BPF_SLOTS */
+    uint32_t layout;         /* KVMSTAT_BPF_BY_PROCESS, _SLOTS or _EMPTY */
     uint32_t attach;         /* KVMSTAT_BPF_ATTACH_* */
     uint32_t max_entries;    /* BY_PROCESS: capacity of the count table, 0: default */
 };
@@ -231,7 +233,7 @@ int kvmstat_bpf_ncpus(const struct kvmstat_bpf *eng);
 int kvmstat_bpf_max_entries(const struct kvmstat_bpf *eng);
 int kvmstat_bpf_batch_reads(const struct kvmstat_bpf *eng);
 
-/* The layout (KVMSTAT_BPF_BY_PROCESS or _SLOTS); how event index is
+/* The layout (KVMSTAT_BPF_BY_PROCESS, _SLOTS or _EMPTY); how event index is
  * attached (KVMSTAT_BPF_ATTACHED_PERF or _RAW). */
 int kvmstat_bpf_layout(const struct kvmstat_bpf *eng);
 int kvmstat_bpf_attached(const struct kvmstat_bpf *eng, unsigned int index);
@@ -249,13 +251,6 @@ void kvmstat_bpf_free(struct kvmstat_bpf *eng);
  * *err filled in.
  */
 int kvmstat_bpf_probe(uint64_t tracepoint_id, struct kvmstat_bpf_error *err);
-
-/*
- * Can programs be attached to the named tracepoint as a raw tracepoint?
- * Loads a raw tracepoint program and attaches it, then closes everything.
- * 0 or -errno with *err filled in.
- */
-int kvmstat_bpf_probe_raw(const char *name, struct kvmstat_bpf_error *err);
 
 /* cdef: end */
 

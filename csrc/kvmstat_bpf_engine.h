@@ -68,13 +68,15 @@ struct counter_shape {
     const struct kvmstat_bpf_event *ev;
     int with_reason;                     /* read the reason at all */
     int raw;                             /* raw tracepoint: reason from the args */
+    int empty;                           /* return at once (KVMSTAT_BPF_EMPTY) */
     const struct event_slots *slots;     /* SLOTS layout; NULL for BY_PROCESS */
     int64_t only_tgid;
 };
 
 struct kvmstat_bpf {
     unsigned int nevents;
-    int layout;              /* KVMSTAT_BPF_BY_PROCESS or _SLOTS */
+    int layout;              /* KVMSTAT_BPF_BY_PROCESS, _SLOTS or _EMPTY (which has
+                                the maps of SLOTS, never written) */
     int64_t only_tgid;       /* or KVMSTAT_BPF_ALL_TGIDS */
     struct count_maps maps;
     uint32_t *also;          /* keys of maps.also_fd, sorted */

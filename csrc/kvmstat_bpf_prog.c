@@ -201,6 +201,10 @@ static void assemble(struct kasm *a, const struct counter_shape *s,
     kasm_label out[5];
     unsigned int nout = 0;
 
+    if (s->empty) {
+        kasm_return(a, s->raw ? 0 : 1);
+        return;
+    }
     kasm_mov_reg(a, KASM_R6, KASM_R1);
     if (s->only_tgid >= 0 || !s->slots)
         emit_tgid(a);

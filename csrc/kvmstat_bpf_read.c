@@ -143,7 +143,7 @@ static int fetch_iteration(struct kvmstat_bpf *eng)
 int kbpf_fetch(struct kvmstat_bpf *eng)
 {
     eng->nentries = 0;
-    if (eng->layout == KVMSTAT_BPF_SLOTS)
+    if (eng->slots)
         return kbpf_fetch_slots(eng);
     if (!eng->use_iteration) {
         int rc = fetch_batch(eng);
@@ -179,7 +179,7 @@ static void fold(const struct kvmstat_bpf *eng, const struct kvmstat_bpf_entry *
         if (row)
             row[eng->pfield[i]] += e->count;
     }
-    if (e->tgid == KBPF_OTHER_TGID && eng->layout == KVMSTAT_BPF_SLOTS)
+    if (e->tgid == KBPF_OTHER_TGID && eng->slots)
         return;  /* reasons no child names */
     /* Lower bound of the reason in the event's sorted codes. */
     unsigned int lo = eng->cstart[e->event], hi = eng->cstart[e->event + 1];
@@ -201,7 +201,7 @@ static void fold(const struct kvmstat_bpf *eng, const struct kvmstat_bpf_entry *
  * belongs to the watched process (and its helpers), or to none. */
 static uint32_t entry_tgid(const struct kvmstat_bpf *eng, const struct kvmstat_bpf_entry *e)
 {
-    if (eng->layout != KVMSTAT_BPF_SLOTS)
+    if (!eng->slots)
         return e->tgid;
     return eng->only_tgid >= 0 ? (uint32_t)eng->only_tgid : KBPF_OTHER_TGID;
 }
@@ -271,7 +271,7 @@ int kvmstat_bpf_reset(struct kvmstat_bpf *eng)
 {
     if (!eng)
         return -EINVAL;
-    if (eng->layout == KVMSTAT_BPF_SLOTS)
+    if (eng->slots)
         return kbpf_zero_slots(eng);
     int rc = kbpf_fetch(eng);
     if (rc < 0)
@@ -322,7 +322,7 @@ int kvmstat_bpf_forget(struct kvmstat_bpf *eng, const uint32_t *tgids,
 {
     if (!eng || (n && !tgids))
         return -EINVAL;
-    if (n == 0 || eng->layout == KVMSTAT_BPF_SLOTS)
+    if (n == 0 || eng->slots)
         return 0;  /* SLOTS: nothing is kept per process */
     uint32_t *gone = malloc(n * sizeof(*gone));
     if (!gone)

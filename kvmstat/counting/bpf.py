@@ -57,11 +57,12 @@ __all__ = [
     "LAYOUTS",
     "ATTACH_MODES",
     "bpf_supported",
-    "raw_tracepoints_supported",
 ]
 
-#: Counter layouts of :class:`BpfCounter` (see the module).
-LAYOUTS = ("by-process", "slots")
+#: Counter layouts of :class:`BpfCounter` (see the module); ``"empty"``
+#: attaches programs that return at once and count nothing: the floor of
+#: what a hit costs with BPF, for benchmarks.
+LAYOUTS = ("by-process", "slots", "empty")
 #: How programs are attached: raw tracepoint where the event allows
 #: (``auto``, falling back to perf per event), always perf, always raw.
 ATTACH_MODES = ("auto", "perf", "raw")
@@ -373,7 +374,8 @@ class BpfCounter:
         cfields, _codes = self._c_fields()
         opt = ffi.new("struct kvmstat_bpf_options *")
         opt.only_tgid = lib.KVMSTAT_BPF_ALL_TGIDS if self.only_pid is None else self.only_pid
-        opt.layout = lib.KVMSTAT_BPF_SLOTS if self.layout == "slots" else lib.KVMSTAT_BPF_BY_PROCESS
+        opt.layout = {"by-process": lib.KVMSTAT_BPF_BY_PROCESS, "slots": lib.KVMSTAT_BPF_SLOTS,
+                      "empty": lib.KVMSTAT_BPF_EMPTY}[self.layout]
         opt.attach = {"auto": lib.KVMSTAT_BPF_ATTACH_AUTO, "perf": lib.KVMSTAT_BPF_ATTACH_PERF,
                       "raw": lib.KVMSTAT_BPF_ATTACH_RAW}[attach]
         opt.max_entries = self.max_entries or 0
@@ -588,23 +590,3 @@ def bpf_supported(tracepoint_id: int | None = None) -> tuple[bool, str]:
     exc = _open_error(err.stage, err.err or -rc, probe, "", needed=4, max_entries=1)
     return False, str(exc)
 
-
-def raw_tracepoints_supported(tracepoint: str) -> tuple[bool, str]:
-    """Whether programs attach to *tracepoint* (a name such as ``kvm_pio``)
-    as a raw tracepoint: loads a raw tracepoint program and attaches it,
-    then closes everything.  ``(True, "")`` or ``(False, one-line reason)``."""
-    if not isinstance(tracepoint, str) or not tracepoint.isidentifier():
-        raise InvalidArgument(f"bad tracepoint name {tracepoint!r}")
-    try:
-        native = binding()
-    except NotAvailable as exc:
-        return False, f"the BPF engine needs the kvmstat C extension: {exc}"
-    err = native.ffi.new("struct kvmstat_bpf_error *")
-    name = native.ffi.new("char[]", tracepoint.encode())
-    rc = native.lib.kvmstat_bpf_probe_raw(name, err)
-    if rc == 0:
-        return True, ""
-    if err.stage == _STAGE_ATTACH:
-        return False, (f"attaching a raw tracepoint program to {tracepoint} failed: "
-                       f"{os.strerror(err.err or -rc)}")
-    return False, str(_open_error(err.stage, err.err or -rc, None, "", needed=4, max_entries=1))

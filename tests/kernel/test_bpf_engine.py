@@ -440,3 +440,12 @@ def test_a_breakdown_without_a_reason_argument_reads_the_record(guest_process, u
     # Parents only: no reason to read, so a raw tracepoint will do.
     with BpfCounter([_raw(uexit)], [(0, None)], only_pid=g.pid, layout="slots") as c:
         assert c.attached == ("raw",)
+
+
+def test_empty_programs_attach_and_count_nothing(guest_process, uexit, pio):
+    g = guest_process("pio")
+    with BpfCounter([_raw(uexit, 0), _raw(pio)], FIELDS, only_pid=g.pid, layout="empty") as c:
+        assert c.attached == ("raw", "raw")
+        g.run(10)
+        assert c.read()[0] == [0, 0, 0, 0]
+        assert c.dump() == []

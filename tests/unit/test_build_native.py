@@ -22,13 +22,13 @@ builder = load_builder()
 
 def test_public_part_only_and_constants_become_dots():
     text = ("#include <stdint.h>\nint hidden(void);\n/* cdef: begin (why) */\n"
-            "#define A 1  /* one */\n#define B (-1)\nint shown(int x);\n"
+            "#define A 1  /* one,\n   on two lines */\n#define B (-1)\nint shown(int x);\n"
             "/* cdef: end */\n#endif\n")
     cdef = builder.header_cdef(text)
     assert "hidden" not in cdef and "stdint" not in cdef and "endif" not in cdef
     assert "#define A ..." in cdef and "#define B ..." in cdef
     assert "int shown(int x);" in cdef
-    assert "(-1)" not in cdef
+    assert "(-1)" not in cdef and "two lines" not in cdef
 
 
 @pytest.mark.parametrize("text", ["int f(void);\n",
