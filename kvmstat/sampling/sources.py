@@ -12,7 +12,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 from .engine import open_tracepoints
 from ..errors import Error, InvalidArgument
-from ..tracefs.events import detect_vendor, load_events
+from ..tracefs.catalog import load_events
+from ..tracefs.vendor import detect_vendor
 from .fields import FieldFilter
 from ..host.paths import Paths
 from ..providers.base import Provider
