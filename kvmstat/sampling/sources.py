@@ -18,7 +18,7 @@ from .fields import FieldFilter
 from ..host.paths import Paths
 from ..providers.base import Provider
 from ..providers.tracepoints import event_fields
-from .options import PROVIDER_NAMES, SamplerOptions
+from .options import PROVIDER_NAMES, SamplerOptions, check_provider
 from .sampler import Sampler
 from ..host.vms import GuestNames, find_vm
 
@@ -112,11 +112,7 @@ assert tuple(PROVIDERS) == PROVIDER_NAMES
 
 def catalog(name: str, paths: Optional[Paths] = None, notify: Notify = None) -> Catalog:
     """Return the :class:`Catalog` of provider *name* on this host."""
-    try:
-        make = PROVIDERS[name]
-    except KeyError:
-        raise InvalidArgument(f"unknown provider '{name}' (known: {', '.join(PROVIDERS)})") from None
-    return make(paths or Paths(), notify)
+    return PROVIDERS[check_provider(name)](paths or Paths(), notify)
 
 
 def list_fields(providers: Sequence[str] = ("tracepoints",), paths: Optional[Paths] = None,
