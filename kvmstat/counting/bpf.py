@@ -40,6 +40,8 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Mapping, NamedTuple, Sequence
 
+from .checks import INT32_MAX as _INT32_MAX, UINT32_MAX as _UINT32_MAX, check_events
+from .checks import is_int as _is_int
 from .common import PARANOID_PATH, PER_CPU, EventSpec, error_from_errno
 from .. import errors
 from ..errors import (BpfLoadError, BpfTableFull, Error, InvalidArgument, NativeError,
@@ -85,8 +87,6 @@ _INSN_LINE = re.compile(r"^\s*\d+: \(")  # "5: (61) r1 = *(u32 *)(r6 +9)  ; R1=.
 
 _REASON_SIZES = (1, 2, 4, 8)
 _MAX_REASON_OFFSET = 2**15 - 1  # the program's loads take a 16-bit offset
-_INT32_MAX = 2**31 - 1
-_UINT32_MAX = 2**32 - 1
 
 # Stage numbers of struct kvmstat_bpf_error (csrc/kvmstat_bpf.h).
 _STAGE_MAP, _STAGE_LOAD, _STAGE_OPEN, _STAGE_ATTACH, _STAGE_CPUS = range(1, 6)
@@ -152,10 +152,6 @@ class BpfEntry(NamedTuple):
     count: int
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _log_tail(log: str, lines: int = LOG_TAIL_LINES) -> str:
     """The last non-empty lines of a verifier log, on one line, without the
     register states the verifier appends to instruction lines after ``;``."""
@@ -215,16 +211,8 @@ def _open_error(stage: int, err: int, event: BpfEventSpec | None, log: str,
 
 
 def _check_events(events: Sequence[BpfEventSpec]) -> tuple[BpfEventSpec, ...]:
-    if isinstance(events, (str, bytes)) or not isinstance(events, Sequence):
-        raise InvalidArgument("events must be a sequence of BpfEventSpec")
-    events = tuple(events)
-    if not events:
-        raise InvalidArgument("the BPF engine needs at least one event")
+    events = check_events(events, BpfEventSpec, "the BPF engine")
     for ev in events:
-        if not isinstance(ev, BpfEventSpec):
-            raise InvalidArgument(f"not a BpfEventSpec: {ev!r}")
-        if not _is_int(ev.tracepoint_id) or not 0 <= ev.tracepoint_id < 2**64:
-            raise InvalidArgument(f"bad tracepoint id {ev.tracepoint_id!r} for {ev.name}")
         if ev.tracepoint is not None and (not isinstance(ev.tracepoint, str)
                                           or not ev.tracepoint.isidentifier()):
             raise InvalidArgument(f"bad tracepoint name {ev.tracepoint!r} for {ev.name}")

@@ -16,6 +16,7 @@ from typing import Sequence
 from .. import errors
 from ..errors import Error, InvalidArgument
 from ..host.privileges import read_perf_event_paranoid
+from .checks import INT32_MAX, check_events, is_int
 
 PER_CPU = 0
 PER_THREAD = 1
@@ -25,8 +26,6 @@ PER_THREAD_INHERIT = 2
 MODES = (PER_CPU, PER_THREAD, PER_THREAD_INHERIT)
 PARANOID_PATH = "/proc/sys/kernel/perf_event_paranoid"
 
-# Slots and buckets travel through C ints / unsigned ints.
-_INT_MAX = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -69,10 +68,6 @@ def error_from_errno(err: int, *, event: EventSpec | None, target: int | None,
                                    reasons=reasons, needed=needed, event=name, target=target)
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 class CounterSet:
     """perf groups of the same events, one group per CPU or thread.
 
@@ -88,22 +83,13 @@ class CounterSet:
 
     def __init__(self, events: Sequence[EventSpec], mode: int,
                  paranoid_path: str = PARANOID_PATH):
-        if isinstance(events, (str, bytes)) or not isinstance(events, Sequence):
-            raise InvalidArgument("events must be a sequence of EventSpec")
-        events = tuple(events)
-        if not events:
-            raise InvalidArgument("a counter set needs at least one event")
+        events = check_events(events, EventSpec, "a counter set")
         for ev in events:
-            if not isinstance(ev, EventSpec):
-                raise InvalidArgument(f"not an EventSpec: {ev!r}")
-            if not _is_int(ev.tracepoint_id) or not 0 <= ev.tracepoint_id < 2**64:
-                raise InvalidArgument(
-                    f"bad tracepoint id {ev.tracepoint_id!r} for {ev.name}")
             if ev.filter is not None and not isinstance(ev.filter, str):
                 raise InvalidArgument(f"filter of {ev.name} must be a string")
             if ev.filter and "\0" in ev.filter:
                 raise InvalidArgument(f"filter of {ev.name} contains a NUL byte")
-        if mode not in MODES or not _is_int(mode):
+        if mode not in MODES or not is_int(mode):
             raise InvalidArgument(
                 f"bad counting mode {mode!r}: use PER_CPU (0), PER_THREAD (1) "
                 f"or PER_THREAD_INHERIT (2)")
@@ -131,9 +117,9 @@ class CounterSet:
     def add(self, target: int, bucket: int = 0) -> int:
         """Open one group for a CPU or thread id; returns its slot number."""
         self._check_open()
-        if not _is_int(target) or not 0 <= target <= _INT_MAX:
+        if not is_int(target) or not 0 <= target <= INT32_MAX:
             raise InvalidArgument(f"bad target {target!r}: need a CPU number or thread id >= 0")
-        if not _is_int(bucket) or not 0 <= bucket <= _INT_MAX:
+        if not is_int(bucket) or not 0 <= bucket <= INT32_MAX:
             raise InvalidArgument(f"bad bucket {bucket!r}: need an integer >= 0")
         slot = self._do_add(target, bucket)
         self._live.add(slot)
@@ -142,7 +128,7 @@ class CounterSet:
     def retire(self, slot: int) -> None:
         """Close a group, keeping its last counts in totals and its bucket."""
         self._check_open()
-        if not _is_int(slot) or slot not in self._live:
+        if not is_int(slot) or slot not in self._live:
             raise InvalidArgument(f"no live group in slot {slot!r}")
         self._do_retire(slot)
         self._live.discard(slot)
@@ -165,7 +151,7 @@ class CounterSet:
         bucket number can be given to new groups.  Raises NativeError (EBUSY)
         while a live group uses the bucket."""
         self._check_open()
-        if not _is_int(bucket) or not 0 <= bucket <= _INT_MAX:
+        if not is_int(bucket) or not 0 <= bucket <= INT32_MAX:
             raise InvalidArgument(f"bad bucket {bucket!r}: need an integer >= 0")
         self._do_clear_bucket(bucket)
 
@@ -173,7 +159,7 @@ class CounterSet:
         """Totals per event, and a flat nbuckets x nevents list (row = bucket,
         None when nbuckets is 0).  Groups in buckets >= nbuckets count only
         in the totals."""
-        if self._closed or not _is_int(nbuckets) or not 0 <= nbuckets <= _INT_MAX:
+        if self._closed or not is_int(nbuckets) or not 0 <= nbuckets <= INT32_MAX:
             self._check_open()
             raise InvalidArgument(f"bad nbuckets {nbuckets!r}: need an integer >= 0")
         return self._do_read(nbuckets)

@@ -16,6 +16,7 @@ import platform
 import struct
 from typing import Sequence
 
+from ..host import syscalls
 from .common import PARANOID_PATH, PER_CPU, PER_THREAD_INHERIT, CounterSet, EventSpec
 from ..errors import NotAvailable
 
@@ -23,14 +24,6 @@ from ..errors import NotAvailable
 _THREAD_EXITING = (_errno.ECHILD, _errno.ESRCH, _errno.ENODEV)
 
 __all__ = ["PyCounterSet"]
-
-# perf_event_open(2) syscall numbers by machine (no libc wrapper exists).
-_SYSCALL_NR = {
-    "x86_64": 298, "i386": 336, "i686": 336,
-    "aarch64": 241, "riscv64": 241, "loongarch64": 241,
-    "armv7l": 364, "armv6l": 364,
-    "ppc64le": 319, "ppc64": 319, "s390x": 331,
-}
 
 # From <linux/perf_event.h>.
 _PERF_TYPE_TRACEPOINT = 2
@@ -57,19 +50,11 @@ _IOC_SET_FILTER = (_IOC_WRITE << _IOC_DIRSHIFT) | (ctypes.sizeof(ctypes.c_void_p
 _ATTR = struct.Struct("=IIQQQQQIIQ")
 
 
-def _syscall():
-    nr = _SYSCALL_NR.get(platform.machine())
-    if nr is None:
+def _check_machine() -> None:
+    if syscalls.syscall_number("perf_event_open") is None:
         raise NotAvailable(
             f"the Python counting backend does not know perf_event_open's "
             f"system call number on {platform.machine()}: use the C backend")
-    libc = ctypes.CDLL(None, use_errno=True)
-    fn = libc.syscall
-    fn.restype = ctypes.c_long
-    fn.argtypes = [ctypes.c_long, ctypes.c_char_p, ctypes.c_int, ctypes.c_int,
-                   ctypes.c_int, ctypes.c_ulong]
-    return lambda attr, pid, cpu, group_fd: fn(nr, attr, pid, cpu, group_fd,
-                                               _PERF_FLAG_FD_CLOEXEC)
 
 
 class PyCounterSet(CounterSet):
@@ -79,7 +64,7 @@ class PyCounterSet(CounterSet):
                  paranoid_path: str = PARANOID_PATH):
         super().__init__(events, mode, paranoid_path)
         n = len(self.events)
-        self._perf_event_open = _syscall()
+        _check_machine()
         self._inherit_thread = mode == PER_THREAD_INHERIT
         self._filters = [ev.filter.encode() + b"\0" if ev.filter else None
                          for ev in self.events]
@@ -100,18 +85,21 @@ class PyCounterSet(CounterSet):
 
     def _open_one(self, i: int, target: int, group_fd: int) -> int:
         pid, cpu = (-1, target) if self.mode == PER_CPU else (target, -1)
-        fd = self._perf_event_open(self._attr(i), pid, cpu, group_fd)
-        if fd < 0 and ctypes.get_errno() == _errno.EINVAL and self._inherit_thread:
-            # Kernels before 5.13 reject inherit_thread: fall back to plain
-            # inherit (forked processes are then counted too), as the C core.
-            self._inherit_thread = False
-            fd = self._perf_event_open(self._attr(i), pid, cpu, group_fd)
-            if fd < 0:
-                self._inherit_thread = True
-        if fd < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
-        return fd
+        try:
+            return syscalls.perf_event_open(self._attr(i), pid, cpu, group_fd,
+                                            _PERF_FLAG_FD_CLOEXEC)
+        except OSError as exc:
+            if exc.errno != _errno.EINVAL or not self._inherit_thread:
+                raise
+        # Kernels before 5.13 reject inherit_thread: fall back to plain
+        # inherit (forked processes are then counted too), as the C core.
+        self._inherit_thread = False
+        try:
+            return syscalls.perf_event_open(self._attr(i), pid, cpu, group_fd,
+                                            _PERF_FLAG_FD_CLOEXEC)
+        except OSError:
+            self._inherit_thread = True
+            raise
 
     def _do_add(self, target: int, bucket: int) -> int:
         fds: list[int] = []

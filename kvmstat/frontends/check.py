@@ -22,7 +22,8 @@ from ..counting.factories import CounterFactories
 from ..sampling.engine import choose_engine
 from ..host import pidfd
 from ..errors import SPARE_FDS, AccessDenied, Error, NotAvailable
-from ..tracefs.events import Event, detect_vendor, load_events
+from ..tracefs.catalog import Event, load_events
+from ..tracefs.vendor import detect_vendor
 from ..host.paths import Paths
 from ..host.privileges import (CAP_SYS_PTRACE, has_capability, perf_event_paranoid,
                          perf_privileged)

@@ -7,13 +7,13 @@ Mount points are looked up by filesystem type (the 3rd column of
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import re
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
+from . import syscalls
 from ..errors import InvalidArgument, NotAvailable, error_from_errno
 
 __all__ = ["find_mount", "find_mounts", "Paths"]
@@ -67,13 +67,7 @@ def find_mount(fstype: str, mounts_file: str = "/proc/self/mounts") -> Optional[
 
 def _libc_mount(source: str, target: str, fstype: str) -> None:
     """mount(2) ``source`` of type ``fstype`` at ``target``; OSError on failure."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
-                           ctypes.c_ulong, ctypes.c_void_p]
-    libc.mount.restype = ctypes.c_int
-    if libc.mount(source.encode(), target.encode(), fstype.encode(), 0, None) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), target)
+    syscalls.mount(source, target, fstype)
 
 
 def _prefer(mounts: List[str], standard: str) -> Optional[str]:

@@ -110,10 +110,13 @@ class Provider(abc.ABC):
         events: they can go down.  None by default."""
         return frozenset()
 
+    #: the one VM process watched, set by providers opened with ``pid=``
+    _pid: Optional[int] = None
+
     @property
     def pid(self) -> Optional[int]:
         """The one VM process watched (opened with ``pid=``), else None."""
-        return None
+        return self._pid
 
     @property
     def supports_by_vm(self) -> bool:

@@ -375,11 +375,6 @@ class BinstatsProvider(Provider):
         return frozenset(n for n in self._fields if self._kinds.get(n) in ("instant", "peak"))
 
     @property
-    def pid(self) -> Optional[int]:
-        """The VM process watched (``pid=``), None for every VM."""
-        return self._pid
-
-    @property
     def supports_by_vm(self) -> bool:
         """True: every VM process has its own descriptors."""
         return True

@@ -34,7 +34,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 from ..counting.bpf import BpfCounter, BpfEventSpec
 from ..counting.factories import CounterFactories, real_counters
 from ..errors import Error, NotAvailable
-from ..tracefs.events import Event, load_events
+from ..tracefs.catalog import Event, load_events
 from ..host.vms import VM, VMWatch, process_alive
 from .counting import CountingProvider
 from .tracepoints import selected_fields

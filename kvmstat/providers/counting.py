@@ -147,11 +147,6 @@ class CountingProvider(Provider):
         return self._counter.fds if self._counter is not None else 0
 
     @property
-    def pid(self) -> Optional[int]:
-        """The VM process watched (``pid=``), None host-wide or per VM."""
-        return self._pid
-
-    @property
     def supports_by_vm(self) -> bool:
         """True when opened for one VM or per VM."""
         return self._watch is not None

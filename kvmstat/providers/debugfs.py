@@ -481,11 +481,6 @@ class DebugfsProvider(Provider):
         return frozenset(name for name, kind in self._stats if kind in (INSTANT, PEAK))
 
     @property
-    def pid(self) -> Optional[int]:
-        """The VM process watched (``pid=``), None for every VM."""
-        return self._pid
-
-    @property
     def supports_by_vm(self) -> bool:
         """True: every VM has its own directory."""
         return True

@@ -19,7 +19,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 from ..counting import native
 from ..counting.factories import CounterFactories, real_counters
 from ..errors import NativeError, NoSuchVM
-from ..tracefs.events import Child, Event, load_events
+from ..tracefs.catalog import Child, Event, load_events
 from ..host.resources import ensure_open_files
 from ..host.vms import VM, VMChanges, VMWatch, thread_exiting
 from .counting import CountingProvider
@@ -82,7 +82,7 @@ class TracepointProvider(CountingProvider):
 
     *tracefs* is the tracefs mount point.  *fields* limits the events opened
     (None: all).  *events* may be given to skip reading the format files
-    again (see :func:`kvmstat.tracefs.events.load_events`).
+    again (see :func:`kvmstat.tracefs.catalog.load_events`).
 
     - default: one perf group per online CPU (every event of the host);
       no per-VM breakdown.

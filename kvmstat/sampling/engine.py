@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Optional, Sequence
 
 from ..counting.factories import CounterFactories, real_counters
 from ..errors import Error, InvalidArgument, NoSuchVM
-from ..tracefs.events import Event
+from ..tracefs.catalog import Event
 from ..providers.bpf_tracepoints import BpfTracepointProvider
 from ..providers.counting import CountingProvider
 from ..providers.tracepoints import TracepointProvider

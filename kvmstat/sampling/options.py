@@ -12,10 +12,17 @@ from ..host.paths import Paths
 from .engine import check_engine
 from .fields import FieldFilter
 
-__all__ = ["SamplerOptions", "PROVIDER_NAMES"]
+__all__ = ["SamplerOptions", "PROVIDER_NAMES", "check_provider"]
 
 #: the providers there are, by name
 PROVIDER_NAMES = ("tracepoints", "debugfs", "binstats")
+
+
+def check_provider(name: str) -> str:
+    """Return *name* if it is one of :data:`PROVIDER_NAMES`, else raise InvalidArgument."""
+    if name not in PROVIDER_NAMES:
+        raise InvalidArgument(f"unknown provider '{name}' (known: {', '.join(PROVIDER_NAMES)})")
+    return name
 
 
 @dataclass(frozen=True)
@@ -52,9 +59,7 @@ class SamplerOptions:
             raise InvalidArgument(f"providers must be a list of names, not {self.providers!r}")
         object.__setattr__(self, "providers", tuple(self.providers))
         for name in self.providers:
-            if name not in PROVIDER_NAMES:
-                raise InvalidArgument(f"unknown provider '{name}' "
-                                      f"(known: {', '.join(PROVIDER_NAMES)})")
+            check_provider(name)
         if not isinstance(self.fields, FieldFilter):
             object.__setattr__(self, "fields", FieldFilter(self.fields))
         if self.pid is not None and (isinstance(self.pid, bool) or not isinstance(self.pid, int)

@@ -12,12 +12,13 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 from .engine import open_tracepoints
 from ..errors import Error, InvalidArgument
-from ..tracefs.events import detect_vendor, load_events
+from ..tracefs.catalog import load_events
+from ..tracefs.vendor import detect_vendor
 from .fields import FieldFilter
 from ..host.paths import Paths
 from ..providers.base import Provider
 from ..providers.tracepoints import event_fields
-from .options import PROVIDER_NAMES, SamplerOptions
+from .options import PROVIDER_NAMES, SamplerOptions, check_provider
 from .sampler import Sampler
 from ..host.vms import GuestNames, find_vm
 
@@ -111,11 +112,7 @@ assert tuple(PROVIDERS) == PROVIDER_NAMES
 
 def catalog(name: str, paths: Optional[Paths] = None, notify: Notify = None) -> Catalog:
     """Return the :class:`Catalog` of provider *name* on this host."""
-    try:
-        make = PROVIDERS[name]
-    except KeyError:
-        raise InvalidArgument(f"unknown provider '{name}' (known: {', '.join(PROVIDERS)})") from None
-    return make(paths or Paths(), notify)
+    return PROVIDERS[check_provider(name)](paths or Paths(), notify)
 
 
 def list_fields(providers: Sequence[str] = ("tracepoints",), paths: Optional[Paths] = None,
