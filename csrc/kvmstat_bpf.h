@@ -192,6 +192,8 @@ int kvmstat_bpf_also_count(struct kvmstat_bpf *eng, const uint32_t *tgids,
  * One bulk read.  totals[nfields] receives each field's count; if buckets is
  * not NULL it receives nbuckets x nfields counts (row = bucket) of the
  * processes that have a bucket < nbuckets; the others count only in totals.
+ * SLOTS keep no process: with only_tgid every count is only_tgid's (its
+ * bucket gets them), otherwise no bucket gets any.
  * *dropped (if not NULL) receives the number of hits lost because the table
  * was full.  Returns the number of map entries read.
  */
@@ -200,7 +202,9 @@ int kvmstat_bpf_read(struct kvmstat_bpf *eng, uint64_t *totals,
                      uint64_t *dropped);
 
 /* Raw entries of the map: fills up to cap entries, returns how many there
- * are (call again with a bigger buffer when that is more than cap). */
+ * are (call again with a bigger buffer when that is more than cap).  SLOTS:
+ * one entry per slot with a count, tgid 0, except the slot of the reasons
+ * no field names (tgid 4294967295). */
 int kvmstat_bpf_dump(struct kvmstat_bpf *eng, struct kvmstat_bpf_entry *out,
                      unsigned int cap);
 
@@ -216,7 +220,7 @@ int kvmstat_bpf_reset(struct kvmstat_bpf *eng);
  * monitor's table does not fill up with dead VMs: their counts are kept in
  * the totals (no longer in any bucket).  Returns the entries removed.
  * Only for exited processes: a hit between the read and the delete of a
- * live process's entry would be lost.
+ * live process's entry would be lost.  SLOTS: nothing to forget (0).
  */
 int kvmstat_bpf_forget(struct kvmstat_bpf *eng, const uint32_t *tgids,
                        unsigned int n);
@@ -226,8 +230,8 @@ int kvmstat_bpf_forget(struct kvmstat_bpf *eng, const uint32_t *tgids,
 int kvmstat_bpf_missed(struct kvmstat_bpf *eng, uint64_t *missed);
 
 /* File descriptors held; possible CPUs (per-CPU values per entry); the
- * count table's capacity; 1 if reads use BPF_MAP_LOOKUP_BATCH, 0 if key
- * iteration. */
+ * count table's capacity (SLOTS: array elements); 1 if reads use
+ * BPF_MAP_LOOKUP_BATCH, 0 if key iteration. */
 int kvmstat_bpf_fds(const struct kvmstat_bpf *eng);
 int kvmstat_bpf_ncpus(const struct kvmstat_bpf *eng);
 int kvmstat_bpf_max_entries(const struct kvmstat_bpf *eng);
