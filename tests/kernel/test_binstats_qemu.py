@@ -109,8 +109,8 @@ def test_qemu10_exact_halt_exits_per_vcpu_against_the_guests_loops(qemu_10, gues
 
         def read():
             provider.refresh()
-            totals = provider.read()
-            return totals, provider.read_by_vcpu()[guest.pid], provider.read_histograms()
+            reading = provider.snapshot(histograms=True, by_vcpu=True)
+            return reading.totals, reading.by_vcpu[guest.pid], reading.histograms
 
         (_, before, hist_before), [loops_before] = paused_reading([guest], read)
         time.sleep(1.5)
