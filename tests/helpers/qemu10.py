@@ -36,11 +36,15 @@ class QemuBinary(NamedTuple):
 
 def qemu_version(binary: str) -> Tuple[int, int]:
     """(major, minor) that *binary* ``--version`` reports."""
-    out = subprocess.run([binary, "--version"], capture_output=True, text=True,
-                         timeout=60).stdout
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True,
+                             timeout=60).stdout
+    except OSError as exc:
+        raise Unavailable(f"cannot run {binary}: {exc.strerror}") from None
     match = re.search(r"version (\d+)\.(\d+)", out)
     if match is None:
-        raise Unavailable(f"{binary} --version printed no version: {out.strip()!r}")
+        first = (out.strip().splitlines() or [""])[0]
+        raise Unavailable(f"{binary} --version printed no QEMU version: {first!r}")
     return int(match.group(1)), int(match.group(2))
 
 
