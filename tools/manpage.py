@@ -107,6 +107,9 @@ _SECTIONS = [
         "seconds from debugfs and tracepoints, without zero rows, to "
         "\\fI/var/log/kvm_stat.csv\\fR; reloaded by SIGHUP, restarted on failure.",
         "\t\\fIcontrib/logrotate/kvm_stat\\fR\tIts logrotate configuration.",
+        "\t\\fIcontrib/systemd/kvm_stat-exporter.service\\fR\tA systemd unit serving the "
+        "Prometheus exporter on 127.0.0.1:9177. Both units keep only the capabilities "
+        "kvm_stat uses and a read-only file system.",
     ]),
     ("EXAMPLES", [
         ".EX\nkvm_stat -1 -p 1234\nkvm_stat -l -s 0.5 -f 'kvm_(exit|pio)'\n"
