@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from typing import List, Optional
 
@@ -21,6 +22,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 __all__ = ["render", "roff_escape"]
 
 _TITLE = 'kvm_stat \\- show what KVM guests make the host do'
+
+#: the date in the page's title line: change it with the page's text
+DATE = "2026-12-02"
+
+#: the longest text line written (mandoc -Tlint asks for at most 80 bytes)
+MAX_LINE = 80
 
 # Sections after OPTIONS: (title, paragraphs); a paragraph starting with
 # ".EX" is an example block, one with "\t" a tagged paragraph (tag, text).
@@ -100,6 +107,9 @@ _SECTIONS = [
         "seconds from debugfs and tracepoints, without zero rows, to "
         "\\fI/var/log/kvm_stat.csv\\fR; reloaded by SIGHUP, restarted on failure.",
         "\t\\fIcontrib/logrotate/kvm_stat\\fR\tIts logrotate configuration.",
+        "\t\\fIcontrib/systemd/kvm_stat-exporter.service\\fR\tA systemd unit serving the "
+        "Prometheus exporter on 127.0.0.1:9177. Both units keep only the capabilities "
+        "kvm_stat uses and a read-only file system.",
     ]),
     ("EXAMPLES", [
         ".EX\nkvm_stat -1 -p 1234\nkvm_stat -l -s 0.5 -f 'kvm_(exit|pio)'\n"
@@ -175,6 +185,44 @@ def _paragraph(text: str) -> List[str]:
     return [".PP", _marked_up(text)]
 
 
+def _wrapped(line: str) -> List[str]:
+    """A filled text *line* broken at spaces into lines of at most
+    :data:`MAX_LINE` bytes (a single longer word stays whole).  Requests
+    (lines starting with ``.``) are left as they are."""
+    if line.startswith(".") or len(line.encode()) <= MAX_LINE:
+        return [line]
+    out: List[str] = []
+    current = ""
+    for word in re.split(r" +", line.strip(" ")):
+        joined = f"{current} {word}" if current else word
+        if current and len(joined.encode()) > MAX_LINE:
+            out.append(current)
+            current = word
+        else:
+            current = joined
+    out.append(current)
+    # A continuation line starting with "." or "'" would be a request.
+    return [out[0]] + ["\\&" + part if part[:1] in (".", "'") else part for part in out[1:]]
+
+
+def _layout(lines: List[str]) -> List[str]:
+    """*lines* with long text lines wrapped (not in .EX blocks, not the
+    tag line after .TP) and no paragraph request right after a section
+    heading (it starts a paragraph already)."""
+    out: List[str] = []
+    literal = tag = False
+    for line in lines:
+        if line == ".PP" and out and out[-1].startswith(".SH"):
+            continue
+        if literal or tag or line.startswith("."):
+            out.append(line)
+        else:
+            out.extend(_wrapped(line))
+        tag = line == ".TP"
+        literal = (literal or line == ".EX") and line != ".EE"
+    return out
+
+
 def render(parser: Optional[argparse.ArgumentParser] = None, version: Optional[str] = None) -> str:
     """The man page of *parser* (default: kvm_stat's) as roff text."""
     if parser is None or version is None:
@@ -186,7 +234,7 @@ def render(parser: Optional[argparse.ArgumentParser] = None, version: Optional[s
         version = version or __version__
     lines = [
         '.\\" Generated from kvm_stat\'s argument parser by tools/manpage.py: do not edit.',
-        f'.TH KVM_STAT 1 "" "kvmstat {version}" "User Commands"',
+        f'.TH KVM_STAT 1 {DATE} "kvmstat {version}" "User Commands"',
         ".SH NAME", _TITLE,
         ".SH SYNOPSIS", *_synopsis(parser),
         ".SH DESCRIPTION", roff_escape(parser.description or ""),
@@ -201,7 +249,7 @@ def render(parser: Optional[argparse.ArgumentParser] = None, version: Optional[s
         lines.append(f".SH {title}")
         for text in paragraphs:
             lines += _paragraph(text)
-    return "\n".join(lines) + "\n"
+    return "\n".join(_layout(lines)) + "\n"
 
 
 if __name__ == "__main__":

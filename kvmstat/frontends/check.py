@@ -28,7 +28,7 @@ from ..host.paths import Paths
 from ..host.privileges import (CAP_SYS_PTRACE, has_capability, perf_event_paranoid,
                          perf_privileged)
 from ..providers.bpf_tracepoints import BpfTracepointProvider
-from ..providers.binstats import stats_fd_refs
+from ..providers.binstats import coverage_notes, stats_coverage
 from ..providers.debugfs import DebugfsProbe, list_vm_directories, probe_debugfs
 from ..providers.tracepoints import TracepointProvider, event_fields, online_cpus
 from ..sampling.sources import catalog
@@ -280,14 +280,18 @@ def _binstats_kernel_support(dev_kvm: str) -> Optional[ProviderCheck]:
     return None
 
 
-def _check_binstats(paths: Paths, dev_kvm: str, vms: List[VM]) -> ProviderCheck:
+def _check_binstats(paths: Paths, dev_kvm: str, vms: List[VM],
+                    notes: List[str]) -> ProviderCheck:
     """What ``--binstats`` would find now: the provider's own discovery
-    (:func:`kvmstat.sampling.sources.catalog`), after the kernel's support."""
+    (:func:`kvmstat.sampling.sources.catalog`), after the kernel's support.  VM
+    processes whose statistics are incomplete (some or all descriptors not
+    held) are added to *notes*, with what is missing."""
     name = "binary stats"
     failure = _binstats_kernel_support(dev_kvm)
     if failure is not None:
         return failure
-    holders = sum(1 for vm in vms if stats_fd_refs(vm.pid, paths.proc))
+    coverages = [(vm, stats_coverage(vm.pid, paths.proc)) for vm in vms]
+    holders = sum(1 for _, coverage in coverages if coverage.holds_any)
     if not holders and not has_capability(CAP_SYS_PTRACE, paths.proc):
         return ProviderCheck(name, False, "reading the statistics descriptors of other "
                              "processes' VMs needs CAP_SYS_PTRACE (pidfd_getfd)",
@@ -299,6 +303,7 @@ def _check_binstats(paths: Paths, dev_kvm: str, vms: List[VM]) -> ProviderCheck:
     except Error as exc:
         # The message --binstats itself gives, naming the alternatives.
         return ProviderCheck(name, False, str(exc))
+    notes.extend(coverage_notes(coverages))
     return ProviderCheck(name, True, f"{len(fields)} statistics read from the descriptors VM "
                          f"processes hold (borrowed with pidfd_getfd); {holders} of {len(vms)} "
                          f"VM processes hold them")
@@ -397,7 +402,7 @@ def check_host(paths: Optional[Paths] = None, *, dev_kvm: str = "/dev/kvm",
     tracepoints, tracefs, events = _check_tracepoints(paths, notes, backend, counters)
     engine_row, engine = _check_engine(paths, tracefs, events, backend, counters)
     debugfs, probe = _check_debugfs(paths, notes)
-    binstats = _check_binstats(paths, dev_kvm, vms)
+    binstats = _check_binstats(paths, dev_kvm, vms, notes)
     attribution = _check_attribution(tracepoints, debugfs, binstats, probe, vms, engine)
     extra = [
         _exit_note(paths, tracefs if tracepoints.available else None, events, vms,

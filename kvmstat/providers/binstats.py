@@ -30,27 +30,73 @@ import os
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
+from typing import (Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence,
+                    Tuple)
 
 from ..host import pidfd
 from ..errors import NotAvailable, error_from_errno
-from ..host.vms import fd_links, find_vm, list_vms, start_time
+from ..host.vms import VM, describe_vm, fd_links, find_vm, list_vms, start_time
 from .base import (SINCE_CREATION, SINCE_START, HistogramValues, Histograms, Provider, Reading,
                    Totals)
 from .binstats_format import (TYPE_CUMULATIVE, TYPE_INSTANT, TYPE_LINEAR_HIST, TYPE_PEAK,
                               StatDesc, StatsFormatError, StatsLayout, bucket_bounds, read_layout)
 
 __all__ = ["BinstatsProvider", "StatsFdRef", "stats_fd_refs", "binstats_fields",
-           "NO_STATS_FDS_HELP"]
+           "NoStatsDescriptors", "StatsCoverage", "stats_coverage", "coverage_notes",
+           "alternative_providers", "NO_STATS_FDS_HELP"]
 
 VM_STATS_LINK = "anon_inode:kvm-vm-stats"
 VCPU_STATS_PREFIX = "anon_inode:kvm-vcpu-stats:"
+VCPU_PREFIX = "anon_inode:kvm-vcpu:"
 
-#: why a VM may hold no statistics descriptors, and what to use instead
+#: why a VM may hold no statistics descriptors
 NO_STATS_FDS_HELP = (
     "only a VM's own process can create them (KVM_GET_STATS_FD); QEMU keeps them open "
     "from version 8.1 on, QEMU 7.2 and older open them only while answering the QMP "
-    "command query-stats; use the tracepoint provider or the debugfs provider instead")
+    "command query-stats")
+
+#: the start of every note this provider gives (see :func:`coverage_notes`)
+NOTE_PREFIX = "binary statistics: "
+
+
+#: how messages name the providers suggested instead (frontends.hints adds
+#: the command line's flags to these phrases)
+_PROVIDER_PHRASES = {"tracepoints": "the tracepoint provider", "debugfs": "the debugfs provider"}
+
+
+class NoStatsDescriptors(NotAvailable):
+    """No VM process (or not the one asked for) holds statistics descriptors.
+
+    :attr:`cause` says so and why; :attr:`alternatives` names the providers
+    that can count KVM's events on this host instead (provider names, e.g.
+    ``"tracepoints"``).
+    """
+
+    def __init__(self, cause: str, alternatives: Sequence[str]):
+        self.cause = cause
+        self.alternatives = tuple(alternatives)
+        names = " or ".join(_PROVIDER_PHRASES.get(name, name) for name in self.alternatives)
+        super().__init__(f"{cause}; use {names} instead" if names else cause)
+
+
+def alternative_providers(debugfs: Optional[str] = None) -> Tuple[str, ...]:
+    """The providers that can count what binary statistics would, here.
+
+    Tracepoints always can; debugfs only where its counters can be read: it
+    is mounted at *debugfs* and ``kvm/exits`` reads (kernel lockdown refuses
+    it with EPERM).
+    """
+    if debugfs is None:
+        return ("tracepoints",)
+    try:
+        fd = os.open(os.path.join(debugfs, "kvm", "exits"), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.read(fd, 32)
+        finally:
+            os.close(fd)
+    except OSError:
+        return ("tracepoints",)
+    return ("tracepoints", "debugfs")
 
 # errno of pidfd_getfd/readlink meaning "that fd or process is gone": skip it.
 _GONE = (errno.ESRCH, errno.EBADF, errno.ENOENT)
@@ -83,15 +129,83 @@ def _is_stats_link(link: str) -> bool:
     return link.startswith(VCPU_STATS_PREFIX) and link[len(VCPU_STATS_PREFIX):].isdigit()
 
 
+def _refs_in(pid: int, links: Mapping[int, str], exclude: Iterable[int] = ()) -> List[StatsFdRef]:
+    skip = set(exclude)
+    return [StatsFdRef(pid, fd, link) for fd, link in sorted(links.items())
+            if fd not in skip and _is_stats_link(link)]
+
+
 def stats_fd_refs(pid: int, proc: str = "/proc", exclude: Iterable[int] = ()) -> List[StatsFdRef]:
     """The statistics descriptors process *pid* holds, by fd number.
 
     *exclude* lists fd numbers to ignore (this process's own duplicates when
     it watches a VM it runs itself).  A process that is gone holds none.
     """
-    skip = set(exclude)
-    return [StatsFdRef(pid, fd, link) for fd, link in sorted(fd_links(pid, proc).items())
-            if fd not in skip and _is_stats_link(link)]
+    return _refs_in(pid, fd_links(pid, proc), exclude)
+
+
+@dataclass(frozen=True)
+class StatsCoverage:
+    """Which statistics descriptors a VM process holds, against what it has.
+
+    *vm_stats*: it holds its VM's statistics descriptor; *vcpus*: the vCPU
+    ids it holds vCPU descriptors of; *vcpu_stats*: those it holds a
+    statistics descriptor of.
+    """
+
+    pid: int
+    vm_stats: bool
+    vcpus: FrozenSet[int]
+    vcpu_stats: FrozenSet[int]
+
+    @classmethod
+    def from_links(cls, pid: int, links: Mapping[int, str]) -> "StatsCoverage":
+        """The coverage of process *pid* from its fd links (fd -> link text)."""
+        def ids(prefix: str) -> FrozenSet[int]:
+            return frozenset(int(link[len(prefix):]) for link in links.values()
+                             if link.startswith(prefix) and link[len(prefix):].isdigit())
+        return cls(pid, VM_STATS_LINK in links.values(), ids(VCPU_PREFIX), ids(VCPU_STATS_PREFIX))
+
+    @property
+    def holds_any(self) -> bool:
+        """True if at least one statistics descriptor is held."""
+        return self.vm_stats or bool(self.vcpu_stats)
+
+    @property
+    def missing(self) -> List[str]:
+        """What is not held, in words (empty when everything is)."""
+        out = []
+        if not self.vm_stats:
+            out.append("the VM's own statistics descriptor (VM-wide statistics)")
+        vcpus = sorted(self.vcpus - self.vcpu_stats)
+        if vcpus:
+            which = ", ".join(map(str, vcpus))
+            out.append(f"the statistics descriptor{'s' if len(vcpus) > 1 else ''} of "
+                       f"vCPU{'s' if len(vcpus) > 1 else ''} {which}")
+        return out
+
+
+def stats_coverage(pid: int, proc: str = "/proc") -> StatsCoverage:
+    """The :class:`StatsCoverage` of VM process *pid* now."""
+    return StatsCoverage.from_links(pid, fd_links(pid, proc))
+
+
+def coverage_notes(vms: Sequence[Tuple[VM, StatsCoverage]]) -> List[str]:
+    """One-line notes on VM processes whose statistics are incomplete: one per
+    process that holds some descriptors but not all, and one listing those
+    holding none (left out)."""
+    notes = []
+    for vm, coverage in vms:
+        if coverage.holds_any and coverage.missing:
+            notes.append(f"{NOTE_PREFIX}VM process {describe_vm(vm)} does not hold "
+                         f"{' nor '.join(coverage.missing)}: those statistics are missing "
+                         f"for it, the others are read")
+    none = [describe_vm(vm) for vm, coverage in vms if not coverage.holds_any]
+    if none:
+        notes.append(f"{NOTE_PREFIX}left out, holding no statistics descriptors "
+                     f"({NO_STATS_FDS_HELP}): VM process{'es' if len(none) > 1 else ''} "
+                     f"{', '.join(none)}")
+    return notes
 
 
 def _borrow(pfd: int, ref: StatsFdRef, proc: str) -> Optional[int]:
@@ -141,21 +255,24 @@ def _layout_of(fd: int, ref: StatsFdRef) -> StatsLayout:
         raise StatsFormatError(f"statistics of VM process {ref.pid} ({ref.link}): {exc}") from None
 
 
-def _no_stats_message(pid: Optional[int]) -> str:
+def _no_stats_error(pid: Optional[int], debugfs: Optional[str]) -> NoStatsDescriptors:
     """Why there is nothing to read: no VM (or not VM *pid*) holds a stats descriptor."""
     if pid is None:
         what = "no VM process holds KVM binary statistics file descriptors"
     else:
         what = f"VM process {pid} holds no KVM binary statistics file descriptors"
     hint = "" if os.geteuid() == 0 else " (run as root to see other users' VMs)"
-    return f"{what}{hint}: {NO_STATS_FDS_HELP}"
+    return NoStatsDescriptors(f"{what}{hint}: {NO_STATS_FDS_HELP}",
+                              alternative_providers(debugfs))
 
 
-def binstats_fields(proc: str = "/proc") -> List[str]:
+def binstats_fields(proc: str = "/proc", debugfs: Optional[str] = None) -> List[str]:
     """The single-valued statistics names VM processes on this host offer, sorted.
 
     Reads the descriptors of one VM and one vCPU statistics descriptor (and
-    closes them).  Raises :class:`NotAvailable` if no VM process holds any.
+    closes them).  Raises :class:`NoStatsDescriptors` if no VM process holds
+    any; *debugfs* (where it is mounted) decides whether that error suggests
+    the debugfs provider (see :func:`alternative_providers`).
     """
     found: Dict[bool, StatsLayout] = {}
     for vm in list_vms(proc):
@@ -181,7 +298,7 @@ def binstats_fields(proc: str = "/proc") -> List[str]:
         if len(found) == 2:
             break
     if not found:
-        raise NotAvailable(_no_stats_message(None))
+        raise _no_stats_error(None, debugfs)
     names = set()
     for layout in found.values():
         names.update(d.name for d in layout.descriptors if d.is_scalar)
@@ -314,8 +431,14 @@ class BinstatsProvider(Provider):
     *fields* lists the statistics to count (None: every single-valued one
     found at open).  With *include_past*, cumulative statistics count from
     VM creation instead of from now.  Raises :class:`NoSuchVM` if *pid* is
-    not a VM and :class:`NotAvailable` if no VM process (or not *pid*)
-    holds statistics descriptors.
+    not a VM and :class:`NoStatsDescriptors` if no VM process (or not *pid*)
+    holds statistics descriptors (*debugfs*, where it is mounted, decides
+    whether that error suggests the debugfs provider).
+
+    *notify* (a function taking a one-line message) hears, once per VM
+    process, about VMs whose statistics are incomplete (:func:`coverage_notes`):
+    those holding no descriptors (left out) and those holding some but not
+    all (QEMU 10 holds its vCPUs' but not the VM's own).
 
     One sample is :meth:`refresh` then :meth:`snapshot`, as
     :class:`~kvmstat.sampling.sampler.Sampler` does: one pread per
@@ -326,8 +449,14 @@ class BinstatsProvider(Provider):
     name = "binstats"
 
     def __init__(self, *, fields: Optional[Iterable[str]] = None, pid: Optional[int] = None,
-                 include_past: bool = False, proc: str = "/proc"):
+                 include_past: bool = False, proc: str = "/proc",
+                 debugfs: Optional[str] = None,
+                 notify: Optional[Callable[[str], None]] = None):
         self._proc = proc
+        self._notify = notify
+        #: pid -> the coverage last reported (or seen once, for VMs found later)
+        self._reported: Dict[int, StatsCoverage] = {}
+        self._pending: Dict[int, StatsCoverage] = {}
         self._pid = pid
         self._include_past = include_past
         self._selected = None if fields is None else set(fields)
@@ -339,8 +468,8 @@ class BinstatsProvider(Provider):
         self._ended: Dict[int, _WatchedVM] = {}   # VMs dropped since the last snapshot
         self._watched_ended = False
         self._epoch = self._now()
-        if pid is not None:
-            find_vm(pid, proc)  # NoSuchVM when it is not (or no longer) a VM
+        # NoSuchVM when *pid* is not (or no longer) a VM.
+        self._watched: Optional[VM] = None if pid is None else find_vm(pid, proc)
         try:
             self._discover(at_open=True)
         except BaseException:
@@ -348,7 +477,7 @@ class BinstatsProvider(Provider):
             raise
         if not self._sources:
             self.close()
-            raise NotAvailable(_no_stats_message(pid))
+            raise _no_stats_error(pid, debugfs)
         if fields is None:
             names = set()
             for view in self._views.values():
@@ -457,11 +586,12 @@ class BinstatsProvider(Provider):
         os.close(vm.pidfd)
         del self._vms[vm.pid]
 
-    def _sync_vm(self, pid: int, at_open: bool) -> bool:
-        """Borrow new descriptors of *pid*, give back vanished ones; True if changed."""
+    def _sync_vm(self, pid: int, links: Mapping[int, str], at_open: bool) -> bool:
+        """Borrow new descriptors of *pid* (whose fd links are *links*), give
+        back vanished ones; True if changed."""
         own = {s.fd for s in self._sources} if pid == os.getpid() else ()
         refs: Dict[str, StatsFdRef] = {}
-        for ref in stats_fd_refs(pid, self._proc, exclude=own):
+        for ref in _refs_in(pid, links, exclude=own):
             # Several fds of one vCPU (QEMU's own and one opened by query-stats)
             # are one source: count the lowest-numbered only.
             refs.setdefault(ref.link, ref)
@@ -487,15 +617,48 @@ class BinstatsProvider(Provider):
         return changed
 
     def _discover(self, at_open: bool = False) -> None:
-        if self._pid is not None:
-            pids = [self._pid]
+        if self._watched is not None:
+            vms = [self._watched]  # once it exits it holds nothing: refresh() says so
         else:
-            pids = [vm.pid for vm in list_vms(self._proc)]
+            vms = list_vms(self._proc)
         changed = False
-        for pid in pids:
-            changed |= self._sync_vm(pid, at_open)
+        coverages = []
+        for vm in vms:
+            links = fd_links(vm.pid, self._proc)
+            changed |= self._sync_vm(vm.pid, links, at_open)
+            coverages.append((vm, StatsCoverage.from_links(vm.pid, links)))
         if changed or at_open:
             self._sources = [s for vm in self._vms.values() for s in vm.sources.values()]
+        if self._notify is not None:
+            self._report(coverages, at_open)
+
+    def _report(self, coverages: List[Tuple[VM, StatsCoverage]], at_open: bool) -> None:
+        """Tell about incomplete VMs once each.  A VM found after open is told
+        about when two refreshes in a row see it the same, so that a VM
+        still opening its descriptors is not reported."""
+        live = {vm.pid for vm, _ in coverages}
+        for pid in list(self._reported):
+            if pid not in live:
+                del self._reported[pid]
+        due = []
+        for vm, coverage in coverages:
+            if not coverage.missing or self._reported.get(vm.pid) == coverage:
+                self._pending.pop(vm.pid, None)
+                continue
+            if at_open or self._pending.get(vm.pid) == coverage:
+                self._pending.pop(vm.pid, None)
+                self._reported[vm.pid] = coverage
+                due.append((vm, coverage))
+            else:
+                self._pending[vm.pid] = coverage
+        for pid in list(self._pending):
+            if pid not in live:
+                del self._pending[pid]
+        # With pid=, a VM holding nothing is an error, not a note.
+        if self._pid is not None and not self._sources:
+            return
+        for note in coverage_notes(due):
+            self._notify(note)
 
     def refresh(self) -> None:
         """Close the descriptors of exited VMs, borrow those of new VMs and vCPUs.

@@ -94,11 +94,16 @@ def _debugfs_catalog(paths: Paths, notify: Notify) -> Catalog:
 def _binstats_catalog(paths: Paths, notify: Notify) -> Catalog:
     from ..providers.binstats import BinstatsProvider, binstats_fields
 
+    # Where debugfs is mounted: whether it can stand in when no VM holds
+    # statistics descriptors (not under kernel lockdown).
+    debugfs = _mounted_debugfs(paths)
+
     def opener(fields: List[str], options: SamplerOptions) -> Provider:
         return BinstatsProvider(fields=fields, pid=options.pid,
-                                include_past=options.include_past, proc=paths.proc)
+                                include_past=options.include_past, proc=paths.proc,
+                                debugfs=debugfs, notify=notify)
 
-    return Catalog("binstats", binstats_fields(paths.proc), opener)
+    return Catalog("binstats", binstats_fields(paths.proc, debugfs), opener)
 
 
 #: provider name -> function(paths, notify) -> Catalog

@@ -50,9 +50,9 @@ def kvm_stat(args: Sequence[str], prefix: Sequence[str] = (), python: str = sys.
                            text=True, env=env, timeout=timeout, cwd="/")
 
 
-def start_kvm_stat(*args: str, **popen_kwargs) -> subprocess.Popen:
-    """Start ``kvm_stat ARGS`` with stdout and stderr as text pipes."""
-    return subprocess.Popen([*KVM_STAT, *args], stdout=subprocess.PIPE,
+def start_kvm_stat(*args: str, prefix: Sequence[str] = (), **popen_kwargs) -> subprocess.Popen:
+    """Start ``kvm_stat ARGS`` (after *prefix*) with stdout and stderr as text pipes."""
+    return subprocess.Popen([*prefix, *KVM_STAT, *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **popen_kwargs)
 
 

@@ -18,8 +18,11 @@ seconds where the BIOS runs emulated.  No kvmstat code here.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -34,23 +37,28 @@ BOOT_SECTOR = _CODE + bytes(510 - len(_CODE)) + b"\x55\xAA"
 class QemuGuest:
     """``qemu-system-x86_64 -accel kvm -name guest=NAME,debug-threads=on -smp VCPUS ...``
 
-    booting :data:`BOOT_SECTOR`.  :attr:`pid` is QEMU's process id; the
+    booting :data:`BOOT_SECTOR`; *qemu* is the binary and its own options
+    (``helpers.qemu10.QemuBinary.argv``).  :attr:`pid` is QEMU's process id; the
     constructor returns once its vCPU threads (``CPU <n>/KVM``) and the
     ``kvm-pit/<pid>`` kernel thread exist and the boot sector runs.
     """
 
-    def __init__(self, name: str, vcpus: int = 2, timeout: float = 120.0):
+    def __init__(self, name: str, vcpus: int = 2, timeout: float = 120.0,
+                 qemu: "tuple[str, ...]" = ("qemu-system-x86_64",)):
         self.name = name
         self.vcpus = vcpus
         self._dir = tempfile.mkdtemp(prefix="kvmstat-qemu-")
         image = os.path.join(self._dir, "boot.img")
         self._debugcon = os.path.join(self._dir, "debugcon.out")
+        self._qmp_path = os.path.join(self._dir, "qmp.sock")
+        self._qmp: "socket.socket | None" = None
         with open(image, "wb") as f:
             f.write(BOOT_SECTOR)
-        self.args = ["qemu-system-x86_64", "-accel", "kvm",
+        self.args = [*qemu, "-accel", "kvm",
                      "-name", f"guest={name},debug-threads=on", "-smp", str(vcpus),
                      "-m", "64", "-display", "none", "-nodefaults", "-no-reboot",
                      "-debugcon", f"file:{self._debugcon}",
+                     "-qmp", f"unix:{self._qmp_path},server=on,wait=off",
                      "-drive", f"file={image},format=raw,if=ide,snapshot=on"]
         self._stderr = tempfile.TemporaryFile(mode="w+b")
         self._proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL,
@@ -83,6 +91,69 @@ class QemuGuest:
                 return bytes([_MARK]) in f.read()
         except OSError:
             return False
+
+    def loops(self) -> int:
+        """Times the boot sector has gone round its loop so far: the marks it
+        wrote to the debugcon file (each loop is one port write, one cpuid
+        and one hlt)."""
+        with open(self._debugcon, "rb") as f:
+            return f.read().count(bytes([_MARK]))
+
+    def qmp(self, command: str, **arguments) -> dict:
+        """Runs one QMP *command* and returns its answer."""
+        if self._qmp is None:
+            self._qmp = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._qmp.settimeout(30)
+            self._qmp.connect(self._qmp_path)
+            self._qmp_file = self._qmp.makefile("rwb")
+            self._qmp_answer()  # the greeting
+            self._qmp_send("qmp_capabilities")
+        self._qmp_send(command, arguments)
+        return self._qmp_answer()
+
+    def _qmp_send(self, command: str, arguments: "dict | None" = None) -> None:
+        message = {"execute": command, **({"arguments": arguments} if arguments else {})}
+        self._qmp_file.write(json.dumps(message).encode() + b"\n")
+        self._qmp_file.flush()
+        if command != "qmp_capabilities":
+            return
+        self._qmp_answer()
+
+    def _qmp_answer(self) -> dict:
+        while True:  # events (STOP, RESUME...) come on the same stream
+            line = self._qmp_file.readline()
+            if not line:
+                raise RuntimeError(f"QEMU closed its QMP socket: {self.stderr_text()}")
+            message = json.loads(line)
+            if "event" not in message:
+                if "error" in message:
+                    raise RuntimeError(f"QMP error: {message['error']}")
+                return message
+
+    def pause(self) -> None:
+        """Stops the vCPUs (QMP ``stop``): the guest does nothing until :meth:`resume`."""
+        self.qmp("stop")
+
+    def pause_halted(self, timeout: float = 30.0) -> None:
+        """:meth:`pause` with vCPU 0 waiting in the boot sector's ``hlt``, so
+        that every loop counted by :meth:`loops` has halted.  Paused in the
+        middle of a loop (its mark written, its ``hlt`` to come), it resumes
+        and tries again."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.pause()
+            registers = self.qmp("human-monitor-command", **{"command-line": "info registers"})
+            # Halted, just after the boot sector's hlt (at 7c0b).
+            if re.search(r"EIP=0000_?7c0b .*HLT=1", registers["return"]):
+                return
+            self.resume()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"vCPU 0 was never paused halted within {timeout}s")
+            time.sleep(0.005)
+
+    def resume(self) -> None:
+        """Lets the vCPUs run again (QMP ``cont``)."""
+        self.qmp("cont")
 
     def stderr_text(self) -> str:
         self._stderr.seek(0)
@@ -120,6 +191,10 @@ class QemuGuest:
         return None
 
     def close(self) -> None:
+        if self._qmp is not None:
+            self._qmp_file.close()
+            self._qmp.close()
+            self._qmp = None
         if self._proc.poll() is None:
             self._proc.kill()
         self._proc.wait()

@@ -2,7 +2,8 @@
 
 The guest process creates its own VM and vCPU statistics descriptors and
 keeps them open (``GuestProcess.stats()``), as QEMU 8.1+ does; kvmstat, in
-this test process, borrows them with pidfd_getfd.
+this test process, borrows them with pidfd_getfd.  (tests/kernel/test_binstats_qemu.py
+runs them against real QEMU 10 and QEMU 7.2.)
 
 What the kernel counts for one port write (a KVM_RUN that returns
 KVM_EXIT_IO): one ``exits``; ``io_exits`` too with VMX and SVM, while the
@@ -39,6 +40,15 @@ PVM = os.path.isdir("/sys/module/kvm_pvm")
 def io_exits_for(port_writes: int) -> int:
     """``io_exits`` the running kernel counts for that many port writes."""
     return 0 if PVM else port_writes
+
+
+def check_notes_on_other_vms(err, *guests):
+    """Host-wide, kvm_stat names the VMs whose statistics it cannot read fully
+    (other tests' VMs, on this shared host): *err* may hold those notes, and
+    nothing else, and none about *guests*."""
+    for line in err.splitlines():
+        assert line.startswith("kvm_stat: binary statistics: "), err
+        assert not any(f"(pid {guest.pid})" in line for guest in guests), err
 
 
 def stats_links(pid="self"):
@@ -246,7 +256,8 @@ def test_json_log_by_guest_carries_each_guests_histograms(guest_process, tmp_pat
                  "the halt waits to be logged", proc=proc)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0 and err == "" and out == ""
+    assert proc.returncode == 0 and out == ""
+    check_notes_on_other_vms(err, idle, busy)
     last = json.loads(complete_lines(log)[-1])
     mine = last["guests"][str(idle.pid)]["histograms"]
     assert set(mine) == {"halt_wait_hist"}  # -f selects histograms by name too
@@ -292,7 +303,8 @@ def test_once_by_guest_binstats_exact_exits_per_vm(guest_process, json_output):
     two.run(4, vcpu=0)
     two.run(5, vcpu=1)
     out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0 and err == ""
+    assert proc.returncode == 0
+    check_notes_on_other_vms(err, one, two)
     if json_output:
         guests = json.loads(out)["guests"]
         for guest, n in ((one, 13), (two, 9)):
@@ -318,7 +330,8 @@ def test_csv_log_by_guest_binstats_exact_exits_per_vm(guest_process, tmp_path):
             time.sleep(0.1)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0 and err == "" and out == ""
+    assert proc.returncode == 0 and out == ""
+    check_notes_on_other_vms(err, one, two)
     with open(log, newline="") as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["timestamp", "pid", "guest", "exits"]

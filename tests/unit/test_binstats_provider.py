@@ -23,7 +23,8 @@ from kvmstat.errors import AccessDenied, NoSuchVM, NotAvailable
 from kvmstat.host.paths import Paths
 from kvmstat.providers import binstats as binstats_module
 from kvmstat.providers.base import SINCE_CREATION, SINCE_START, HistogramValues
-from kvmstat.providers.binstats import BinstatsProvider, binstats_fields, stats_fd_refs
+from kvmstat.providers.binstats import (BinstatsProvider, NoStatsDescriptors, alternative_providers,
+                                        binstats_fields, stats_fd_refs)
 from kvmstat.providers.binstats_format import (TYPE_CUMULATIVE, TYPE_INSTANT, TYPE_LOG_HIST,
                                                TYPE_PEAK, StatDesc, StatsFormatError,
                                                encode_stats)
@@ -442,3 +443,108 @@ def test_pidfd_exited_reports_readable_pidfds():
     finally:
         for fd in (r, w, r2, w2):
             os.close(fd)
+
+
+# -- what is missing, said once -------------------------------------------------------
+
+def add_vcpus(host, pid, *vcpus, stats=True, fd=40):
+    """vCPU descriptors of process *pid*, each with its statistics descriptor
+    when *stats*."""
+    for vcpu in vcpus:
+        os.symlink(f"anon_inode:kvm-vcpu:{vcpu}", f"{host.proc}/{pid}/fd/{fd + vcpu}")
+        if stats:
+            host.add_stats(pid, fd + 20 + vcpu, vcpu, exits=0)
+
+
+def test_incomplete_vms_are_told_once_each(host):
+    notes = []
+    host.add_vm(100)                      # everything (the test guests, QEMU with query-stats)
+    host.add_stats(100, 10, None)
+    add_vcpus(host, 100, 0)
+    host.add_vm(200)                      # QEMU 10: its vCPUs' descriptors, not the VM's
+    add_vcpus(host, 200, 0, 1)
+    host.add_vm(300)                      # QEMU 7.2: none
+    add_vcpus(host, 300, 0, stats=False)
+    host.add_vm(400)                      # the VM's and vCPU 0's, not vCPU 1's
+    host.add_stats(400, 10, None)
+    add_vcpus(host, 400, 0)
+    add_vcpus(host, 400, 1, stats=False, fd=50)
+    with open_provider(host, notify=notes.append) as provider:
+        assert provider.pids == [100, 200, 400]
+        assert notes == [
+            "binary statistics: VM process 'vm200' (pid 200) does not hold the VM's own "
+            "statistics descriptor (VM-wide statistics): those statistics are missing for "
+            "it, the others are read",
+            "binary statistics: VM process 'vm400' (pid 400) does not hold the statistics "
+            "descriptor of vCPU 1: those statistics are missing for it, the others are read",
+            "binary statistics: left out, holding no statistics descriptors (only a VM's own "
+            "process can create them (KVM_GET_STATS_FD); QEMU keeps them open from version "
+            "8.1 on, QEMU 7.2 and older open them only while answering the QMP command "
+            "query-stats): VM process 'vm300' (pid 300)"]
+        del notes[:]
+        provider.refresh()
+        provider.refresh()
+        assert notes == []                # once each
+        host.add_vm(500)                  # a new VM that never opens any
+        provider.refresh()
+        assert notes == []                # it may still be opening them
+        provider.refresh()
+        assert notes == ["binary statistics: left out, holding no statistics descriptors "
+                         "(only a VM's own process can create them (KVM_GET_STATS_FD); QEMU "
+                         "keeps them open from version 8.1 on, QEMU 7.2 and older open them "
+                         "only while answering the QMP command query-stats): VM process "
+                         "'vm500' (pid 500)"]
+
+
+def test_a_new_vm_opening_its_descriptors_is_not_reported(host):
+    notes = []
+    host.add_vm(100)
+    host.add_stats(100, 10, None)
+    with open_provider(host, notify=notes.append) as provider:
+        host.add_vm(200)
+        provider.refresh()                # found before it opened them
+        host.add_stats(200, 10, None)
+        add_vcpus(host, 200, 0)
+        provider.refresh()
+        provider.refresh()
+        assert provider.pids == [100, 200]
+    assert notes == []
+
+
+def test_watching_one_incomplete_vm_tells_what_is_missing(host):
+    notes = []
+    host.add_vm(200)
+    add_vcpus(host, 200, 0)
+    with open_provider(host, pid=200, notify=notes.append) as provider:
+        assert provider.fds == 1
+    assert notes == ["binary statistics: VM process 'vm200' (pid 200) does not hold the VM's "
+                     "own statistics descriptor (VM-wide statistics): those statistics are "
+                     "missing for it, the others are read"]
+
+
+def test_no_descriptors_names_only_the_providers_that_work_here(host, tmp_path):
+    host.add_vm(100)
+    with pytest.raises(NoStatsDescriptors) as info:
+        open_provider(host)
+    assert info.value.alternatives == ("tracepoints",)
+    assert str(info.value).endswith("query-stats; use the tracepoint provider instead")
+    # A debugfs whose counters read (no lockdown) can stand in too.
+    debugfs = tmp_path / "debugfs"
+    (debugfs / "kvm").mkdir(parents=True)
+    (debugfs / "kvm" / "exits").write_text("0\n")
+    with pytest.raises(NoStatsDescriptors) as info:
+        binstats_fields(host.proc, str(debugfs))
+    assert info.value.alternatives == ("tracepoints", "debugfs")
+    assert str(info.value).endswith(
+        "use the tracepoint provider or the debugfs provider instead")
+    # Under lockdown reading kvm/exits fails (EPERM): debugfs is not offered.
+    assert alternative_providers(str(tmp_path / "locked")) == ("tracepoints",)
+
+
+def test_the_command_line_names_the_options_of_the_alternatives(host):
+    from kvmstat.frontends.hints import with_flags
+
+    error = NoStatsDescriptors("no VM process holds them", ("tracepoints", "debugfs"))
+    assert "(-" not in str(error)  # the library speaks of providers, not options
+    assert with_flags(str(error)) == ("no VM process holds them; use the tracepoint provider "
+                                      "(-t) or the debugfs provider (-d) instead")

@@ -256,9 +256,10 @@ def binstats_host(tmp_path, monkeypatch):
     host.close()
 
 
-def binstats_row(host):
+def binstats_row(host, notes=None):
     vms = check_mod.list_vms(host.proc)
-    return check_mod._check_binstats(Paths(proc=host.proc), "/dev/kvm", vms)
+    return check_mod._check_binstats(Paths(proc=host.proc), "/dev/kvm", vms,
+                                     [] if notes is None else notes)
 
 
 def test_binstats_check_agrees_with_the_provider_when_no_vm_holds_descriptors(
@@ -272,6 +273,8 @@ def test_binstats_check_agrees_with_the_provider_when_no_vm_holds_descriptors(
         cli.run(opts, Paths(proc=binstats_host.proc))
     assert row.reason == str(info.value)
     assert row.reason.startswith("no VM process holds KVM binary statistics file descriptors")
+    # Only the providers that work here: no debugfs mounted in this fake host.
+    assert row.reason.endswith("; use the tracepoint provider instead")
 
 
 def test_binstats_check_reads_what_the_provider_reads(binstats_host):
@@ -281,7 +284,12 @@ def test_binstats_check_reads_what_the_provider_reads(binstats_host):
     binstats_host.add_stats(100, 10, None, remote_tlb_flush=1)
     binstats_host.add_stats(100, 11, 0, exits=3)
     binstats_host.add_vm(200)  # holds none
-    row = binstats_row(binstats_host)
+    notes = []
+    row = binstats_row(binstats_host, notes)
+    assert notes == ["binary statistics: left out, holding no statistics descriptors (only a "
+                     "VM's own process can create them (KVM_GET_STATS_FD); QEMU keeps them "
+                     "open from version 8.1 on, QEMU 7.2 and older open them only while "
+                     "answering the QMP command query-stats): VM process 'vm200' (pid 200)"]
     assert row.available
     assert row.reason == (f"{len(ALL_FIELDS)} statistics read from the descriptors VM "
                           f"processes hold (borrowed with pidfd_getfd); 1 of 2 VM processes "
@@ -306,3 +314,19 @@ def test_binstats_check_without_ptrace_capability(binstats_host):
         f.write("Name:\tx\nCapEff:\t0000000000000000\n")
     row = binstats_row(binstats_host)
     assert not row.available and "CAP_SYS_PTRACE" in row.reason
+
+
+def test_binstats_check_lists_a_vm_holding_its_vcpus_descriptors_but_not_its_own(binstats_host):
+    # QEMU 10 keeps each vCPU's statistics descriptor open, not the VM's.
+    binstats_host.add_vm(300)
+    for vcpu in (0, 1):
+        os.symlink(f"anon_inode:kvm-vcpu:{vcpu}", f"{binstats_host.proc}/300/fd/{20 + vcpu}")
+        binstats_host.add_stats(300, 30 + vcpu, vcpu, exits=1)
+    notes = []
+    row = binstats_row(binstats_host, notes)
+    assert row.available
+    assert notes == ["binary statistics: VM process 'vm300' (pid 300) does not hold the VM's "
+                     "own statistics descriptor (VM-wide statistics): those statistics are "
+                     "missing for it, the others are read"]
+    text = "\n".join(check_mod.format_check(check_mod.HostCheck([row], row, notes)))
+    assert "does not hold the VM's own statistics descriptor" in text
