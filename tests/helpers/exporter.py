@@ -59,14 +59,15 @@ def total(families: dict, name: str, **labels: str) -> float:
 
 
 class ExporterProcess:
-    """``python -m kvmstat --serve ADDRESS *args`` in the repository root."""
+    """``python -m kvmstat --serve ADDRESS *args`` in the repository root (or in
+    *cwd*, another working tree, whose kvmstat package ``-m`` then runs)."""
 
     def __init__(self, args=(), address: str = "127.0.0.1:0", timeout: float = 120.0,
-                 env=None):
+                 env=None, cwd=None):
         self._stderr = tempfile.TemporaryFile(mode="w+b")
         self.proc = subprocess.Popen(
             [*KVM_STAT, "--serve", address, *args],
-            stdout=subprocess.PIPE, stderr=self._stderr, cwd=REPO_ROOT,
+            stdout=subprocess.PIPE, stderr=self._stderr, cwd=cwd or REPO_ROOT,
             env=env)
         self.pid = self.proc.pid
         self.stdout: "bytes | None" = None
