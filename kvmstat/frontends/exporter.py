@@ -181,6 +181,7 @@ class KvmCollector:
         self._vm_labels: Dict[int, str] = {}
         self._gauges_seen: Dict[int, set] = {}
         self._read_errors = 0
+        self._vm_ended = False
         self._last_seconds = 0.0
         self._last_series = 0
         per_vm_providers = []
@@ -194,8 +195,9 @@ class KvmCollector:
         self._levels = frozenset(levels)
         self._per_vm_providers = frozenset(per_vm_providers)
         self._vm_series = vm_series if vm is None else None
+        # Per-vCPU values: binary statistics only.
         self._vcpu_providers = [p for p in getattr(sampler, "providers", ())
-                                if vcpu_series is not None and hasattr(p, "read_by_vcpu")]
+                                if vcpu_series is not None and p.name == "binstats"]
         engine = getattr(sampler, "engine", None) or "none"
         providers = ",".join(sorted({p.name for p in getattr(sampler, "providers", ())}))
         self._info = (f'kvmstat_exporter_info{{engine="{escape_label_value(engine)}",'
@@ -253,11 +255,11 @@ class KvmCollector:
     def _sample(self, sampler: Sampler) -> Optional[Sample]:
         """One sample; None when the watched VM has gone or the read failed."""
         try:
-            sample = sampler.sample()
+            sample = None if self._vm_ended else sampler.sample()
         except Error as exc:
             self._read_failed(exc)
             return None
-        if self._vm is not None and sampler.done:
+        if self._vm is not None and (sampler.done or self._vm_ended):
             self._sampler = None
             self._notify(f"{vm_exited_message(sampler.pid)}: dropped it, still serving")
             self._release(sampler)
@@ -281,7 +283,11 @@ class KvmCollector:
             by_vcpu: Dict[int, Dict[int, Dict[str, int]]] = {}
             if sample is not None:
                 for provider in self._vcpu_providers:
-                    by_vcpu.update(provider.read_by_vcpu())
+                    reading = provider.snapshot(by_vcpu=True)
+                    by_vcpu.update(reading.by_vcpu)
+                    # A watched VM that ended between the two readings: this
+                    # reading took the news, so the next scrape drops it.
+                    self._vm_ended |= self._vm is not None and self._vm.pid in reading.ended
                 read_seconds = time.monotonic() - start
                 series = self._render_sample(lines, sample, by_vcpu, openmetrics)
             series += self._render_health(lines, sample, read_seconds, openmetrics)

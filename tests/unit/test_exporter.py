@@ -96,8 +96,10 @@ class FakeProvider(Provider):
 
 
 class VcpuProvider(FakeProvider):
-    def read_by_vcpu(self):
-        return self.by_vcpu
+    def snapshot(self, *, by_vm=False, histograms=False, by_vcpu=False):
+        reading = super().snapshot(by_vm=by_vm, histograms=histograms)
+        return Reading(reading.totals, reading.by_vm, reading.histograms,
+                       reading.vm_histograms, self.by_vcpu if by_vcpu else {})
 
 
 def collector_for(provider, *, by_vm=False, vm_series=ALL_VM, **kw):
