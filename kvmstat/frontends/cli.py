@@ -358,8 +358,8 @@ def _run_serve(opts: Options, paths: Paths) -> int:
     import threading
 
     from .exporter import (KvmCollector, MetricsServer, compile_series_regex,
-                           open_exporter_sampler, parse_serve_address, serve_until_stopped,
-                           stop_on_signals)
+                           parse_serve_address, serve_until_stopped, stop_on_signals)
+    from ..sampling.sources import sampler_for
     from .exporter_web import load_web_config
     from ..host.vms import GuestNames, find_vm
 
@@ -372,14 +372,15 @@ def _run_serve(opts: Options, paths: Paths) -> int:
             stop_on_signals() as stop:
         vm = find_vm(opts.pid, paths.proc) if opts.pid is not None else None
         per_vm = opts.vm_series is not None or opts.vcpu_series is not None
-        sampler = open_exporter_sampler(
-            _sampler_options(opts, paths, by_vm=per_vm and opts.pid is None, histograms=True),
-            notify=_notify)
+        options = _sampler_options(opts, paths, by_vm=per_vm and opts.pid is None,
+                                   histograms=True)
+        sampler = sampler_for(options, notify=_notify)
         collector = KvmCollector(sampler, vm=vm, release=release_later, notify=_notify,
                                  vm_series=compile_series_regex(opts.vm_series, "--vm-series"),
                                  vcpu_series=compile_series_regex(opts.vcpu_series,
                                                                   "--vcpu-series"),
-                                 names=GuestNames(paths.proc), version=__version__)
+                                 names=GuestNames(paths.proc),
+                                 histograms=options.field_filter.matches, version=__version__)
         try:
             server.register(collector)
             _notify(f"serving metrics at {server.url}")

@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from ..errors import AccessDenied, Error, InvalidArgument, NotAvailable
@@ -38,16 +38,13 @@ from .exporter_names import (DEFAULT_VM_SERIES, FamilySpec, HistogramSpec, escap
 from .exporter_render import render_families, render_histograms, render_vcpus, vm_label_text
 from .exporter_web import WebConfig
 from ..sampling.fields import parent_of
-from ..providers.base import Histograms
-from ..sampling.sampler import FieldValues, Sample, Sampler, vm_exited_message
+from ..providers.base import Histograms, Totals
+from ..sampling.sampler import Sampler, vm_exited_message
 from ..host.vms import VM
-
-if TYPE_CHECKING:
-    from ..sampling.options import SamplerOptions
 
 __all__ = [
     "DEFAULT_HOST", "DEFAULT_VM_SERIES", "ServeAddress", "parse_serve_address",
-    "compile_series_regex", "KvmCollector", "MetricsServer", "open_exporter_sampler",
+    "compile_series_regex", "KvmCollector", "MetricsServer",
     "stop_on_signals", "serve_until_stopped",
 ]
 
@@ -142,22 +139,40 @@ def compile_series_regex(regex: Optional[str], option: str) -> "Optional[re.Patt
                               f"({exc})") from None
 
 
-class KvmCollector:
-    """Reads *sampler* at every scrape and writes the answer (:meth:`render`).
+@dataclass
+class _Reading:
+    """What one scrape read from every provider, merged (raw totals: the exporter
+    needs no deltas)."""
 
-    There is no background sampling: a scrape costs one read per provider.
-    Scrapes may run concurrently: a lock makes one read and write at a time.
+    totals: Totals
+    by_vm: Optional[Dict[int, Totals]]
+    histograms: Histograms
+    vm_histograms: Optional[Dict[int, Histograms]]
+    by_vcpu: Dict[int, Dict[int, Totals]]
+    ended: set
+
+
+class KvmCollector:
+    """Reads the providers of *sampler* at every scrape and writes the answer
+    (:meth:`render`).
+
+    There is no background sampling: a scrape costs one snapshot per provider,
+    taken directly (the sampler's per-VM deltas, which the exporter does not
+    serve, would cost in proportion to VMs x fields).  Scrapes may run
+    concurrently: a lock makes one read and write at a time.
 
     *vm* is the watched VM when the sampler was opened for one VM process
     (``pid=``): every series then carries its ``pid`` and ``guest`` labels, and
-    when it exits (``sampler.done``) the collector drops the
+    when it exits (a reading lists it as ended) the collector drops the
     sampler, hands it to *release* (default: its ``close``) and keeps answering
     with the exporter's own metrics only.  Without *vm*, per-VM series come
-    from ``Sample.by_vm`` for the families whose parent field *vm_series*
-    matches (``re.match``; None: no per-VM series).  *vcpu_series* does the same
-    for per-vCPU series of the binary-statistics provider.  *names* maps a VM
-    pid to its guest name; it is asked once per VM, when the VM first appears.
-    *notify* receives one-line notes (the drop, fields left out, read errors).
+    from the providers' per-VM breakdown (when ``sampler.by_vm``) for the
+    families whose parent field *vm_series* matches (``re.match``; None: no
+    per-VM series).  *vcpu_series* does the same for per-vCPU series of the
+    binary-statistics provider.  *histograms* selects the histogram statistics
+    served by name (None: none).  *names* maps a VM pid to its guest name; it is
+    asked once per VM, when the VM first appears.  *notify* receives one-line
+    notes (the drop, fields left out, read errors).
     """
 
     def __init__(self, sampler: Sampler, *, vm: Optional[VM] = None,
@@ -166,6 +181,7 @@ class KvmCollector:
                  vm_series: "Optional[re.Pattern[str]]" = None,
                  vcpu_series: "Optional[re.Pattern[str]]" = None,
                  names: Optional[Callable[[int], Optional[str]]] = None,
+                 histograms: Optional[Callable[[str], bool]] = None,
                  version: str = ""):
         self._sampler: Optional[Sampler] = sampler
         self._vm = vm
@@ -173,6 +189,8 @@ class KvmCollector:
         self._notify = notify or (lambda message: None)
         self._names = names or (lambda pid: None)
         self._vcpu_series = vcpu_series
+        self._histogram_filter = histograms
+        self._by_vm = bool(getattr(sampler, "by_vm", False)) and vm is None
         self._lock = threading.Lock()
         self._fields_seen: Optional[frozenset] = None
         self._families: List[FamilySpec] = []
@@ -181,7 +199,6 @@ class KvmCollector:
         self._vm_labels: Dict[int, str] = {}
         self._gauges_seen: Dict[int, set] = {}
         self._read_errors = 0
-        self._vm_ended = False
         self._last_seconds = 0.0
         self._last_series = 0
         per_vm_providers = []
@@ -239,7 +256,7 @@ class KvmCollector:
                 specs.append(spec)
         return specs
 
-    def _follow_vms(self, by_vm: Dict[int, FieldValues]) -> None:
+    def _follow_vms(self, by_vm: Dict[int, Totals]) -> None:
         """Labels of the VMs present (names asked once per VM); forget those gone."""
         if by_vm.keys() == self._vm_labels.keys():
             return
@@ -252,23 +269,43 @@ class KvmCollector:
             if pid not in labels:
                 del self._gauges_seen[pid]
 
-    def _sample(self, sampler: Sampler) -> Optional[Sample]:
-        """One sample; None when the watched VM has gone or the read failed."""
+    def _read_providers(self, sampler: Sampler) -> _Reading:
+        """Follow VMs that came or went, then one snapshot per provider, merged."""
+        wanted = self._histogram_filter
+        reading = _Reading({}, {} if self._by_vm else None, {},
+                           {} if self._by_vm and wanted else None, {}, set())
+        for provider in sampler.providers:
+            provider.refresh()
+            part = provider.snapshot(by_vm=self._by_vm, histograms=wanted is not None,
+                                     by_vcpu=provider in self._vcpu_providers)
+            reading.totals.update(part.totals)
+            if reading.by_vm is not None:
+                for pid, totals in part.by_vm.items():
+                    reading.by_vm.setdefault(pid, {}).update(totals)
+            if wanted is not None:
+                reading.histograms.update((n, h) for n, h in part.histograms.items() if wanted(n))
+                if reading.vm_histograms is not None:
+                    for pid, histograms in part.vm_histograms.items():
+                        mine = reading.vm_histograms.setdefault(pid, {})
+                        mine.update((n, h) for n, h in histograms.items() if wanted(n))
+            reading.by_vcpu.update(part.by_vcpu)
+            reading.ended.update(part.ended)
+        return reading
+
+    def _read(self, sampler: Sampler) -> Optional[_Reading]:
+        """One reading; None when the watched VM has gone or the read failed."""
         try:
-            sample = None if self._vm_ended else sampler.sample()
+            reading = self._read_providers(sampler)
         except Error as exc:
-            self._read_failed(exc)
+            self._read_errors += 1
+            self._notify(f"reading the counters failed: {exc}")
             return None
-        if self._vm is not None and (sampler.done or self._vm_ended):
+        if self._vm is not None and self._vm.pid in reading.ended:
             self._sampler = None
-            self._notify(f"{vm_exited_message(sampler.pid)}: dropped it, still serving")
+            self._notify(f"{vm_exited_message(self._vm.pid)}: dropped it, still serving")
             self._release(sampler)
             return None
-        return sample
-
-    def _read_failed(self, exc: Exception) -> None:
-        self._read_errors += 1
-        self._notify(f"reading the counters failed: {exc}")
+        return reading
 
     def render(self, openmetrics: bool = False) -> bytes:
         """Read the providers once and return the whole answer, in the Prometheus
@@ -278,19 +315,11 @@ class KvmCollector:
             lines: List[str] = []
             series = 0
             sampler = self._sampler
-            sample = self._sample(sampler) if sampler is not None else None
+            reading = self._read(sampler) if sampler is not None else None
             read_seconds = time.monotonic() - start
-            by_vcpu: Dict[int, Dict[int, Dict[str, int]]] = {}
-            if sample is not None:
-                for provider in self._vcpu_providers:
-                    reading = provider.snapshot(by_vcpu=True)
-                    by_vcpu.update(reading.by_vcpu)
-                    # A watched VM that ended between the two readings: this
-                    # reading took the news, so the next scrape drops it.
-                    self._vm_ended |= self._vm is not None and self._vm.pid in reading.ended
-                read_seconds = time.monotonic() - start
-                series = self._render_sample(lines, sample, by_vcpu, openmetrics)
-            series += self._render_health(lines, sample, read_seconds, openmetrics)
+            if reading is not None:
+                series = self._render_reading(lines, reading, openmetrics)
+            series += self._render_health(lines, reading, read_seconds, openmetrics)
             if openmetrics:
                 lines.append("# EOF\n")
             body = "".join(lines).encode("utf-8", "replace")
@@ -298,25 +327,23 @@ class KvmCollector:
             self._last_series = series
             return body
 
-    def _render_sample(self, lines: List[str], sample: Sample,
-                       by_vcpu: Dict[int, Dict[int, Dict[str, int]]], openmetrics: bool) -> int:
-        fields = frozenset(sample.values)
+    def _render_reading(self, lines: List[str], reading: _Reading, openmetrics: bool) -> int:
+        fields = frozenset(reading.totals)
         if fields != self._fields_seen:
             self._relayout(fields)
-        by_vm = sample.by_vm if self._vm is None and self._vm_series is not None else None
-        if by_vm is not None:
-            self._follow_vms(by_vm)
-        elif self._vcpu_providers and sample.by_vm is not None:
-            self._follow_vms(sample.by_vm)
+        by_vm = reading.by_vm if self._vm_series is not None else None
+        if reading.by_vm is not None:
+            self._follow_vms(reading.by_vm)
         vm_labels = self._vm_labels
         scope = self._watched_labels
-        series = render_families(lines, self._families, sample.values, scope, by_vm,
+        series = render_families(lines, self._families, reading.totals, scope, by_vm,
                                  vm_labels, self._gauges_seen, openmetrics)
-        if sample.histograms:
-            specs = self._histogram_specs(sample.histograms, fields)
-            vm_histograms = sample.vm_histograms if by_vm is not None else None
-            series += render_histograms(lines, specs, sample.histograms, sample.values, scope,
+        if reading.histograms:
+            specs = self._histogram_specs(reading.histograms, fields)
+            vm_histograms = reading.vm_histograms if by_vm is not None else None
+            series += render_histograms(lines, specs, reading.histograms, reading.totals, scope,
                                         vm_histograms, by_vm, vm_labels, openmetrics)
+        by_vcpu = reading.by_vcpu
         if by_vcpu and self._vcpu_series is not None:
             if self._vm is not None:
                 vm_labels = {self._vm.pid: self._watched_labels}
@@ -324,7 +351,7 @@ class KvmCollector:
                                    self._levels, vm_labels, openmetrics)
         return series
 
-    def _render_health(self, lines: List[str], sample: Optional[Sample], read_seconds: float,
+    def _render_health(self, lines: List[str], reading: Optional[_Reading], read_seconds: float,
                        openmetrics: bool) -> int:
         def family(name: str, kind: str, help_text: str, *samples: str) -> None:
             shown = name[: -len("_total")] if openmetrics and kind == "counter" else name
@@ -353,7 +380,7 @@ class KvmCollector:
                    "1 while the watched VM runs, 0 once it has exited",
                    f"kvmstat_vm_running{{{self._watched_labels}}} {running}\n")
             return 7
-        watched = len(sample.by_vm or {}) if sample is not None else 0
+        watched = len(reading.by_vm or {}) if reading is not None else 0
         family("kvmstat_vms", "gauge", "VM processes watched (with a per-VM breakdown; "
                "0 without one)", f"kvmstat_vms {watched}\n")
         return 6
@@ -370,18 +397,6 @@ class KvmCollector:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def open_exporter_sampler(options: SamplerOptions,
-                          notify: Optional[Callable[[str], None]] = None) -> Sampler:
-    """Open the providers of *options* for the exporter: like
-    :func:`~kvmstat.sampling.sources.sampler_for`, but without per-scrape guest-name
-    look-ups (the collector asks for a VM's name once, when it appears)."""
-    from ..sampling.sources import providers_for
-
-    opened = providers_for(options, notify)
-    return Sampler(opened, by_vm=options.by_vm,
-                   histograms=options.field_filter.matches if options.histograms else None)
 
 
 # ---------------------------------------------------------------------------

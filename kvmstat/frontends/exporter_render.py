@@ -26,7 +26,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 from .exporter_names import (STATS_PREFIX, FamilySpec, HistogramSpec, escape_help,
                              escape_label_value, family_name)
 from ..providers.base import SINCE_START, HistogramValues, Histograms
-from ..sampling.sampler import FieldValues
+from ..providers.base import Totals
 
 __all__ = ["OUTSIDE_LABELS", "vm_label_text", "render_families", "render_histograms",
            "render_vcpus", "format_value", "Lines"]
@@ -57,20 +57,20 @@ def _join(a: str, b: str) -> str:
     return ""
 
 
-def _entries(family: FamilySpec, values: Dict[str, Tuple[int, int]]) -> List[Tuple[str, int]]:
+def _entries(family: FamilySpec, values: Totals) -> List[Tuple[str, int]]:
     """(reason label text, total) of *family*'s series in one scope."""
     parent = values.get(family.parent)
     if not family.children:
-        return [] if parent is None else [("", parent[0])]
+        return [] if parent is None else [("", parent)]
     out: List[Tuple[str, int]] = []
     listed = 0
     for field, label in family.children:
         counts = values.get(field)
         if counts is not None:
-            out.append((label, counts[0]))
-            listed += counts[0]
+            out.append((label, counts))
+            listed += counts
     if parent is not None:
-        out.append(('reason="other"', max(parent[0] - listed, 0)))
+        out.append(('reason="other"', max(parent - listed, 0)))
     return out
 
 
@@ -85,8 +85,8 @@ def _write(lines: Lines, sample_name: str, scope: str, entries: Iterable[Tuple[s
     return written
 
 
-def render_families(lines: Lines, families: Sequence[FamilySpec], values: FieldValues,
-                    scope: str, by_vm: Optional[Dict[int, FieldValues]],
+def render_families(lines: Lines, families: Sequence[FamilySpec], values: Totals,
+                    scope: str, by_vm: Optional[Dict[int, Totals]],
                     vm_labels: Dict[int, str], gauges_seen: Dict[int, set],
                     openmetrics: bool) -> int:
     """Append every family's lines; returns the number of series written.
@@ -104,7 +104,7 @@ def render_families(lines: Lines, families: Sequence[FamilySpec], values: FieldV
             written += _write(lines, name, scope, _entries(family, values), scale, False)
             continue
         gauge = family.type == "gauge"
-        active: List[FieldValues] = []
+        active: List[Totals] = []
         for pid, labels in vm_labels.items():
             vm_values = by_vm.get(pid)
             if vm_values is None:
@@ -114,12 +114,12 @@ def render_families(lines: Lines, families: Sequence[FamilySpec], values: FieldV
                 continue
             if gauge:
                 seen = gauges_seen.setdefault(pid, set())
-                if parent[0] == 0 and family.name not in seen:
+                if parent == 0 and family.name not in seen:
                     continue
                 seen.add(family.name)
                 written += _write(lines, name, labels, _entries(family, vm_values), scale, False)
                 continue
-            if parent[0] == 0:  # no event, so no reason either: nothing to write
+            if parent == 0:  # no event, so no reason either: nothing to write
                 continue
             active.append(vm_values)
             written += _write(lines, name, labels, _entries(family, vm_values), scale, True)
@@ -127,7 +127,7 @@ def render_families(lines: Lines, families: Sequence[FamilySpec], values: FieldV
             continue
         # Outside the running VMs: the host count minus theirs (only VMs with events
         # count: a VM whose parent count is zero has zero for every reason too).
-        outside: Dict[str, Tuple[int, int]] = {}
+        outside: Totals = {}
         for field in [family.parent, *(f for f, _ in family.children)]:
             host = values.get(field)
             if host is None:
@@ -136,8 +136,8 @@ def render_families(lines: Lines, families: Sequence[FamilySpec], values: FieldV
             for vm_values in active:
                 counts = vm_values.get(field)
                 if counts is not None:
-                    inside += counts[0]
-            outside[field] = (max(host[0] - inside, 0), 0)
+                    inside += counts
+            outside[field] = max(host - inside, 0)
         written += _write(lines, name, OUTSIDE_LABELS, _entries(family, outside), scale, False)
     return written
 
@@ -159,19 +159,19 @@ def _histogram_lines(lines: Lines, spec: HistogramSpec, labels: str, counts: Seq
 
 
 def _sum_seconds(spec: HistogramSpec, histogram: HistogramValues,
-                 values: Dict[str, Tuple[int, int]]) -> Optional[float]:
+                 values: Totals) -> Optional[float]:
     # The matching *_ns counter is the sum of the histogram's samples when both
     # count over the same time (since the exporter started).
     if spec.sum_field is None or histogram.since != SINCE_START:
         return None
     counts = values.get(spec.sum_field)
-    return None if counts is None else counts[0] * 1e-9
+    return None if counts is None else counts * 1e-9
 
 
 def render_histograms(lines: Lines, specs: Sequence[HistogramSpec], histograms: Histograms,
-                      values: FieldValues, scope: str,
+                      values: Totals, scope: str,
                       vm_histograms: Optional[Dict[int, Histograms]],
-                      by_vm: Optional[Dict[int, FieldValues]], vm_labels: Dict[int, str],
+                      by_vm: Optional[Dict[int, Totals]], vm_labels: Dict[int, str],
                       openmetrics: bool) -> int:
     """Append the histogram families (partitioned like the counters); returns the
     number of series written (one per histogram and label set)."""

@@ -103,8 +103,8 @@ class VcpuProvider(FakeProvider):
 
 
 def collector_for(provider, *, by_vm=False, vm_series=ALL_VM, **kw):
-    sampler = Sampler([provider], by_vm=by_vm, histograms=(lambda n: True))
-    return KvmCollector(sampler, vm_series=vm_series, **kw)
+    return KvmCollector(Sampler([provider], by_vm=by_vm), vm_series=vm_series,
+                        histograms=lambda name: True, **kw)
 
 
 def scrape(collector, openmetrics=False):
@@ -508,9 +508,9 @@ def test_promtool_check_metrics_is_silent_for_every_kind_of_family():
                                 "kvm_pio": 1},
                                by_vm={9: {"kvm_exit": 3, "kvm_exit(HLT)": 2,
                                           "kvm_halt_poll_ns": 1, "kvm_pio": 1}})
-    sampler = Sampler([tracepoints, provider], by_vm=True, histograms=lambda n: True)
-    collector = KvmCollector(sampler, vm_series=ALL_VM, names={9: "g"}.get,
-                             vcpu_series=ALL_VM)
+    collector = KvmCollector(Sampler([tracepoints, provider], by_vm=True), vm_series=ALL_VM,
+                             names={9: "g"}.get, vcpu_series=ALL_VM,
+                             histograms=lambda name: True)
     text = collector.render(False).decode()
     assert "kvm_stats_vcpu_exits_total" in text and "_bucket" in text
     assert check_metrics(text) == ""
@@ -753,7 +753,7 @@ def test_stop_on_signals_sets_the_event_and_restores_handlers(served):
 
 def test_kvm_stat_serve_end_to_end_with_per_vm_data(monkeypatch):
     """cli.main(["--serve", ...]) with fake providers: per-VM labels, SIGTERM -> 0."""
-    import kvmstat.frontends.exporter as exporter
+    import kvmstat.sampling.sources
 
     provider = FakeProvider({"kvm_pio": 30, "kvm_exit": 4, "kvm_exit(HLT)": 4},
                             by_vm={7: {"kvm_pio": 10, "kvm_exit": 4, "kvm_exit(HLT)": 4},
@@ -765,7 +765,7 @@ def test_kvm_stat_serve_end_to_end_with_per_vm_data(monkeypatch):
         return Sampler([provider], by_vm=options.by_vm)
 
     notes, scraped = [], []
-    monkeypatch.setattr(exporter, "open_exporter_sampler", fake_open)
+    monkeypatch.setattr(kvmstat.sampling.sources, "sampler_for", fake_open)
     monkeypatch.setattr(cli, "_notify", notes.append)
     monkeypatch.setattr(cli, "close_detached", lambda resource: resource.close())
     monkeypatch.setattr("kvmstat.host.vms.GuestNames.__call__",
