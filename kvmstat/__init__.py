@@ -85,8 +85,7 @@ __all__ = [
 
 
 # Names loaded when first asked for, so that `kvm_stat` does not pay at
-# start-up for what its mode does not use (prometheus_client for the
-# exporter, the debugfs and binary-stats providers, the host diagnosis).
+# start-up for what its mode does not use (the exporter, the debugfs and binary-stats providers, the host diagnosis).
 _LAZY = {
     "KvmCollector": "frontends.exporter",
     "DebugfsProvider": "providers.debugfs",

@@ -33,6 +33,8 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "kernel: needs a real KVM host (skips without one unless KVMSTAT_REQUIRE_KVM=1)")
     config.addinivalue_line("markers", "qemu: needs qemu-system-x86_64")
+    config.addinivalue_line(
+        "markers", "prometheus: needs Debian's prometheus package (prometheus, promtool)")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -70,6 +72,14 @@ def qemu_missing_reason() -> "str | None":
     return None
 
 
+@functools.lru_cache(maxsize=None)
+def prometheus_missing_reason() -> "str | None":
+    for tool in ("prometheus", "promtool"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (apt-get install prometheus)"
+    return None
+
+
 def _skip_or_fail(reason: str) -> None:
     if require_kvm_env():
         pytest.fail(f"{REQUIRE_ENV}=1 but {reason}", pytrace=False)
@@ -94,6 +104,10 @@ def pytest_runtest_setup(item):
     if item.get_closest_marker("qemu") is not None:
         require_kvm()
         require_qemu()
+    if item.get_closest_marker("prometheus") is not None:
+        reason = prometheus_missing_reason()
+        if reason:
+            _skip_or_fail(reason)
 
 
 # ---------------------------------------------------------------------------

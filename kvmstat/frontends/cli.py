@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, List, Optional, Sequence
 from .. import __version__
 from ..sampling.engine import ENGINES
 from ..errors import Error, InvalidArgument, NotAvailable
+from .exporter_names import DEFAULT_VM_SERIES
 from ..sampling.fields import FieldFilter
 from ..host.paths import Paths
 from ..sampling.sampler import vm_exited_message
@@ -47,6 +48,9 @@ class Options:
     by_guest: bool = False
     serve: Optional[str] = None
     engine: str = "auto"
+    web_config: Optional[str] = None
+    vm_series: Optional[str] = DEFAULT_VM_SERIES   # None: no per-VM series
+    vcpu_series: Optional[str] = None              # None: no per-vCPU series
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,6 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="with -1, -l or -L: one set of rows per VM instead of host totals")
     add("--serve", metavar="[HOST:]PORT",
         help="serve Prometheus metrics at http://HOST:PORT/metrics (HOST defaults to 127.0.0.1)")
+    add("--web-config", metavar="FILE",
+        help="with --serve: TLS and basic authentication from FILE, a Prometheus "
+             "exporter web configuration file (tls_server_config, basic_auth_users)")
+    add("--vm-series", metavar="REGEX",
+        help="with --serve: the fields that get per-VM series (matched from the start "
+             "like -f; default: exits and their reasons, I/O, halts and interrupts)")
+    add("--no-vm-series", action="store_true",
+        help="with --serve: host series only, no per-VM series")
+    add("--vcpu-series", metavar="REGEX", nargs="?", const=DEFAULT_VM_SERIES,
+        help="with --serve and --binstats: per-vCPU series of the fields REGEX matches "
+             "(without REGEX: the --vm-series default); off by default")
     add("--binstats", action="store_true",
         help="retrieve statistics from KVM's binary statistics file descriptors")
     add("--check", action="store_true",
@@ -165,6 +180,18 @@ def parse_options(argv: Optional[Sequence[str]] = None) -> Options:
         raise InvalidArgument("--serve excludes -1, -l, -L and --check")
     if args.log_file is not None and not args.log_file.strip():
         raise InvalidArgument("-L/--log-to-file needs a file name")
+    serve_only = [name for name, given in (("--web-config", args.web_config is not None),
+                                           ("--vm-series", args.vm_series is not None),
+                                           ("--no-vm-series", args.no_vm_series),
+                                           ("--vcpu-series", args.vcpu_series is not None))
+                  if given]
+    if serve_only and args.serve is None:
+        raise InvalidArgument(f"{serve_only[0]} works with --serve only")
+    if args.no_vm_series and args.vm_series is not None:
+        raise InvalidArgument("--vm-series and --no-vm-series exclude each other")
+    if args.vcpu_series is not None and not args.binstats:
+        raise InvalidArgument("--vcpu-series needs --binstats (per-vCPU values come from "
+                              "KVM's binary statistics)")
 
     if args.check:
         opts.mode = "check"
@@ -196,9 +223,18 @@ def parse_options(argv: Optional[Sequence[str]] = None) -> Options:
     if args.pid is not None:
         opts.pid = parse_pid(args.pid)
     if args.serve is not None:
-        from .exporter import parse_serve_address
+        from .exporter import compile_series_regex, parse_serve_address
 
         parse_serve_address(args.serve)  # raises InvalidArgument for a bad [HOST:]PORT
+        for option, regex in (("--vm-series", args.vm_series),
+                              ("--vcpu-series", args.vcpu_series)):
+            compile_series_regex(regex, option)  # raises InvalidArgument for a bad regex
+        if args.vm_series is not None:
+            opts.vm_series = args.vm_series
+        if args.no_vm_series:
+            opts.vm_series = None
+        opts.vcpu_series = args.vcpu_series
+        opts.web_config = args.web_config
     opts.guest = args.guest
     opts.log_file = args.log_file
     opts.csv = args.csv
@@ -316,25 +352,35 @@ def _run_log(opts: Options, paths: Paths) -> int:
 
 
 def _run_serve(opts: Options, paths: Paths) -> int:
-    """The exporter: bind first (a busy port fails before any event is opened),
-    then open the providers and serve until SIGTERM or SIGINT."""
+    """The exporter: read --web-config and bind first (a bad file or a busy port
+    fails before any event is opened), then open the providers and serve until
+    SIGTERM or SIGINT."""
     import threading
 
-    from .exporter import (KvmCollector, MetricsServer, parse_serve_address,
-                           serve_until_stopped, stop_on_signals)
+    from .exporter import (KvmCollector, MetricsServer, compile_series_regex,
+                           parse_serve_address, serve_until_stopped, stop_on_signals)
     from ..sampling.sources import sampler_for
-    from ..host.vms import find_vm
+    from .exporter_web import load_web_config
+    from ..host.vms import GuestNames, find_vm
 
     def release_later(sampler) -> None:
         # Closing perf events is slow: a dropped VM must not stall the scrape.
         threading.Thread(target=sampler.close, name="kvmstat-release", daemon=True).start()
 
-    with MetricsServer(parse_serve_address(opts.serve), notify=_notify) as server, \
+    web = load_web_config(opts.web_config) if opts.web_config is not None else None
+    with MetricsServer(parse_serve_address(opts.serve), notify=_notify, web=web) as server, \
             stop_on_signals() as stop:
         vm = find_vm(opts.pid, paths.proc) if opts.pid is not None else None
-        sampler = sampler_for(_sampler_options(opts, paths, by_vm=opts.pid is None,
-                                               histograms=False), notify=_notify)
-        collector = KvmCollector(sampler, vm=vm, release=release_later, notify=_notify)
+        per_vm = opts.vm_series is not None or opts.vcpu_series is not None
+        options = _sampler_options(opts, paths, by_vm=per_vm and opts.pid is None,
+                                   histograms=True)
+        sampler = sampler_for(options, notify=_notify)
+        collector = KvmCollector(sampler, vm=vm, release=release_later, notify=_notify,
+                                 vm_series=compile_series_regex(opts.vm_series, "--vm-series"),
+                                 vcpu_series=compile_series_regex(opts.vcpu_series,
+                                                                  "--vcpu-series"),
+                                 names=GuestNames(paths.proc),
+                                 histograms=options.field_filter.matches, version=__version__)
         try:
             server.register(collector)
             _notify(f"serving metrics at {server.url}")

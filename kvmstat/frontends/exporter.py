@@ -1,76 +1,57 @@
 """The Prometheus/OpenMetrics exporter behind ``kvm_stat --serve [HOST:]PORT``.
 
-:class:`KvmCollector` is a prometheus_client collector that reads a
-:class:`~kvmstat.sampling.sampler.Sampler` at scrape time: there is no background
-sampling, a scrape costs one read per provider.  :class:`MetricsServer` serves
-it at ``http://HOST:PORT/metrics`` through prometheus_client's WSGI app, which
-answers in the Prometheus text format, or in OpenMetrics when the scraper asks
-for ``application/openmetrics-text`` in its ``Accept`` header.
+:class:`KvmCollector` reads a :class:`~kvmstat.sampling.sampler.Sampler` at scrape time (no
+background sampling: a scrape costs one read per provider) and writes the answer
+itself, family by family (:mod:`kvmstat.frontends.exporter_render`), with the names of
+:mod:`kvmstat.frontends.exporter_names`.  :class:`MetricsServer` serves it at
+``http://HOST:PORT/metrics`` in the Prometheus text format, or in OpenMetrics when
+the scraper asks for ``application/openmetrics-text`` in its ``Accept`` header,
+gzip-compressed when asked; with a web configuration file
+(:mod:`kvmstat.frontends.exporter_web`) over TLS and behind basic authentication.
 
-Metric names and labels (SPEC §3.4):
-
-* every field becomes a counter family named after the event with ``kvm_``
-  prepended unless the name already starts with it; samples carry the
-  ``_total`` suffix: ``kvm_pio`` -> ``kvm_pio_total``, debugfs ``exits`` ->
-  ``kvm_exits_total``.  Fields that are current levels, not counts
-  (:attr:`Provider.levels <kvmstat.providers.base.Provider.levels>`: debugfs
-  and binary-stats instant and peak values such as ``pages_4k``), are gauges
-  without the suffix: ``kvm_pages_4k``;
-* a child field is a series of its parent's family with a ``reason`` label:
-  ``kvm_exit(HLT)`` -> ``kvm_exit_total{reason="HLT"}``.  The series
-  *without* a ``reason`` label is the parent itself, i.e. every reason
-  together, so do not ``sum()`` over both: use ``kvm_exit_total{reason=""}``
-  for the total and ``kvm_exit_total{reason!=""}`` for the breakdown;
-* per-VM series carry ``pid`` and ``guest`` labels (``guest`` is empty for a
-  VM without a name).  Host-wide series have neither label.  When the
-  providers give a per-VM breakdown both are served, so select
-  ``{pid=""}`` for host totals or ``{pid!=""}`` for the VMs, never both in
-  one ``sum()``.  With a watched VM (``-p``/``-g``) there is no host total:
-  every series is that VM's and carries its ``pid`` and ``guest``;
-* ``kvmstat_sample_seconds`` (gauge) is how long reading the providers took
-  during this scrape; with a watched VM, ``kvmstat_vm_running{pid,guest}`` is
-  1 while it runs and 0 once it has exited and been dropped.
-
-Values are counts since the exporter opened its providers (a restart starts
-them from zero again, which Prometheus' ``rate()`` handles as a reset).
+What the series mean and how they add up: docs/metrics.md.  Values are counts
+since the exporter opened its providers (a restart starts them from zero again,
+which Prometheus' ``rate()`` handles as a reset).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import gzip
 import ipaddress
 import re
 import signal
 import socket
 import socketserver
+import ssl
 import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import (Callable, Dict, FrozenSet, Iterable, Iterator, List, Optional, Sequence,
-                    Tuple)
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-from prometheus_client import CollectorRegistry, make_wsgi_app
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
-
-from ..errors import Error, InvalidArgument, NotAvailable, error_from_errno
-from ..sampling.fields import parent_of, reason_of
-from ..sampling.sampler import FieldValues, Sample, Sampler, vm_exited_message
+from ..errors import AccessDenied, Error, InvalidArgument, NotAvailable
+from .exporter_names import (DEFAULT_VM_SERIES, FamilySpec, HistogramSpec, escape_label_value, histogram_spec,
+                             layout_families)
+from .exporter_render import render_families, render_histograms, render_vcpus, vm_label_text
+from .exporter_web import WebConfig
+from ..sampling.fields import parent_of
+from ..providers.base import Histograms, Totals
+from ..sampling.sampler import Sampler, vm_exited_message
 from ..host.vms import VM
 
 __all__ = [
-    "DEFAULT_HOST", "ServeAddress", "parse_serve_address", "family_name",
-    "KvmCollector", "MetricsServer", "stop_on_signals", "serve_until_stopped",
+    "DEFAULT_HOST", "DEFAULT_VM_SERIES", "ServeAddress", "parse_serve_address",
+    "compile_series_regex", "KvmCollector", "MetricsServer",
+    "stop_on_signals", "serve_until_stopped",
 ]
 
 #: Where ``--serve PORT`` listens when no host is given: loopback only.
 DEFAULT_HOST = "127.0.0.1"
 
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*\.?")
-_INVALID_NAME_CHARS = re.compile(r"[^a-zA-Z0-9_:]")
 
 
 # ---------------------------------------------------------------------------
@@ -138,189 +119,271 @@ def parse_serve_address(text: str) -> ServeAddress:
 
 
 # ---------------------------------------------------------------------------
-# Names
+# The collector
 
-def family_name(field: str) -> str:
-    """The metric family of *field*, without the ``_total`` suffix.
+TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS_FORMAT = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
-    ``kvm_pio`` -> ``kvm_pio``, ``exits`` -> ``kvm_exits``, ``kvm_exit(HLT)``
-    -> ``kvm_exit`` (the reason becomes a label).  Characters a metric name
-    cannot hold become ``_``.
+
+def compile_series_regex(regex: Optional[str], option: str) -> "Optional[re.Pattern[str]]":
+    """The ``--vm-series``/``--vcpu-series`` pattern; None (no such series) for None.
+
+    Raises :class:`InvalidArgument` with a one-line message for a bad regex.
     """
-    name = _INVALID_NAME_CHARS.sub("_", parent_of(field))
-    if not name.startswith("kvm_"):
-        name = "kvm_" + name
-    if name.endswith("_total"):  # the suffix belongs to the samples
-        name = name[: -len("_total")]
-    return name
+    if regex is None:
+        return None
+    try:
+        return re.compile(regex)
+    except (re.error, OverflowError, RecursionError) as exc:
+        raise InvalidArgument(f'{option} "{regex}": not a valid regular expression '
+                              f"({exc})") from None
 
 
 @dataclass
-class _Family:
-    name: str
-    documentation: str
-    #: (field, labels) in output order: the parent first, then its children
-    series: List[Tuple[str, Dict[str, str]]]
-    #: "counter", or "gauge" for a current level (samples without ``_total``)
-    type: str = "counter"
+class _Reading:
+    """What one scrape read from every provider, merged (raw totals: the exporter
+    needs no deltas)."""
 
-    @property
-    def sample_name(self) -> str:
-        return self.name + "_total" if self.type == "counter" else self.name
-
-
-def _layout(fields: Iterable[str], provider_of: Dict[str, str],
-            levels: FrozenSet[str] = frozenset()) -> Tuple[List[_Family], List[str]]:
-    """Group fields into families; returns (families, fields left out).
-
-    Fields in *levels* (current values such as ``pages_4k``, which can go
-    down) become gauges, every other field a counter.  A field left out is
-    one whose family and labels another field already took (two providers
-    naming different things alike): it is reported once instead of making
-    every scrape invalid with duplicate series.
-    """
-    families: Dict[str, _Family] = {}
-    owner: Dict[str, str] = {}  # family name -> parent field that owns it
-    skipped: List[str] = []
-    # Parents sort before their children ("kvm_exit" < "kvm_exit(").
-    for field in sorted(fields):
-        name = family_name(field)
-        parent = parent_of(field)
-        if owner.setdefault(name, parent) != parent:
-            skipped.append(field)
-            continue
-        family = families.get(name)
-        if family is None:
-            provider = provider_of.get(field, "kvmstat")
-            if parent in levels:
-                family = families[name] = _Family(
-                    name, f"current {parent} as read by the {provider} provider", [], "gauge")
-            else:
-                family = families[name] = _Family(
-                    name, f"{parent} events counted by the {provider} provider", [])
-        reason = reason_of(field)
-        family.series.append((field, {} if reason is None else {"reason": reason}))
-    for family in families.values():
-        if len(family.series) > 1:
-            family.documentation += ("; a series with a reason label counts that reason, "
-                                     "the one without counts every reason")
-    return [families[n] for n in sorted(families)], skipped
-
-
-# ---------------------------------------------------------------------------
-# The collector
-
-def _vm_labels(pid: int, name: Optional[str]) -> Dict[str, str]:
-    return {"pid": str(pid), "guest": name or ""}
-
-
-def _families_of(families: List[_Family], values: FieldValues,
-                 host_labels: Optional[Dict[str, str]],
-                 per_vm: Sequence[Tuple[Dict[str, str], FieldValues]]) -> Iterator[Metric]:
-    """One family per event: host (or watched VM) series, then per-VM series."""
-    for family in families:
-        metric = Metric(family.name, family.documentation, family.type)
-        sample_name = family.sample_name
-        for field, labels in family.series:
-            metric.add_sample(sample_name, {**host_labels, **labels} if host_labels else labels,
-                              values[field][0])
-        for vm_labels, vm_values in per_vm:
-            for field, labels in family.series:
-                counts = vm_values.get(field)
-                if counts is not None:
-                    metric.add_sample(sample_name, {**vm_labels, **labels}, counts[0])
-        yield metric
+    totals: Totals
+    by_vm: Optional[Dict[int, Totals]]
+    histograms: Histograms
+    vm_histograms: Optional[Dict[int, Histograms]]
+    by_vcpu: Dict[int, Dict[int, Totals]]
+    ended: set
 
 
 class KvmCollector:
-    """A prometheus_client collector reading *sampler* at every scrape.
+    """Reads the providers of *sampler* at every scrape and writes the answer
+    (:meth:`render`).
 
-    Register it with a :class:`prometheus_client.CollectorRegistry` (or use
-    :class:`MetricsServer`).  Scrapes may run concurrently: a lock makes one
-    read the sampler at a time.  *vm* is the watched VM when the sampler was
-    opened for one VM process (``pid=``): its series then carry ``pid`` and
-    ``guest`` labels, and when that VM exits (``sampler.done``)
-    the collector drops the sampler, hands it to *release* (default: its
-    ``close``) and keeps answering with no event series.  Without *vm*, the
-    per-VM series come from ``Sample.by_vm`` and ``Sample.vm_names`` (open
-    the sampler with ``by_vm=True``).  *notify* receives
-    one-line notes (the drop, fields left out).
+    There is no background sampling: a scrape costs one snapshot per provider,
+    taken directly (the sampler's per-VM deltas, which the exporter does not
+    serve, would cost in proportion to VMs x fields).  Scrapes may run
+    concurrently: a lock makes one read and write at a time.
+
+    *vm* is the watched VM when the sampler was opened for one VM process
+    (``pid=``): every series then carries its ``pid`` and ``guest`` labels, and
+    when it exits (a reading lists it as ended) the collector drops the
+    sampler, hands it to *release* (default: its ``close``) and keeps answering
+    with the exporter's own metrics only.  Without *vm*, per-VM series come
+    from the providers' per-VM breakdown (when ``sampler.by_vm``) for the
+    families whose parent field *vm_series* matches (``re.match``; None: no
+    per-VM series).  *vcpu_series* does the same for per-vCPU series of the
+    binary-statistics provider.  *histograms* selects the histogram statistics
+    served by name (None: none).  *names* maps a VM pid to its guest name; it is
+    asked once per VM, when the VM first appears.  *notify* receives one-line
+    notes (the drop, fields left out, read errors).
     """
 
     def __init__(self, sampler: Sampler, *, vm: Optional[VM] = None,
                  release: Optional[Callable[[Sampler], None]] = None,
-                 notify: Optional[Callable[[str], None]] = None):
+                 notify: Optional[Callable[[str], None]] = None,
+                 vm_series: "Optional[re.Pattern[str]]" = None,
+                 vcpu_series: "Optional[re.Pattern[str]]" = None,
+                 names: Optional[Callable[[int], Optional[str]]] = None,
+                 histograms: Optional[Callable[[str], bool]] = None,
+                 version: str = ""):
         self._sampler: Optional[Sampler] = sampler
         self._vm = vm
         self._release = release or (lambda s: s.close())
         self._notify = notify or (lambda message: None)
+        self._names = names or (lambda pid: None)
+        self._vcpu_series = vcpu_series
+        self._histogram_filter = histograms
+        self._by_vm = bool(getattr(sampler, "by_vm", False)) and vm is None
         self._lock = threading.Lock()
         self._fields_seen: Optional[frozenset] = None
-        self._families: List[_Family] = []
+        self._families: List[FamilySpec] = []
+        self._histograms: Dict[str, Optional[HistogramSpec]] = {}
         self._provider_of: Dict[str, str] = {}
+        self._vm_labels: Dict[int, str] = {}
+        self._gauges_seen: Dict[int, set] = {}
+        self._read_errors = 0
+        self._last_seconds = 0.0
+        self._last_series = 0
+        per_vm_providers = []
         levels = set()
         for provider in getattr(sampler, "providers", ()):
             for field in provider.fields:
                 self._provider_of.setdefault(field, provider.name)
             levels.update(provider.levels)
+            if getattr(sampler, "by_vm", False) and provider.supports_by_vm:
+                per_vm_providers.append(provider.name)
         self._levels = frozenset(levels)
+        self._per_vm_providers = frozenset(per_vm_providers)
+        self._vm_series = vm_series if vm is None else None
+        # Per-vCPU values: binary statistics only.
+        self._vcpu_providers = [p for p in getattr(sampler, "providers", ())
+                                if vcpu_series is not None and p.name == "binstats"]
+        engine = getattr(sampler, "engine", None) or "none"
+        providers = ",".join(sorted({p.name for p in getattr(sampler, "providers", ())}))
+        self._info = (f'kvmstat_exporter_info{{engine="{escape_label_value(engine)}",'
+                      f'providers="{escape_label_value(providers)}",'
+                      f'version="{escape_label_value(version)}"}} 1\n')
+        self._watched_labels = vm_label_text(vm.pid, vm.name) if vm is not None else ""
 
     @property
     def dropped(self) -> bool:
         """True once the watched VM has exited and its sampler was released."""
         return self._sampler is None
 
-    def describe(self) -> List[Metric]:
-        """Nothing: registering the collector must not read the kernel."""
-        return []
+    def _relayout(self, fields: frozenset) -> None:
+        per_vm = self._vm_series
+        provider_of = self._provider_of
+        # Families of providers without a per-VM breakdown keep host series only.
+        selectable = [f for f in fields
+                      if provider_of.get(parent_of(f), provider_of.get(f)) in self._per_vm_providers]
+        self._families, skipped = layout_families(fields, provider_of, self._levels, per_vm)
+        if per_vm is not None:
+            allowed = {parent_of(f) for f in selectable}
+            for family in self._families:
+                family.per_vm = family.per_vm and family.parent in allowed
+        self._fields_seen = fields
+        if skipped:
+            self._notify("left out of the metrics (their names clash with other fields): "
+                         + ", ".join(skipped))
 
-    def _read(self) -> Tuple[Optional[Sample], List[_Family], float]:
-        """Take one sample under the lock: (sample, its families, seconds it took).
+    def _histogram_specs(self, histograms: Histograms, fields: frozenset) -> List[HistogramSpec]:
+        specs = []
+        for name in sorted(histograms):
+            if name not in self._histograms:
+                h = histograms[name]
+                per_vm = self._vm_series is not None and self._vm_series.match(name) is not None
+                self._histograms[name] = histogram_spec(
+                    name, len(h.counts), h.bounds, h.unit, h.base, h.exponent, fields, per_vm)
+            spec = self._histograms[name]
+            if spec is not None:
+                specs.append(spec)
+        return specs
 
-        The sample is None once the watched VM has been dropped.
-        """
-        with self._lock:
-            sampler = self._sampler
-            if sampler is None:
-                return None, [], 0.0
-            start = time.monotonic()
-            sample = sampler.sample()
-            if sampler.done:
-                self._sampler = None
-                self._notify(f"{vm_exited_message(sampler.pid)}: dropped it, still serving")
-                self._release(sampler)
-                return None, [], 0.0
-            elapsed = time.monotonic() - start
-            fields = frozenset(sample.values)
-            if fields != self._fields_seen:
-                self._families, skipped = _layout(fields, self._provider_of, self._levels)
-                self._fields_seen = fields
-                if skipped:
-                    self._notify("left out of the metrics (their names clash with other "
-                                 "fields): " + ", ".join(skipped))
-            return sample, self._families, elapsed
-
-    def collect(self) -> Iterator[Metric]:
-        """Read the providers once and yield one counter family per event."""
-        sample, families, elapsed = self._read()
-        if self._vm is not None:
-            running = GaugeMetricFamily(
-                "kvmstat_vm_running", "1 while the watched VM runs, 0 once it has exited",
-                labels=["pid", "guest"])
-            running.add_metric([str(self._vm.pid), self._vm.name or ""], 0 if sample is None else 1)
-            yield running
-        if sample is None:
+    def _follow_vms(self, by_vm: Dict[int, Totals]) -> None:
+        """Labels of the VMs present (names asked once per VM); forget those gone."""
+        if by_vm.keys() == self._vm_labels.keys():
             return
-        yield GaugeMetricFamily("kvmstat_sample_seconds",
-                                "Seconds spent reading the providers for this scrape", elapsed)
+        labels = {}
+        for pid in sorted(by_vm):
+            known = self._vm_labels.get(pid)
+            labels[pid] = known if known is not None else vm_label_text(pid, self._names(pid))
+        self._vm_labels = labels
+        for pid in list(self._gauges_seen):
+            if pid not in labels:
+                del self._gauges_seen[pid]
+
+    def _read_providers(self, sampler: Sampler) -> _Reading:
+        """Follow VMs that came or went, then one snapshot per provider, merged."""
+        wanted = self._histogram_filter
+        reading = _Reading({}, {} if self._by_vm else None, {},
+                           {} if self._by_vm and wanted else None, {}, set())
+        for provider in sampler.providers:
+            provider.refresh()
+            part = provider.snapshot(by_vm=self._by_vm, histograms=wanted is not None,
+                                     by_vcpu=provider in self._vcpu_providers)
+            reading.totals.update(part.totals)
+            if reading.by_vm is not None:
+                for pid, totals in part.by_vm.items():
+                    reading.by_vm.setdefault(pid, {}).update(totals)
+            if wanted is not None:
+                reading.histograms.update((n, h) for n, h in part.histograms.items() if wanted(n))
+                if reading.vm_histograms is not None:
+                    for pid, histograms in part.vm_histograms.items():
+                        mine = reading.vm_histograms.setdefault(pid, {})
+                        mine.update((n, h) for n, h in histograms.items() if wanted(n))
+            reading.by_vcpu.update(part.by_vcpu)
+            reading.ended.update(part.ended)
+        return reading
+
+    def _read(self, sampler: Sampler) -> Optional[_Reading]:
+        """One reading; None when the watched VM has gone or the read failed."""
+        try:
+            reading = self._read_providers(sampler)
+        except Error as exc:
+            self._read_errors += 1
+            self._notify(f"reading the counters failed: {exc}")
+            return None
+        if self._vm is not None and self._vm.pid in reading.ended:
+            self._sampler = None
+            self._notify(f"{vm_exited_message(self._vm.pid)}: dropped it, still serving")
+            self._release(sampler)
+            return None
+        return reading
+
+    def render(self, openmetrics: bool = False) -> bytes:
+        """Read the providers once and return the whole answer, in the Prometheus
+        text format or (*openmetrics*) in OpenMetrics."""
+        with self._lock:
+            start = time.monotonic()
+            lines: List[str] = []
+            series = 0
+            sampler = self._sampler
+            reading = self._read(sampler) if sampler is not None else None
+            read_seconds = time.monotonic() - start
+            if reading is not None:
+                series = self._render_reading(lines, reading, openmetrics)
+            series += self._render_health(lines, reading, read_seconds, openmetrics)
+            if openmetrics:
+                lines.append("# EOF\n")
+            body = "".join(lines).encode("utf-8", "replace")
+            self._last_seconds = time.monotonic() - start
+            self._last_series = series
+            return body
+
+    def _render_reading(self, lines: List[str], reading: _Reading, openmetrics: bool) -> int:
+        fields = frozenset(reading.totals)
+        if fields != self._fields_seen:
+            self._relayout(fields)
+        by_vm = reading.by_vm if self._vm_series is not None else None
+        if reading.by_vm is not None:
+            self._follow_vms(reading.by_vm)
+        vm_labels = self._vm_labels
+        scope = self._watched_labels
+        series = render_families(lines, self._families, reading.totals, scope, by_vm,
+                                 vm_labels, self._gauges_seen, openmetrics)
+        if reading.histograms:
+            specs = self._histogram_specs(reading.histograms, fields)
+            vm_histograms = reading.vm_histograms if by_vm is not None else None
+            series += render_histograms(lines, specs, reading.histograms, reading.totals, scope,
+                                        vm_histograms, by_vm, vm_labels, openmetrics)
+        by_vcpu = reading.by_vcpu
+        if by_vcpu and self._vcpu_series is not None:
+            if self._vm is not None:
+                vm_labels = {self._vm.pid: self._watched_labels}
+            series += render_vcpus(lines, by_vcpu, lambda f: self._vcpu_series.match(f) is not None,
+                                   self._levels, vm_labels, openmetrics)
+        return series
+
+    def _render_health(self, lines: List[str], reading: Optional[_Reading], read_seconds: float,
+                       openmetrics: bool) -> int:
+        def family(name: str, kind: str, help_text: str, *samples: str) -> None:
+            shown = name[: -len("_total")] if openmetrics and kind == "counter" else name
+            lines.append(f"# HELP {shown} {help_text}\n# TYPE {shown} {kind}\n")
+            lines.extend(samples)
+
+        family("kvmstat_exporter_info", "gauge",
+               "Always 1: how the exporter counts (engine: bpf, perf, none) and from which "
+               "providers", self._info)
+        family("kvmstat_read_duration_seconds", "gauge",
+               "Seconds this scrape spent reading the providers",
+               f"kvmstat_read_duration_seconds {read_seconds!r}\n")
+        family("kvmstat_last_scrape_duration_seconds", "gauge",
+               "Seconds the previous scrape took from its start to its last byte written",
+               f"kvmstat_last_scrape_duration_seconds {self._last_seconds!r}\n")
+        family("kvmstat_last_scrape_series", "gauge",
+               "KVM series (not counting the exporter's own) in the previous scrape's answer",
+               f"kvmstat_last_scrape_series {self._last_series}\n")
+        family("kvmstat_read_errors_total", "counter",
+               "Scrapes whose reading of the providers failed (their answer had no KVM series)",
+               f"kvmstat_read_errors_total {self._read_errors}\n")
         if self._vm is not None:
-            host_labels: Optional[Dict[str, str]] = _vm_labels(self._vm.pid, self._vm.name)
-            per_vm: Sequence[Tuple[Dict[str, str], FieldValues]] = ()
-        else:
-            host_labels = None
-            per_vm = [(_vm_labels(pid, sample.vm_names.get(pid)), values)
-                      for pid, values in sorted((sample.by_vm or {}).items())]
-        yield from _families_of(families, sample.values, host_labels, per_vm)
+            running = 0 if self._sampler is None else 1
+            family("kvmstat_vms", "gauge", "VM processes watched", f"kvmstat_vms {running}\n")
+            family("kvmstat_vm_running", "gauge",
+                   "1 while the watched VM runs, 0 once it has exited",
+                   f"kvmstat_vm_running{{{self._watched_labels}}} {running}\n")
+            return 7
+        watched = len(reading.by_vm or {}) if reading is not None else 0
+        family("kvmstat_vms", "gauge", "VM processes watched (with a per-VM breakdown; "
+               "0 without one)", f"kvmstat_vms {watched}\n")
+        return 6
 
     def close(self) -> None:
         """Close the sampler (if not dropped already); later scrapes serve no events."""
@@ -345,22 +408,33 @@ _LANDING_PAGE = (b"<html><head><title>kvmstat exporter</title></head><body>"
 
 
 class _QuietHandler(WSGIRequestHandler):
-    """No access log; a stuck client cannot hold a thread forever."""
+    """No access log; a stuck client cannot hold a thread forever; the TLS
+    handshake (if any) happens here, in the request's thread, not in the
+    accepting one."""
 
     timeout = 60
+
+    def setup(self) -> None:
+        """Set the timeout, then shake hands on a TLS connection."""
+        super().setup()
+        if isinstance(self.connection, ssl.SSLSocket):
+            self.connection.do_handshake()
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         """Log nothing (a scrape every few seconds would flood stderr)."""
 
 
 class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
-    """One thread per request; *report* receives request errors as one line."""
+    """One thread per request; *report* receives request errors as one line;
+    with *tls*, connections are wrapped in it."""
 
     daemon_threads = True
 
-    def __init__(self, sockaddr: Tuple[str, int], family: int, report: Callable[[str], None]):
+    def __init__(self, sockaddr: Tuple[str, int], family: int, report: Callable[[str], None],
+                 tls: Optional[ssl.SSLContext] = None):
         self.address_family = family  # read by TCPServer.__init__ to create the socket
         self.report = report
+        self.tls = tls
         super().__init__(sockaddr, _QuietHandler)
 
     def server_bind(self) -> None:
@@ -371,10 +445,19 @@ class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
         self.server_name, self.server_port = str(host), int(port)
         self.setup_environ()
 
+    def get_request(self):
+        """Accept a connection; with TLS, wrap it (handshake later, in its thread)."""
+        connection, address = super().get_request()
+        if self.tls is not None:
+            connection = self.tls.wrap_socket(connection, server_side=True,
+                                              do_handshake_on_connect=False)
+        return connection, address
+
     def handle_error(self, request, client_address) -> None:
-        """One line instead of socketserver's traceback."""
+        """One line instead of socketserver's traceback; clients that fail the TLS
+        handshake or go away are not worth one."""
         exc = sys.exc_info()[1]
-        if not isinstance(exc, (ConnectionError, TimeoutError)):
+        if not isinstance(exc, (ConnectionError, TimeoutError, ssl.SSLError)):
             self.report(f"request from {client_address[0]} failed: {exc}")
 
 
@@ -383,27 +466,40 @@ def _bind_error(address: ServeAddress, exc: OSError) -> Error:
     if exc.errno == errno.EADDRINUSE:
         return NotAvailable(f"{where}: the port is already in use (stop the other program "
                             f"or choose another port)")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return AccessDenied(f"{where}: permission denied (ports below 1024 need root "
+                            f"or CAP_NET_BIND_SERVICE)")
     if exc.errno == errno.EADDRNOTAVAIL:
         return InvalidArgument(f"{where}: {address.host} is not an address of this host")
-    return error_from_errno(exc.errno or errno.EIO, f"listening on {address}",
-                            fix="ports below 1024 need root or CAP_NET_BIND_SERVICE"
-                            if exc.errno in (errno.EACCES, errno.EPERM) else "",
-                            other=NotAvailable)
+    return NotAvailable(f"{where}: {exc.strerror or exc}")
+
+
+def _wants_openmetrics(accept: str) -> bool:
+    return any(part.split(";")[0].strip() == "application/openmetrics-text"
+               for part in accept.split(","))
+
+
+def _wants_gzip(accept_encoding: str) -> bool:
+    return any(part.split(";")[0].strip() == "gzip" for part in accept_encoding.split(","))
 
 
 class MetricsServer:
     """An HTTP server for ``/metrics``, bound (but not yet serving) on creation.
 
     Binding first lets a busy port fail at once, before any event is opened.
-    Add collectors with :meth:`register`, then :meth:`start` serves in a
-    background thread (one thread per request).  Errors while serving are
-    passed to *notify* as one line; the scraper gets a 500 answer.
+    :meth:`register` the :class:`KvmCollector` (anything with ``render(openmetrics)
+    -> bytes``), then :meth:`start` serves in a background thread (one thread per
+    request).  *web* (from :func:`~kvmstat.frontends.exporter_web.load_web_config`) adds TLS
+    and basic authentication.  Errors while serving are passed to *notify* as one
+    line; the scraper gets a 500 answer.
     """
 
     def __init__(self, address: ServeAddress, *,
-                 notify: Optional[Callable[[str], None]] = None):
+                 notify: Optional[Callable[[str], None]] = None,
+                 web: Optional[WebConfig] = None):
         self._notify = notify or (lambda message: None)
-        self.registry = CollectorRegistry(auto_describe=False)
+        self._web = web or WebConfig()
+        self._collector = None
         try:
             infos = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM,
                                        flags=socket.AI_PASSIVE)
@@ -412,11 +508,10 @@ class MetricsServer:
                                   f"'{address.host}' ({exc.strerror})") from None
         family, _, _, _, sockaddr = infos[0]
         try:
-            self._server = _ThreadingServer(sockaddr[:2], family, self._notify)
+            self._server = _ThreadingServer(sockaddr[:2], family, self._notify, self._web.tls)
         except OSError as exc:
             raise _bind_error(address, exc) from None
         self._server.set_app(self._app)
-        self._metrics_app = make_wsgi_app(self.registry)
         self._thread: Optional[threading.Thread] = None
         host, port = self._server.server_address[:2]
         self.address = ServeAddress(str(host), int(port))
@@ -424,17 +519,35 @@ class MetricsServer:
     @property
     def url(self) -> str:
         """The URL scrapers use, e.g. ``http://127.0.0.1:9000/metrics``."""
-        return f"http://{self.address}/metrics"
+        scheme = "https" if self._web.tls is not None else "http"
+        return f"{scheme}://{self.address}/metrics"
 
-    def register(self, collector: Collector) -> None:
-        """Serve *collector*'s metrics too."""
-        self.registry.register(collector)
+    def register(self, collector) -> None:
+        """Serve *collector*'s answer at ``/metrics``."""
+        self._collector = collector
+
+    def _metrics(self, environ, start_response) -> List[bytes]:
+        openmetrics = _wants_openmetrics(environ.get("HTTP_ACCEPT", ""))
+        collector = self._collector
+        body = collector.render(openmetrics) if collector is not None else b""
+        headers = [("Content-Type", OPENMETRICS_FORMAT if openmetrics else TEXT_FORMAT)]
+        if _wants_gzip(environ.get("HTTP_ACCEPT_ENCODING", "")):
+            body = gzip.compress(body, compresslevel=1)
+            headers.append(("Content-Encoding", "gzip"))
+        headers.append(("Content-Length", str(len(body))))
+        start_response("200 OK", headers)
+        return [body]
 
     def _app(self, environ, start_response) -> List[bytes]:
+        if not self._web.authorized(environ.get("HTTP_AUTHORIZATION")):
+            start_response("401 Unauthorized",
+                           [("Content-Type", "text/plain; charset=utf-8"),
+                            ("WWW-Authenticate", 'Basic realm="kvmstat"')])
+            return [b"unauthorized\n"]
         path = environ.get("PATH_INFO", "")
         if path == "/metrics":
             try:
-                return self._metrics_app(environ, start_response)
+                return self._metrics(environ, start_response)
             except Exception as exc:  # a scrape must never print a traceback
                 message = str(exc) if isinstance(exc, Error) else f"{type(exc).__name__}: {exc}"
                 self._notify(f"scrape failed: {message}")

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from . import REPO_ROOT
 from .commands import KVM_STAT, fd_links, perf_event_fds, wait_for
 
-__all__ = ["ExporterProcess", "value", "series", "OPENMETRICS"]
+__all__ = ["ExporterProcess", "value", "value_or_zero", "total", "series", "OPENMETRICS"]
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 _URL = re.compile(r"serving metrics at (http://\S+)")
@@ -46,15 +46,28 @@ def value(families: dict, name: str, **labels: str) -> float:
     return series(families, name)[frozenset(labels.items())]
 
 
+def value_or_zero(families: dict, name: str, **labels: str) -> float:
+    """Like :func:`value`, 0 for an absent series (a VM's series appear at their
+    first non-zero count)."""
+    return series(families, name).get(frozenset(labels.items()), 0)
+
+
+def total(families: dict, name: str, **labels: str) -> float:
+    """The sum of every series *name* whose labels include *labels* (``sum()``)."""
+    wanted = set(labels.items())
+    return sum(v for key, v in series(families, name).items() if wanted <= set(key))
+
+
 class ExporterProcess:
-    """``python -m kvmstat --serve ADDRESS *args`` in the repository root."""
+    """``python -m kvmstat --serve ADDRESS *args`` in the repository root (or in
+    *cwd*, another working tree, whose kvmstat package ``-m`` then runs)."""
 
     def __init__(self, args=(), address: str = "127.0.0.1:0", timeout: float = 120.0,
-                 env=None):
+                 env=None, cwd=None):
         self._stderr = tempfile.TemporaryFile(mode="w+b")
         self.proc = subprocess.Popen(
             [*KVM_STAT, "--serve", address, *args],
-            stdout=subprocess.PIPE, stderr=self._stderr, cwd=REPO_ROOT,
+            stdout=subprocess.PIPE, stderr=self._stderr, cwd=cwd or REPO_ROOT,
             env=env)
         self.pid = self.proc.pid
         self.stdout: "bytes | None" = None

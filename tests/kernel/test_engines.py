@@ -29,7 +29,7 @@ from kvmstat.providers.tracepoints import online_cpus
 
 from conftest import _skip_or_fail
 from helpers.batchwindow import start_batch
-from helpers.exporter import ExporterProcess, value
+from helpers.exporter import ExporterProcess, series, total, value
 
 ENGINES = ["bpf", "perf"]
 FIELDS = r"kvm_(pio|userspace_exit)"
@@ -300,9 +300,11 @@ def test_exporter_on_both_engines(guest_process, engine):
         guest.run(321)
         families = exporter.scrape()
         vm = {"pid": str(guest.pid), "guest": f"exp-{engine}"}
-        assert value(families, "kvm_pio_total", **vm) == 321
-        assert value(families, "kvm_userspace_exit_total", **vm, reason="IO") == 321
-        assert value(families, "kvm_pio_total") >= 321
+        assert value(families, "kvm_tracepoint_pio_total", **vm) == 321
+        assert value(families, "kvm_tracepoint_userspace_exit_total", **vm, reason="IO") == 321
+        assert total(families, "kvm_tracepoint_pio_total") >= 321
+        (info,) = series(families, "kvmstat_exporter_info")
+        assert dict(info)["engine"] == engine
         assert exporter.stop() == 0
 
 

@@ -1,4 +1,4 @@
-"""``kvm_stat --serve`` as a real process on a loopback port, scraped over HTTP (SPEC §3.4).
+"""``kvm_stat --serve`` as a real process on a loopback port, scraped over HTTP (docs/metrics.md).
 
 Counts are checked exactly for a test guest's N port writes; scrapes go on
 while guests start and stop; the exporter's file descriptors stay stable.
@@ -11,7 +11,7 @@ import threading
 import uuid
 
 from helpers.commands import wait_for
-from helpers.exporter import ExporterProcess, series, value
+from helpers.exporter import ExporterProcess, series, total, value, value_or_zero
 
 FIELDS = r"kvm_(pio|userspace_exit)"
 DEBUGFS_KVM = "/sys/kernel/debug/kvm"
@@ -20,8 +20,8 @@ PERF_EVENT = "anon_inode:[perf_event]"
 
 def vm_pids(families):
     """The pid labels of the per-VM kvm_pio series of a scrape."""
-    return {dict(labels)["pid"] for labels in series(families, "kvm_pio_total")
-            if "pid" in dict(labels)}
+    return {dict(labels)["pid"] for labels in series(families, "kvm_tracepoint_pio_total")
+            if dict(labels).get("pid", "none") != "none"}
 
 
 def free_loopback_port():
@@ -37,16 +37,17 @@ def test_watched_guest_exact_counts_text_and_openmetrics_then_the_vm_is_dropped(
         assert exporter.url == f"http://127.0.0.1:{port}/metrics"
         vm = {"pid": str(guest.pid), "guest": "exporter-test"}
         before = exporter.scrape()
-        assert value(before, "kvm_pio_total", **vm) == 0
+        assert value(before, "kvm_tracepoint_pio_total", **vm) == 0
         assert value(before, "kvmstat_vm_running", **vm) == 1
         guest.run(1000)
         guest.run(234)
         for openmetrics in (False, True):
             families = exporter.scrape(openmetrics=openmetrics)
-            assert value(families, "kvm_pio_total", **vm) == 1234
-            assert value(families, "kvm_userspace_exit_total", **vm, reason="IO") == 1234
-            assert value(families, "kvm_userspace_exit_total", **vm) == 1234
-            assert value(families, "kvm_userspace_exit_total", **vm, reason="HLT") == 0
+            assert value(families, "kvm_tracepoint_pio_total", **vm) == 1234
+            exits = "kvm_tracepoint_userspace_exit_total"
+            assert value(families, exits, **vm, reason="IO") == 1234
+            assert total(families, exits) == 1234  # sum without (reason): every reason
+            assert value(families, exits, **vm, reason="HLT") == 0
             # Every event is there, and every series is this VM's.
             assert len([n for n in families if n.startswith("kvm_")]) > 50
             for name, family in families.items():
@@ -76,10 +77,12 @@ def test_host_wide_totals_include_the_guest_and_sigint_exits_0(guest_process):
         before = exporter.scrape()
         guest.run(500)
         after = exporter.scrape()
-        # Host totals carry no pid label; other VMs on the host may add more.
-        for name, labels in (("kvm_pio_total", {}), ("kvm_userspace_exit_total", {"reason": "IO"})):
-            assert value(after, name, **labels) - value(before, name, **labels) >= 500
-        assert {n for n in after if n.startswith("kvm_")} == {"kvm_pio", "kvm_userspace_exit"}
+        # sum() of a family is the host count; other VMs on the host may add more.
+        for name, labels in (("kvm_tracepoint_pio_total", {}),
+                             ("kvm_tracepoint_userspace_exit_total", {"reason": "IO"})):
+            assert total(after, name, **labels) - total(before, name, **labels) >= 500
+        assert {n for n in after if n.startswith("kvm_")} == {
+            "kvm_tracepoint_pio", "kvm_tracepoint_userspace_exit"}
         assert exporter.stop(signal.SIGINT) == 0
         assert "Traceback" not in exporter.stderr()
 
@@ -90,9 +93,9 @@ def test_host_wide_per_vm_series_are_exact(guest_process):
         guest.run(321)
         families = exporter.scrape()
         vm = {"pid": str(guest.pid), "guest": "per-vm-test"}
-        assert value(families, "kvm_pio_total", **vm) == 321
-        assert value(families, "kvm_userspace_exit_total", **vm, reason="IO") == 321
-        assert value(families, "kvm_pio_total") >= 321
+        assert value(families, "kvm_tracepoint_pio_total", **vm) == 321
+        assert value(families, "kvm_tracepoint_userspace_exit_total", **vm, reason="IO") == 321
+        assert total(families, "kvm_tracepoint_pio_total") >= 321
 
 
 def test_scrapes_while_guests_start_and_stop_keep_fds_stable(guest_process):
@@ -108,11 +111,12 @@ def test_scrapes_while_guests_start_and_stop_keep_fds_stable(guest_process):
             last = 0.0
             while not done.is_set():
                 try:
-                    total = value(exporter.scrape(), "kvm_pio_total")
-                    if total < last:
-                        failures.append(f"kvm_pio_total went back from {last} to {total}")
-                    last = total
-                    scraped.append(total)
+                    host = total(exporter.scrape(), "kvm_tracepoint_pio_total")
+                    if host < last:
+                        failures.append(f"sum(kvm_tracepoint_pio_total) went back from "
+                                        f"{last} to {host}")
+                    last = host
+                    scraped.append(host)
                 except Exception as exc:  # collected and reported below
                     failures.append(repr(exc))
 
@@ -156,7 +160,7 @@ def test_concurrent_scrapes_of_a_guest_chosen_by_name(guest_process):
             try:
                 start.wait()
                 for _ in range(5):
-                    results.append(value(exporter.scrape(), "kvm_pio_total",
+                    results.append(value(exporter.scrape(), "kvm_tracepoint_pio_total",
                                          pid=str(guest.pid), guest="concurrent-test"))
             except Exception as exc:  # collected and reported below
                 failures.append(repr(exc))
@@ -184,20 +188,26 @@ def debugfs_value(pid, name):
 def test_debugfs_series_per_vm_directory_then_the_vm_leaves(guest_process):
     guest = guest_process("pio", name=f"serve-d-{uuid.uuid4().hex[:8]}")
     vm = {"pid": str(guest.pid), "guest": guest.name}
-    with ExporterProcess(["-d"]) as exporter:
+    with ExporterProcess(["-d", "--vm-series", ""]) as exporter:
         families = exporter.scrape()
         # Whatever this host lets debugfs read (under lockdown: the instant
-        # values only, which are gauges), each VM directory gives its series.
-        samples = {name[len("kvm_"):]: name + ("_total" if family.type == "counter" else "")
-                   for name, family in families.items() if name.startswith("kvm_")}
+        # values only, which are gauges), each VM directory gives its series
+        # (from their first non-zero value).
+        samples = {name[len("kvm_stats_"):]: name + ("_total" if family.type == "counter" else "")
+                   for name, family in families.items() if name.startswith("kvm_stats_")}
         assert samples, exporter.stderr()
         for field, sample_name in samples.items():
-            assert value(families, sample_name, **vm) == debugfs_value(guest.pid, field)
+            assert value_or_zero(families, sample_name, **vm) == debugfs_value(guest.pid, field)
         if "pages_4k" in samples:
-            assert families["kvm_pages_4k"].type == "gauge"
+            assert families["kvm_stats_pages_4k"].type == "gauge"
+        # The values that are zero (under lockdown: all of this idle VM's) have no
+        # series; the others go when the VM exits.
+        shown = [name for name in samples.values()
+                 if frozenset(vm.items()) in series(families, name)]
+        assert len(shown) == len([f for f in samples if debugfs_value(guest.pid, f)])
         guest.close()
-        some = next(iter(samples.values()))
-        wait_for(lambda: frozenset(vm.items()) not in series(exporter.scrape(), some),
+        wait_for(lambda: not any(frozenset(vm.items()) in series(exporter.scrape(), name)
+                                 for name in shown),
                  "the exited VM's series to go", interval=0.1)
         assert exporter.stop() == 0
         assert "Traceback" not in exporter.stderr()
@@ -206,12 +216,14 @@ def test_debugfs_series_per_vm_directory_then_the_vm_leaves(guest_process):
 def test_debugfs_and_tracepoints_together_per_vm(guest_process):
     guest = guest_process("pio", name=f"serve-dt-{uuid.uuid4().hex[:8]}")
     vm = {"pid": str(guest.pid), "guest": guest.name}
-    with ExporterProcess(["-d", "-t", "-f", "kvm_pio|pages_4k"]) as exporter:
-        before = value(exporter.scrape(), "kvm_pio_total")
+    with ExporterProcess(["-d", "-t", "-f", "kvm_pio|pages_4k",
+                          "--vm-series", "kvm_pio|pages_4k"]) as exporter:
+        before = total(exporter.scrape(), "kvm_tracepoint_pio_total")
         guest.run(25)
         families = exporter.scrape()
-        assert value(families, "kvm_pio_total", **vm) == 25          # tracepoints
-        assert value(families, "kvm_pio_total") - before >= 25
-        assert families["kvm_pages_4k"].type == "gauge"               # debugfs
-        assert value(families, "kvm_pages_4k", **vm) == debugfs_value(guest.pid, "pages_4k")
+        assert value(families, "kvm_tracepoint_pio_total", **vm) == 25      # tracepoints
+        assert total(families, "kvm_tracepoint_pio_total") - before >= 25
+        assert families["kvm_stats_pages_4k"].type == "gauge"               # debugfs
+        assert value_or_zero(families, "kvm_stats_pages_4k", **vm) == debugfs_value(
+            guest.pid, "pages_4k")
         assert exporter.stop() == 0

@@ -75,9 +75,9 @@ def test_every_exception_derives_from_error():
 
 
 def test_import_is_light_and_silent():
-    """No prometheus_client until the collector is asked for; nothing printed."""
-    code = ("import sys, kvmstat; assert 'prometheus_client' not in sys.modules; "
-            "kvmstat.KvmCollector; assert 'prometheus_client' in sys.modules")
+    """No exporter until the collector is asked for; nothing printed."""
+    code = ("import sys, kvmstat; assert 'kvmstat.frontends.exporter' not in sys.modules; "
+            "kvmstat.KvmCollector; assert 'kvmstat.frontends.exporter' in sys.modules")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=REPO_ROOT, timeout=60)
     assert out.returncode == 0, out.stderr
