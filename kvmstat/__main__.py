@@ -7,10 +7,13 @@ up at import time: until :func:`console_main` hands over to
 are still being imported.
 """
 
-import signal
+# The built-in _signal, not signal: that module takes milliseconds to
+# import (it builds enums), and Ctrl-C then would still print a traceback.
+import _signal
 
-signal.signal(signal.SIGINT, signal.SIG_DFL)
+_signal.signal(_signal.SIGINT, _signal.SIG_DFL)
 
+import signal  # noqa: E402
 import sys  # noqa: E402
 
 from .frontends.cli import main  # noqa: E402
