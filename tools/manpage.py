@@ -82,7 +82,7 @@ _SECTIONS = [
         "With \\fB-z\\fR, rows whose deltas are all zero are left out (they do not count "
         "for the banner).",
         "Guest, process, file and kernel names are written with control characters and "
-        "invalid bytes escaped (\\fB\\\\n\\fR, \\fB\\\\x1b\\fR), in every output: a name "
+        "invalid bytes escaped (\\fB\\en\\fR, \\fB\\ex1b\\fR), in every output: a name "
         "never breaks a line nor drives the terminal.",
     ]),
     ("SIGNALS", [
