@@ -8,7 +8,7 @@
   a CSV file whose header differs, or any file whose last line is
   incomplete, is moved aside.
 - :class:`StreamOutput` is the ``-l`` output (standard output).
-- Signals come through :class:`kvmstat.signals.Signals`: SIGTERM/SIGINT
+- Signals come through :class:`kvmstat.frontends.signals.Signals`: SIGTERM/SIGINT
   stop, SIGHUP reopens ``-L FILE``; the handlers only set flags, the loop
   does the work between rows, so a row is never torn or lost.
 
@@ -80,7 +80,7 @@ def log_layout(fmt: str, by_guest: bool = False) -> LogLayout:
 # -- outputs -------------------------------------------------------------------
 
 class StreamOutput:
-    """Log output into an :class:`~kvmstat.streams.OutputStream` (standard
+    """Log output into an :class:`~kvmstat.frontends.streams.OutputStream` (standard
     output for ``-l``): bytes in the stream's encoding, escapes for what it
     cannot encode, writes that a stop signal can interrupt."""
 

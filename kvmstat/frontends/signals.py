@@ -10,7 +10,7 @@ handlers only set flags and wake a pipe (``signal.set_wakeup_fd``), so:
 - every wait goes through :meth:`Signals.wait`, which polls the wake-up pipe
   with the descriptors the caller waits for (a pipe's reader going away, an
   output becoming writable), so a signal is seen at once even while an
-  output is blocked (:mod:`kvmstat.streams` writes through it).
+  output is blocked (:mod:`kvmstat.frontends.streams` writes through it).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@
   locale makes a write fail; into pipes, sockets and terminals written in
   pieces of at most ``PIPE_BUF`` bytes once :func:`poll` says the
   descriptor takes them (so a write never blocks for long), waiting through
-  :class:`~kvmstat.signals.Signals` when given, so a stop signal is seen
+  :class:`~kvmstat.frontends.signals.Signals` when given, so a stop signal is seen
   even while the reader does not read.  A full disk or any other failure is
   one :class:`~kvmstat.errors.Error`; a reader that went away is
   BrokenPipeError (the caller ends quietly).
@@ -85,7 +85,7 @@ class OutputStream:
     """Text output on descriptor *fd* (see the module).
 
     *name* names it in errors; *encoding* defaults to UTF-8; *signals* (a
-    :class:`~kvmstat.signals.Signals` in its ``with`` block) makes writes
+    :class:`~kvmstat.frontends.signals.Signals` in its ``with`` block) makes writes
     that must wait for the reader interruptible by stop signals.  With
     *fd* None, text goes to *text_stream* instead (an in-memory stream that
     stands in for standard output, e.g. in tests or an embedding program).

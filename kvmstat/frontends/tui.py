@@ -413,7 +413,7 @@ class Display:
     def run(self) -> int:
         """Open the first sampler, show the display until the user quits or a
         stop signal comes (SIGTERM, SIGINT, SIGHUP: one
-        :class:`~kvmstat.signals.Signals`); returns 0.
+        :class:`~kvmstat.frontends.signals.Signals`); returns 0.
 
         The terminal is restored before the perf events are released, and
         their release does not keep the caller waiting.
