@@ -51,7 +51,7 @@ def parse_by_guest(text):
     out = {}
     for block in text.strip("\n").split("\n\n"):
         heading, *rows = block.splitlines()
-        pid = int(heading.rsplit("(pid ", 1)[1].rstrip(")"))
+        pid = int(heading.split("(pid ", 1)[1].split(")", 1)[0])
         out[pid] = parse_batch(rows)
     return out
 
