@@ -318,6 +318,7 @@ def test_under_churn_discovery_inspects_the_new_vms_not_every_process(guest_proc
     real = vms._vm_fds
     monkeypatch.setattr(vms, "_vm_fds", lambda pid, proc: inspected.append(pid) or real(pid, proc))
     processes = len([e for e in os.listdir("/proc") if e.isdigit()])
+    counts = []
     with open_sampler(fields="kvm_pio", by_vm=True, engine=engine) as sampler:
         sampler.sample()
         for round_ in range(6):
@@ -326,12 +327,15 @@ def test_under_churn_discovery_inspects_the_new_vms_not_every_process(guest_proc
             for guest in guests:
                 guest.run(10)
             sample = sampler.sample()
-            # The new VMs (and whatever else started meanwhile on this
-            # shared host), looked at no more than twice each.
-            assert len(inspected) < processes / 4, (len(inspected), processes)
+            counts.append(len(inspected))
             assert {g.pid for g in guests} <= set(sample.by_vm or {})
             for guest in guests:
                 guest.close()
+    # The new VMs (and whatever else started meanwhile on this shared host),
+    # looked at no more than twice each; at most one round may fall on the
+    # periodic full scan (every 30 s).
+    full = [n for n in counts if n >= processes / 4]
+    assert len(full) <= 1, (counts, processes)
 
 
 def test_bpf_reports_a_vm_that_exited_before_discovery_once(guest_process):
