@@ -46,19 +46,11 @@ Typical use::
             print(name, total, delta)
 """
 
-from typing import Any
+from typing import Any, List
 
 from . import _compat
 from .errors import (AccessDenied, Error, InvalidArgument, NativeError, NoSuchVM,
                      NotAvailable, TooManyEvents, VMGone)
-from .sampling.fields import FieldFilter, child_name, is_child, parent_of, reason_of
-from .host.paths import Paths
-from .providers.base import Histograms, HistogramValues, Provider, Reading, Totals
-from .providers.tracepoints import TracepointProvider
-from .sampling.options import SamplerOptions
-from .sampling.sources import list_fields, open_providers, open_sampler, sampler_for
-from .sampling.sampler import FieldValues, Sample, Sampler
-from .host.vms import VM, find_vm, find_vm_by_name, list_vms
 
 __version__ = "0.1.0"
 
@@ -85,8 +77,25 @@ __all__ = [
 
 
 # Names loaded when first asked for, so that `kvm_stat` does not pay at
-# start-up for what its mode does not use (the exporter, the debugfs and binary-stats providers, the host diagnosis).
+# start-up for what its mode does not use (the exporter, the providers, the
+# host diagnosis), and so that importing the package is short: the command
+# takes Ctrl-C over only after the package's ``__init__`` has run, and Ctrl-C
+# before that would print a traceback.
 _LAZY = {
+    "FieldFilter": "sampling.fields", "child_name": "sampling.fields",
+    "is_child": "sampling.fields", "parent_of": "sampling.fields",
+    "reason_of": "sampling.fields",
+    "Paths": "host.paths",
+    "Histograms": "providers.base", "HistogramValues": "providers.base",
+    "Provider": "providers.base", "Reading": "providers.base", "Totals": "providers.base",
+    "TracepointProvider": "providers.tracepoints",
+    "list_fields": "sampling.sources", "open_providers": "sampling.sources",
+    "open_sampler": "sampling.sources", "sampler_for": "sampling.sources",
+    "SamplerOptions": "sampling.options",
+    "FieldValues": "sampling.sampler", "Sample": "sampling.sampler",
+    "Sampler": "sampling.sampler",
+    "VM": "host.vms", "find_vm": "host.vms", "find_vm_by_name": "host.vms",
+    "list_vms": "host.vms",
     "KvmCollector": "frontends.exporter",
     "DebugfsProvider": "providers.debugfs",
     "BinstatsProvider": "providers.binstats",
@@ -103,4 +112,10 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'kvmstat' has no attribute '{name}'")
     import importlib
 
-    return getattr(importlib.import_module(f".{module}", __name__), name)
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # the next look-up is a plain attribute
+    return value
+
+
+def __dir__() -> List[str]:
+    return sorted(set(globals()) | set(__all__))

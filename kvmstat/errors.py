@@ -140,10 +140,16 @@ class BpfTableFull(NativeError):
 
 
 def too_many_events(needed: int, *, what: str = "", kind: str = "perf events",
-                    system_wide: bool = False) -> TooManyEvents:
+                    system_wide: bool = False, hard_capped: bool = False,
+                    nr_open: Optional[int] = None) -> TooManyEvents:
     """The one error for running out of descriptors: *needed* are needed (0:
     unknown) by *what*, when said, to hold *kind*; *system_wide* when the
-    kernel's own file table is full (ENFILE) rather than this process's limit."""
+    kernel's own file table is full (ENFILE) rather than this process's limit.
+
+    The fix named depends on who runs: "run as root" is no advice to root,
+    whose hard limit is capped by its service (``LimitNOFILE=``) or its
+    container when it could not raise it (*hard_capped*, or a soft limit
+    already at the hard one), or by fs.nr_open (*nr_open*, when known)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if system_wide:
         cause = "the system-wide open-files table is full (fs.file-max)"
@@ -154,11 +160,18 @@ def too_many_events(needed: int, *, what: str = "", kind: str = "perf events",
         cause = f"the open-files limit is {soft} (hard {shown_hard})"
     count = f"{needed} open files" if needed else "more open files"
     need = f"{what} needs {count}" if what else f"{count} are needed"
-    raise_to = f" (ulimit -n {needed + SPARE_FDS})" if needed else " (ulimit -n)"
-    return TooManyEvents(
-        f"too many {kind}: {need} and {cause}: raise the limit{raise_to} or run as root, "
-        f"or count fewer events",
-        needed=needed, limit=0 if soft == resource.RLIM_INFINITY else soft)
+    want = str(needed + SPARE_FDS) if needed else "N"
+    if nr_open is not None and needed and needed + SPARE_FDS > nr_open:
+        fix = f"raise fs.nr_open (now {nr_open}) and the hard limit"
+    elif os.geteuid() == 0 and (hard_capped or soft == hard):
+        fix = (f"raise the hard limit (LimitNOFILE={want} in the service, "
+               f"'ulimit -n {want}' in the shell that starts it)")
+    elif os.geteuid() == 0:
+        fix = f"raise the limit (ulimit -n {want})"
+    else:
+        fix = f"raise the limit (ulimit -n {want}) or run as root"
+    return TooManyEvents(f"too many {kind}: {need} and {cause}: {fix}, or count fewer events",
+                         needed=needed, limit=0 if soft == resource.RLIM_INFINITY else soft)
 
 
 _DENIED = (_errno.EPERM, _errno.EACCES)

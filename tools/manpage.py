@@ -67,7 +67,8 @@ _SECTIONS = [
         "\tCSV (\\fB-c\\fR)\tA header \\fBtimestamp,\\fR\\fIname\\fR,... written once per "
         "file or stream, then rows \\fItimestamp\\fR,\\fIdelta\\fR,.... Appending to a "
         "file whose header differs moves that file aside to \\fIFILE\\fR.\\fItimestamp\\fR "
-        "and starts a new one (with a note on standard error).",
+        "and starts a new one (with a note on standard error); in every format, so does "
+        "appending to a file whose last line is incomplete.",
         "\tJSON (\\fB--json\\fR)\tOne object per line: {\"time\": unix seconds, "
         "\"interval\": seconds, \"fields\": {\"name\": {\"total\": N, \"delta\": N}, ...}}, "
         "and with \\fB--by-guest\\fR \"guests\": {\"pid\": {\"name\": ..., \"fields\": {...}}}. "
@@ -80,13 +81,18 @@ _SECTIONS = [
         "\\fBtimestamp,pid,guest,\\fR\\fIname\\fR,....",
         "With \\fB-z\\fR, rows whose deltas are all zero are left out (they do not count "
         "for the banner).",
+        "Guest, process, file and kernel names are written with control characters and "
+        "invalid bytes escaped (\\fB\\en\\fR, \\fB\\ex1b\\fR), in every output: a name "
+        "never breaks a line nor drives the terminal.",
     ]),
     ("SIGNALS", [
         "\tSIGHUP\tWith \\fB-L\\fR: close and reopen \\fIFILE\\fR (after logrotate or "
         "\\fBsystemctl reload\\fR); a new or empty file gets the header first. Ignored with "
-        "\\fB-l\\fR.",
+        "\\fB-l\\fR. With \\fB--serve\\fR: discover the VMs and open the providers again, "
+        "and keep serving. In the display: leave, as for SIGTERM.",
         "\tSIGTERM, SIGINT\tWrite the row of the interval in progress, close and exit 0. "
-        "No row is lost or torn.",
+        "No row is lost or torn. Obeyed within a second even while the reader of the "
+        "output does not read; the last row is then given up (status 1).",
         "\tSIGPIPE\tA reader that goes away (\\fBkvm_stat -l | head\\fR) ends the program "
         "quietly with status 0.",
     ]),
@@ -94,8 +100,9 @@ _SECTIONS = [
         "0 on success, also when stopped by SIGTERM or SIGINT in log mode, when the "
         "reader of a pipe goes away, and when the VM watched with \\fB-p\\fR or \\fB-g\\fR "
         "exits (after its counts up to the exit). 1 on an error, reported as one line "
-        "\\fBError:\\fR ... on standard error, and for \\fB--check\\fR when no provider "
-        "works. 2 on a usage error.",
+        "\\fBError:\\fR ... on standard error (also a closed or full standard output), and "
+        "for \\fB--check\\fR when no provider works. 2 on a usage error (one "
+        "\\fBError:\\fR line too; the usage is in \\fB--help\\fR).",
     ]),
     ("ENVIRONMENT", [
         "\t\\fBKVMSTAT_BACKEND\\fR=\\fBpython\\fR\tCount with the pure-Python implementation "

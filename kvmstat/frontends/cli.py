@@ -15,15 +15,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, List, Optional, Sequence
 
 from .. import __version__
-from ..sampling.engine import ENGINES
 from ..errors import Error, InvalidArgument, NotAvailable
 from .exporter_names import DEFAULT_VM_SERIES
-from ..sampling.fields import FieldFilter
 from ..host.paths import Paths
 from ..sampling.sampler import vm_exited_message
 from ..sampling.teardown import close_detached
+from ..textsafe import safe_text
 from .arguments import DEFAULT_DELAY, MAX_DELAY, MIN_DELAY, parse_delay, parse_pid
 from .hints import with_flags
+from .streams import Notes, OutputStream, guard_standard_streams
 
 if TYPE_CHECKING:
     from ..sampling.options import SamplerOptions
@@ -53,9 +53,42 @@ class Options:
     vcpu_series: Optional[str] = None              # None: no per-vCPU series
 
 
+class UsageError(InvalidArgument):
+    """An argument the parser itself rejects (unknown option, missing value):
+    the ``Error:`` line, exit status 2 as for any usage error."""
+
+
+class _ParserExit(Exception):
+    """--help or --version was answered: exit with *status*."""
+
+    def __init__(self, status: int):
+        super().__init__(status)
+        self.status = status
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as :class:`UsageError` (one line; the usage
+    stays in --help) and its --help/--version text written like every other
+    output (no traceback on a closed or full standard output)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(f"{message} (see kvm_stat --help)")
+
+    def exit(self, status: int = 0, message: Optional[str] = None):  # type: ignore[override]
+        if message:
+            Notes().note(message.strip())
+        raise _ParserExit(status)
+
+    def _print_message(self, message: str, file=None) -> None:
+        if message:
+            OutputStream.standard(2 if file is sys.stderr else 1).write(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also the source of the man page)."""
-    parser = argparse.ArgumentParser(
+    from ..sampling.engine import ENGINES
+
+    parser = _Parser(
         prog="kvm_stat",
         description="Show what KVM guests make the host do: VM exits by reason, exits "
                     "to user space, I/O, interrupts, halt polling and every other KVM "
@@ -148,8 +181,8 @@ def _attach_negative_values(parser: argparse.ArgumentParser, argv: Sequence[str]
 def parse_options(argv: Optional[Sequence[str]] = None) -> Options:
     """Parse and validate *argv* without touching the kernel.
 
-    Raises :class:`InvalidArgument` for inconsistent options; argparse's own
-    usage errors raise SystemExit(2) as usual.
+    Raises :class:`InvalidArgument` for inconsistent options, and
+    :class:`UsageError` (a subclass) for what the parser itself rejects.
     """
     parser = build_parser()
     if argv is None:
@@ -216,6 +249,8 @@ def parse_options(argv: Optional[Sequence[str]] = None) -> Options:
     opts.providers = providers
 
     if args.fields is not None and args.fields != "help":
+        from ..sampling.fields import FieldFilter
+
         FieldFilter(args.fields)  # raises InvalidArgument for a bad regex
         opts.fields = args.fields
     if args.delay is not None:
@@ -248,17 +283,29 @@ def parse_options(argv: Optional[Sequence[str]] = None) -> Options:
 
 
 def _notify(message: str) -> None:
-    print(f"kvm_stat: {with_flags(message)}", file=sys.stderr)
+    """Write a one-line note to standard error (nowhere if it is closed)."""
+    Notes().note(with_flags(message))
 
 
 def _resolve_vm(opts: Options, paths: Paths) -> None:
-    """Check -p and turn -g into a pid (before any event is opened)."""
-    from ..host.vms import find_vm, find_vm_by_name
+    """Check -p and turn -g into a pid (before any event is opened).
+
+    A thread id (what ``top -H`` shows) stands for its process, with a note
+    once, so every engine counts the same process.
+    """
+    from ..host.vms import describe_vm, find_vm, find_vm_by_name, process_of
 
     if opts.guest is not None:
         opts.pid = find_vm_by_name(opts.guest, paths.proc).pid
     elif opts.pid is not None:
-        find_vm(opts.pid, paths.proc)
+        owner = process_of(opts.pid, paths.proc)
+        if owner is not None and owner != opts.pid:
+            vm = find_vm(owner, paths.proc)
+            _notify(f"{opts.pid} is a thread of the VM {describe_vm(vm)}: watching "
+                    f"that process")
+            opts.pid = owner
+        else:
+            find_vm(opts.pid, paths.proc)
 
 
 def _sampler_options(opts: Options, paths: Paths, *, by_vm: Optional[bool] = None,
@@ -278,8 +325,9 @@ def _run_fields_help(opts: Options, paths: Paths) -> int:
     from .formats.text import field_help_lines
     from ..sampling.sources import list_fields
 
-    for line in field_help_lines(list_fields(opts.providers, paths, _notify)):
-        print(line)
+    out = OutputStream.stdout()
+    out.write("".join(line + "\n" for line in field_help_lines(
+        list_fields(opts.providers, paths, _notify))))
     return 0
 
 
@@ -287,6 +335,7 @@ def _run_batch(opts: Options, paths: Paths) -> int:
     from .formats.text import batch_lines, by_guest_batch_lines
     from ..sampling.sources import sampler_for
 
+    out = OutputStream.stdout()  # a closed output fails before any event is opened
     sampler = sampler_for(_sampler_options(opts, paths), notify=_notify)
     try:
         sample = sampler.sample()
@@ -298,13 +347,12 @@ def _run_batch(opts: Options, paths: Paths) -> int:
             _notify(f"{vm_exited_message(sampler.pid)}: the counts end at its exit")
         if opts.json:
             from .formats.json import sample_json
-            sys.stdout.write(sample_json(sample, by_guest=opts.by_guest))
+            out.write(sample_json(sample, by_guest=opts.by_guest))
         else:
             lines = by_guest_batch_lines(sample) if opts.by_guest else batch_lines(sample)
             if opts.by_guest and not lines:
                 _notify("no VM is running")
-            sys.stdout.write("".join(line + "\n" for line in lines))
-        sys.stdout.flush()
+            out.write("".join(line + "\n" for line in lines))
     finally:
         # The program exits next: do not wait for the kernel's teardown.
         close_detached(sampler)
@@ -314,9 +362,10 @@ def _run_batch(opts: Options, paths: Paths) -> int:
 def _run_check(opts: Options, paths: Paths) -> int:
     from .check import check_host, format_check
 
+    out = OutputStream.stdout()
     result = check_host(paths)
-    sys.stdout.write("".join(line + "\n" for line in format_check(result)))
-    sys.stdout.flush()
+    # The lines quote paths, kernel text and guest names: one line each.
+    out.write("".join(safe_text(line) + "\n" for line in format_check(result)))
     return 0 if result.usable else 1
 
 
@@ -329,16 +378,17 @@ def _log_format(opts: Options) -> str:
 def _run_log(opts: Options, paths: Paths) -> int:
     """Log mode: -L FILE is opened before any event, then the loop runs
     until SIGTERM/SIGINT, a closed pipe, or the watched VM exiting."""
-    from .logger import LogFile, Logger, LogSignals, StreamOutput, log_layout
     from ..sampling.sources import sampler_for
+    from .logger import LogFile, Logger, StreamOutput, log_layout
+    from .signals import Signals
 
     layout = log_layout(_log_format(opts), opts.by_guest)
+    signals = Signals(hangup="reload" if opts.log_file is not None else "ignore")
     if opts.log_file is not None:
         output = LogFile(opts.log_file, notify=_notify)
     else:
-        output = StreamOutput(sys.stdout)
-    with output, LogSignals(reopen=opts.log_file is not None,
-                            watch_fd=output.watch_fd) as signals:
+        output = StreamOutput(OutputStream.stdout(signals))
+    with output, signals:
         sampler = sampler_for(_sampler_options(opts, paths), notify=_notify)
         try:
             Logger(sampler, output, layout, delay=opts.delay,
@@ -354,39 +404,58 @@ def _run_log(opts: Options, paths: Paths) -> int:
 def _run_serve(opts: Options, paths: Paths) -> int:
     """The exporter: read --web-config and bind first (a bad file or a busy port
     fails before any event is opened), then open the providers and serve until
-    SIGTERM or SIGINT."""
+    SIGTERM or SIGINT.  SIGHUP reloads: the VMs are discovered and the providers
+    opened again (the old ones released in the background); if that fails, the
+    old ones keep serving and a note says why."""
     import threading
 
-    from .exporter import (KvmCollector, MetricsServer, compile_series_regex,
-                           parse_serve_address, serve_until_stopped, stop_on_signals)
-    from ..sampling.sources import sampler_for
-    from .exporter_web import load_web_config
     from ..host.vms import GuestNames, find_vm
+    from ..sampling.sources import sampler_for
+    from .exporter import KvmCollector, MetricsServer, compile_series_regex, parse_serve_address
+    from .exporter_web import load_web_config
+    from .signals import Signals
 
-    def release_later(sampler) -> None:
-        # Closing perf events is slow: a dropped VM must not stall the scrape.
-        threading.Thread(target=sampler.close, name="kvmstat-release", daemon=True).start()
+    def release_later(resource) -> None:
+        # Closing perf events is slow: it must not stall a scrape or the reload.
+        threading.Thread(target=resource.close, name="kvmstat-release", daemon=True).start()
 
-    web = load_web_config(opts.web_config) if opts.web_config is not None else None
-    with MetricsServer(parse_serve_address(opts.serve), notify=_notify, web=web) as server, \
-            stop_on_signals() as stop:
+    vm_series = compile_series_regex(opts.vm_series, "--vm-series")
+    vcpu_series = compile_series_regex(opts.vcpu_series, "--vcpu-series")
+
+    def open_collector() -> KvmCollector:
         vm = find_vm(opts.pid, paths.proc) if opts.pid is not None else None
         per_vm = opts.vm_series is not None or opts.vcpu_series is not None
         options = _sampler_options(opts, paths, by_vm=per_vm and opts.pid is None,
                                    histograms=True)
         sampler = sampler_for(options, notify=_notify)
-        collector = KvmCollector(sampler, vm=vm, release=release_later, notify=_notify,
-                                 vm_series=compile_series_regex(opts.vm_series, "--vm-series"),
-                                 vcpu_series=compile_series_regex(opts.vcpu_series,
-                                                                  "--vcpu-series"),
-                                 names=GuestNames(paths.proc),
-                                 histograms=options.field_filter.matches, version=__version__)
+        return KvmCollector(sampler, vm=vm, release=release_later, notify=_notify,
+                            vm_series=vm_series, vcpu_series=vcpu_series,
+                            names=GuestNames(paths.proc),
+                            histograms=options.field_filter.matches, version=__version__)
+
+    web = load_web_config(opts.web_config) if opts.web_config is not None else None
+    with MetricsServer(parse_serve_address(opts.serve), notify=_notify, web=web) as server, \
+            Signals(hangup="reload") as signals:
+        current = open_collector()
         try:
-            server.register(collector)
+            server.register(current)
             _notify(f"serving metrics at {server.url}")
-            serve_until_stopped(server, stop)
+            server.start()
+            while not signals.stopping:
+                signals.wait(None)
+                if signals.take_reload() and not signals.stopping:
+                    try:
+                        fresh = open_collector()
+                    except Error as exc:
+                        _notify(f"reload failed ({exc}): still serving what was open")
+                        continue
+                    # The server answers from the new collector from now on.
+                    server.register(fresh)
+                    current, old = fresh, current
+                    release_later(old)
+                    _notify("reloaded: VMs discovered and providers opened again")
         finally:
-            close_detached(collector)
+            close_detached(current)
     return 0
 
 
@@ -403,6 +472,9 @@ def _require_terminal() -> None:
             name = "stdout" if stream is sys.stdout else "stdin"
             raise NotAvailable(f"the interactive display needs a terminal but {name} is not "
                                "one: use -1 for one sample or -l for a log")
+    from .tui import check_terminal
+
+    check_terminal(os.environ.get("TERM"), sys.stdout.fileno())
 
 
 def run(opts: Options, paths: Optional[Paths] = None) -> int:
@@ -425,22 +497,44 @@ def run(opts: Options, paths: Optional[Paths] = None) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of ``kvm_stat``: returns the exit status."""
+    """Entry point of ``kvm_stat``: returns the exit status.
+
+    0: done (also when the reader of the output went away); 1: an error,
+    told in one ``Error:`` line on standard error; 2: a usage error; 130:
+    interrupted (Ctrl-C) before a mode took the signals over.
+    """
     try:
-        opts = parse_options(argv)
-        return run(opts)
-    except Error as exc:
-        print(f"Error: {with_flags(str(exc))}", file=sys.stderr)
-        return 1
+        guard_standard_streams()
+        try:
+            opts = parse_options(argv)
+            return run(opts)
+        except _ParserExit as exc:
+            return exc.status
+        except UsageError as exc:
+            Notes().error(str(exc))
+            return 2
+        except Error as exc:
+            Notes().error(with_flags(str(exc)))
+            return 1
+        except BrokenPipeError:
+            # The reader went away (kvm_stat -1 | head): not an error.  What
+            # Python still buffers for standard output goes nowhere.
+            _silence_stdout()
+            return 0
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:
-        # The reader went away (kvm_stat -1 | head): not an error.
+
+
+def _silence_stdout() -> None:
+    try:
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 0
+        os.dup2(devnull, 1)
+        os.close(devnull)
+    except OSError:
+        pass
 
 
 def console_main() -> None:
-    """Console-script wrapper: ``sys.exit(main())``."""
+    """``sys.exit(main())`` (the command itself starts in :mod:`kvmstat.__main__`,
+    which also keeps Ctrl-C quiet while the modules are being imported)."""
     sys.exit(main())

@@ -27,6 +27,7 @@ from .exporter_names import (STATS_PREFIX, FamilySpec, HistogramSpec, escape_hel
                              escape_label_value, family_name)
 from ..providers.base import SINCE_START, HistogramValues, Histograms
 from ..providers.base import Totals
+from ..textsafe import safe_text
 
 __all__ = ["OUTSIDE_LABELS", "vm_label_text", "render_families", "render_histograms",
            "render_vcpus", "format_value", "Lines"]
@@ -39,7 +40,7 @@ Lines = List[str]
 
 def vm_label_text(pid: int, name: Optional[str]) -> str:
     """``pid="1234",guest="web1"`` (guest empty for a VM without a name), escaped."""
-    return f'pid="{pid}",guest="{escape_label_value(name or "")}"'
+    return f'pid="{pid}",guest="{escape_label_value(safe_text(name or ""))}"'
 
 
 def format_value(value: float, scale: Optional[float] = None) -> str:

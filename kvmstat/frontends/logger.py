@@ -5,11 +5,12 @@
   drift.  The field list is fixed when it starts.
 - :class:`LogFile` is the ``-L FILE`` output: opened (append) when it is
   constructed, so the CLI can open it before any event; reopened on SIGHUP;
-  a CSV file whose header differs is moved aside.
+  a CSV file whose header differs, or any file whose last line is
+  incomplete, is moved aside.
 - :class:`StreamOutput` is the ``-l`` output (standard output).
-- :class:`LogSignals` turns SIGTERM/SIGINT (stop) and SIGHUP (reopen) into
-  flags; the handlers do nothing else, the loop does the work between rows,
-  so a row is never torn or lost.
+- Signals come through :class:`kvmstat.frontends.signals.Signals`: SIGTERM/SIGINT
+  stop, SIGHUP reopens ``-L FILE``; the handlers only set flags, the loop
+  does the work between rows, so a row is never torn or lost.
 
 The mode runner writes its output stream and notes (through a *notify*
 callable); it never exits: the CLI decides the exit status.
@@ -19,21 +20,19 @@ from __future__ import annotations
 
 import errno
 import functools
-import math
 import os
-import select
-import signal
-import stat
 import time
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, TextIO
+from typing import Callable, List, Optional, Sequence
 
 from ..errors import Error, InvalidArgument, error_from_errno
 from .formats import json as json_format
 from .formats import log as log_format
 from ..sampling.sampler import Sample
+from .signals import Signals
+from .streams import OutputStream
 
-__all__ = ["LogLayout", "log_layout", "LogFile", "StreamOutput", "LogSignals", "Logger",
+__all__ = ["LogLayout", "log_layout", "LogFile", "StreamOutput", "Logger",
            "FORMATS"]
 
 Notify = Optional[Callable[[str], None]]
@@ -81,22 +80,19 @@ def log_layout(fmt: str, by_guest: bool = False) -> LogLayout:
 # -- outputs -------------------------------------------------------------------
 
 class StreamOutput:
-    """Log output into an open text stream (standard output for ``-l``)."""
+    """Log output into an :class:`~kvmstat.frontends.streams.OutputStream` (standard
+    output for ``-l``): bytes in the stream's encoding, escapes for what it
+    cannot encode, writes that a stop signal can interrupt."""
 
-    def __init__(self, stream: TextIO, name: str = "standard output"):
+    def __init__(self, stream: OutputStream):
         self._stream = stream
-        self.name = name
+        self.name = stream.name
 
     @property
     def watch_fd(self) -> Optional[int]:
         """The descriptor to watch for a reader that went away (pipes and
         sockets), so ``kvm_stat -l -z | head`` ends even when no row is due."""
-        try:
-            fd = self._stream.fileno()
-            mode = os.fstat(fd).st_mode
-        except (OSError, ValueError, AttributeError):
-            return None
-        return fd if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) else None
+        return self._stream.watch_fd
 
     def prepare(self, header: Optional[str], once: bool) -> None:
         """Start the stream: a stream is new, so it gets the header."""
@@ -104,14 +100,9 @@ class StreamOutput:
             self.write(header)
 
     def write(self, text: str) -> None:
-        """Write *text* and flush it.  A closed pipe raises BrokenPipeError."""
-        try:
-            self._stream.write(text)
-            self._stream.flush()
-        except BrokenPipeError:
-            raise
-        except OSError as exc:
-            raise Error(f"cannot write to {self.name}: {exc.strerror or exc}") from None
+        """Write *text*.  A closed pipe raises BrokenPipeError, any other
+        fault one :class:`~kvmstat.errors.Error`."""
+        self._stream.write(text)
 
     def reopen(self) -> bool:
         """Streams are not reopened (SIGHUP is ignored with ``-l``): False."""
@@ -202,34 +193,50 @@ class LogFile:
     def _size(self) -> int:
         return os.fstat(self._fd).st_size
 
-    def prepare(self, header: Optional[str], once: bool) -> None:
-        """Write the header where it is due.
+    def _torn(self) -> bool:
+        """True if the file does not end with a complete line (a stop on a
+        full disk, a crash): appending would glue a row onto that piece."""
+        size = self._size()
+        if size == 0:
+            return False
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(size - 1)
+                return f.read(1) != b"\n"
+        except OSError:
+            return False  # unreadable (e.g. write-only for us): append as before
 
-        Without *once* (plain banner) the header starts every (re)opened file.
-        With *once* (CSV) it is written into an empty file only; a non-empty
-        file that starts with another header is moved aside to
-        ``FILE.<timestamp>`` and a new file is started, with a note.
+    def _move_aside(self, why: str) -> None:
+        aside = _aside_name(self.path, self._clock())
+        self._close_fd()
+        try:
+            os.rename(self.path, aside)
+        except OSError as exc:
+            raise Error(f"cannot move {self.path} aside to {aside}: "
+                        f"{exc.strerror or exc}") from None
+        self._fd = _open_for_append(self.path)
+        if self._notify:
+            self._notify(f"{self.path} {why}: moved it to {aside} and started a new file")
+
+    def prepare(self, header: Optional[str], once: bool) -> None:
+        """Start the file: every row begins on a fresh line, under its header.
+
+        A file whose last line is incomplete is moved aside to
+        ``FILE.<timestamp>`` and a new file started, with a note, as is a
+        file that starts with another header when the header is written
+        once (CSV).  Without *once* (plain banner) the header starts every
+        (re)opened file; with *once* it is written into an empty file only.
         """
-        if not header:
-            return
-        if once and self._size() > 0:
-            data = header.encode()
-            if _starts_with(self.path, data):
-                return
-            aside = _aside_name(self.path, self._clock())
-            self._close_fd()
-            try:
-                os.rename(self.path, aside)
-            except OSError as exc:
-                raise Error(f"cannot move {self.path} aside to {aside}: "
-                            f"{exc.strerror or exc}") from None
-            self._fd = _open_for_append(self.path)
-            if self._notify:
-                self._notify(f"{self.path} has other columns than this run: moved it to "
-                             f"{aside} and started a new file")
-            if self._size() > 0:  # someone else wrote there in between
-                return self.prepare(header, once)
-        self.write(header)
+        for _ in range(3):  # someone else may write there in between
+            if self._torn():
+                self._move_aside("ends with an incomplete line")
+            elif header and once and self._size() > 0 \
+                    and not _starts_with(self.path, header.encode()):
+                self._move_aside("has other columns than this run")
+            else:
+                break
+        if header and not (once and self._size() > 0):
+            self.write(header)
 
     def write(self, text: str) -> None:
         """Append *text* with unbuffered writes (so every row is on disk when
@@ -275,93 +282,6 @@ class LogFile:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-# -- signals -------------------------------------------------------------------
-
-class LogSignals:
-    """Signal handling for log mode; a context manager (main thread only).
-
-    SIGTERM and SIGINT set :attr:`stop`; SIGHUP sets a reopen request when
-    *reopen* is true and is ignored otherwise.  :meth:`wait_until` sleeps
-    until a deadline, a signal, or (when *watch_fd* is given) the reader of
-    that pipe going away (:attr:`output_closed`).  The previous handlers are
-    restored on exit.
-    """
-
-    def __init__(self, reopen: bool, watch_fd: Optional[int] = None,
-                 clock: Callable[[], float] = time.monotonic):
-        self._reopen_allowed = reopen
-        self._watch_fd = watch_fd
-        self._clock = clock
-        self.stop = False
-        self.output_closed = False
-        self._reopen = False
-        self._old_handlers: dict = {}
-        self._old_wakeup: Optional[int] = None
-        self._pipe: Optional[tuple] = None
-        self._poller: Optional[select.poll] = None
-
-    def _on_stop(self, signum, frame) -> None:
-        self.stop = True
-
-    def _on_hangup(self, signum, frame) -> None:
-        self._reopen = True
-
-    def take_reopen(self) -> bool:
-        """True once per pending reopen request."""
-        pending, self._reopen = self._reopen, False
-        return pending
-
-    def __enter__(self) -> "LogSignals":
-        read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._pipe = (read_end, write_end)
-        self._poller = select.poll()
-        self._poller.register(read_end, select.POLLIN)
-        if self._watch_fd is not None:
-            # No events asked: only POLLERR/POLLHUP, i.e. the reader is gone.
-            self._poller.register(self._watch_fd, 0)
-        try:
-            # A signal writes a byte to the pipe, which wakes poll() at once.
-            self._old_wakeup = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                self._old_handlers[signum] = signal.signal(signum, self._on_stop)
-            self._old_handlers[signal.SIGHUP] = signal.signal(
-                signal.SIGHUP, self._on_hangup if self._reopen_allowed else signal.SIG_IGN)
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for signum, handler in self._old_handlers.items():
-            signal.signal(signum, handler)
-        self._old_handlers = {}
-        if self._old_wakeup is not None:
-            signal.set_wakeup_fd(self._old_wakeup)
-            self._old_wakeup = None
-        if self._pipe is not None:
-            for fd in self._pipe:
-                os.close(fd)
-            self._pipe = None
-
-    def wait_until(self, deadline: float) -> None:
-        """Sleep until *deadline* (monotonic clock) or until something is to
-        be done: stop, reopen, or the output's reader went away."""
-        read_end = self._pipe[0]
-        while not (self.stop or self._reopen or self.output_closed):
-            left = deadline - self._clock()
-            if left <= 0:
-                return
-            for fd, events in self._poller.poll(math.ceil(left * 1000)):
-                if fd == read_end:
-                    try:
-                        while os.read(read_end, 512):
-                            pass
-                    except BlockingIOError:
-                        pass
-                elif events & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
-                    self.output_closed = True
 
 
 # -- the loop --------------------------------------------------------------------
@@ -421,11 +341,12 @@ class Logger:
         # One write per sample: the whole row set goes out together.
         self._output.write("".join(parts))
 
-    def run(self, signals: LogSignals) -> None:
-        """Log until *signals* asks to stop (then write the pending partial
+    def run(self, signals: Signals) -> None:
+        """Log until *signals* (a :class:`~kvmstat.frontends.signals.Signals`
+        in its ``with`` block) asks to stop (then write the pending partial
         interval as a last row and return), the watched VM exits (its last
-        row written) or an error is raised.  A reader that went away raises
-        BrokenPipeError."""
+        row written) or an error is raised.  SIGHUP (when *signals* reloads)
+        reopens the output.  A reader that went away raises BrokenPipeError."""
         self._fields = list(self._sampler.fields)
         layout = self._layout
         self._header = layout.header(self._fields) if layout.header else None
@@ -437,13 +358,15 @@ class Logger:
         start = self._clock()
         self._begin_output()
         k = 1
+        watch = self._output.watch_fd
+        # No events asked: only POLLERR/POLLHUP, i.e. the reader is gone.
+        watched = [(watch, 0)] if watch is not None else []
         while True:
-            signals.wait_until(start + k * self._delay)
-            if signals.output_closed:
+            if signals.wait(start + k * self._delay, watched):
                 raise BrokenPipeError(errno.EPIPE, "the reader of the log went away")
-            if signals.take_reopen() and self._output.reopen():
+            if signals.take_reload() and self._output.reopen():
                 self._begin_output()
-            if signals.stop:
+            if signals.stopping:
                 self._write_sample()
                 return
             now = self._clock()

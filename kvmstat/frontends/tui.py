@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import curses
 import dataclasses
-import signal
 import time
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
@@ -31,10 +30,12 @@ from ..sampling.teardown import close_detached
 from ..sampling.options import SamplerOptions
 from .arguments import DELAY_RANGE, parse_delay, parse_pid
 from .hints import with_flags
+from ..textsafe import safe_text
+from .signals import Signals
 from .tui_layout import Line, View
 from ..host.vms import find_vm, find_vm_by_name, list_vms
 
-__all__ = ["Display", "run_tui", "Opener", "MIN_INTERVAL"]
+__all__ = ["Display", "run_tui", "check_terminal", "Opener", "MIN_INTERVAL"]
 
 #: opener(field filter, pid or None, per-VM breakdown) -> a new Sampler
 Opener = Callable[[FieldFilter, Optional[int], bool], Sampler]
@@ -46,13 +47,31 @@ MIN_INTERVAL = 0.5
 FIRST_REFRESH = 0.5
 #: Longest single wait for a key, so signal handlers run promptly even if
 #: the curses library retries interrupted reads.
-KEY_SLICE = 1.0
+KEY_SLICE = 0.25
 #: Milliseconds curses waits after ESC for the rest of a function-key sequence.
 ESC_DELAY_MS = 25
 
 
 class _Stop(Exception):
-    """Raised by the SIGTERM/SIGHUP handlers to leave the display cleanly."""
+    """Raised when a stop signal (SIGTERM, SIGINT, SIGHUP) was seen: leave
+    the display cleanly."""
+
+
+def check_terminal(term: Optional[str], fd: int) -> None:
+    """Refuse a terminal the display cannot draw on: an unknown TERM, or one
+    without cursor addressing (``TERM=dumb``), which would get every screen
+    on one line.  Raises :class:`~kvmstat.errors.NotAvailable` naming batch
+    and log mode."""
+    shown = safe_text(term) if term else "(unset)"
+    try:
+        curses.setupterm(term, fd)
+        addressable = curses.tigetstr("cup") is not None
+    except curses.error:
+        raise NotAvailable(f"the interactive display does not know the terminal TERM={shown}: "
+                           "use -1 (batch mode) or -l (log mode), or set TERM") from None
+    if not addressable:
+        raise NotAvailable(f"the terminal TERM={shown} cannot move its cursor, which the "
+                           "interactive display needs: use -1 (batch mode) or -l (log mode)")
 
 
 class Display:
@@ -79,7 +98,7 @@ class Display:
         self._scr = None
         self._due: Optional[float] = None   # when the next refresh is due
         self._last = 0.0                    # when the last sample was taken
-        self._stopping = False
+        self._signals: Optional[Signals] = None
 
     # -- samplers ------------------------------------------------------------
     def _guest_name(self, pid: int) -> Optional[str]:
@@ -218,10 +237,13 @@ class Display:
 
         Keys are int codes; with *text*, characters come as ``str`` (any
         Unicode character) and function keys as int codes.  Waits in slices
-        so that signal handlers (Ctrl-C, SIGTERM) run promptly.
+        so that a stop signal (Ctrl-C, SIGTERM, SIGHUP) is seen promptly:
+        it raises :class:`_Stop`.
         """
         deadline = None if seconds is None else self._clock() + seconds
         while True:
+            if self._signals is not None and self._signals.stopping:
+                raise _Stop()
             left = KEY_SLICE if deadline is None else min(KEY_SLICE, deadline - self._clock())
             self._scr.timeout(max(0, int(left * 1000)))
             if text:
@@ -380,10 +402,6 @@ class Display:
             if key is not None and not self.handle_key(key):
                 return
 
-    def _on_signal(self, signum, frame) -> None:
-        if not self._stopping:
-            raise _Stop()
-
     def _restore_terminal(self) -> None:
         for step in (lambda: self._scr.keypad(False), curses.echo, curses.nocbreak,
                      curses.endwin):
@@ -393,37 +411,43 @@ class Display:
                 pass  # the terminal may be gone (hang-up): restore what can be
 
     def run(self) -> int:
-        """Open the first sampler, show the display until the user quits; returns 0.
+        """Open the first sampler, show the display until the user quits or a
+        stop signal comes (SIGTERM, SIGINT, SIGHUP: one
+        :class:`~kvmstat.frontends.signals.Signals`); returns 0.
 
         The terminal is restored before the perf events are released, and
         their release does not keep the caller waiting.
         """
         self.open()
-        handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
-        try:
+        # SIGHUP: the terminal has gone, so leave as for SIGTERM and Ctrl-C.
+        with Signals(hangup="stop") as signals:
+            self._signals = signals
             try:
-                self._scr = curses.initscr()
-            except curses.error as exc:
-                raise NotAvailable(f"cannot start the interactive display ({exc}): "
-                                   "check TERM, or use -1 or -l") from None
-            try:
-                curses.noecho()
-                curses.cbreak()
-                self._scr.keypad(True)
-                self._show_cursor(False)
-                curses.set_escdelay(ESC_DELAY_MS)
-                self._loop()
-            except (KeyboardInterrupt, _Stop):
-                pass
+                self._show()
             finally:
-                self._stopping = True
-                self._restore_terminal()
-        finally:
-            self._stopping = True
-            self.close()
-            for sig, handler in handlers.items():
-                signal.signal(sig, handler)
+                self._signals = None
+                self.close()
         return 0
+
+    def _show(self) -> None:
+        """Set the terminal up, run the key loop until quit or a stop signal,
+        restore the terminal."""
+        try:
+            self._scr = curses.initscr()
+        except curses.error as exc:
+            raise NotAvailable(f"cannot start the interactive display ({exc}): "
+                               "check TERM, or use -1 (batch mode) or -l (log mode)") from None
+        try:
+            curses.noecho()
+            curses.cbreak()
+            self._scr.keypad(True)
+            self._show_cursor(False)
+            curses.set_escdelay(ESC_DELAY_MS)
+            self._loop()
+        except (KeyboardInterrupt, _Stop):
+            pass
+        finally:
+            self._restore_terminal()
 
 
 def run_tui(options: SamplerOptions, *, delay: float,

@@ -13,6 +13,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from ..sampling.fields import is_child, parent_of
 from ..sampling.sampler import FieldValues, Sample
+from ..textsafe import safe_text
 
 __all__ = ["View", "Line", "Row", "SORT_RATE", "SORT_TOTAL", "title", "watched", "event_rows",
            "guest_rows", "format_row", "header", "label_width", "screen", "clip", "help_screen", "prompt_screen",
@@ -239,8 +240,12 @@ def screen(sample: Optional[Sample], view: View, width: int, height: int,
 
 
 def clip(lines: Iterable[Line], width: int, height: int) -> List[Line]:
-    """Drop what lies outside a *width* x *height* screen, cut what sticks out."""
-    return [Line(line.y, line.x, line.text[: width - line.x], line.style)
+    """Drop what lies outside a *width* x *height* screen, cut what sticks out.
+
+    Every text reaches the screen through here, so this is where names from
+    outside are made inert (:func:`kvmstat.textsafe.safe_text`).
+    """
+    return [Line(line.y, line.x, safe_text(line.text)[: width - line.x], line.style)
             for line in lines if 0 <= line.y < height and 0 <= line.x < width]
 
 

@@ -25,7 +25,7 @@ from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Set, Tup
 
 from ..errors import AccessDenied, NoSuchVM
 
-__all__ = ["VM", "VMChanges", "VMWatch", "KernelThreads", "list_vms", "find_vm",
+__all__ = ["VM", "VMChanges", "VMWatch", "KernelThreads", "list_vms", "find_vm", "process_of",
            "find_vm_by_name", "thread_ids", "guest_name", "vm_name", "GuestNames", "is_vm_process",
            "start_time", "process_alive", "thread_exiting", "describe_vm", "fd_links"]
 
@@ -168,7 +168,8 @@ def _read_cmdline(pid: int, proc: str) -> List[str]:
             raw = f.read()
     except OSError:
         return []
-    return [part.decode("utf-8", "replace") for part in raw.split(b"\0")[:-1]]
+    # Invalid bytes are kept (surrogateescape): outputs show them as \xNN.
+    return [part.decode("utf-8", "surrogateescape") for part in raw.split(b"\0")[:-1]]
 
 
 def vm_name(pid: int, proc: str = "/proc") -> Optional[str]:
@@ -447,9 +448,29 @@ def list_vms(proc: str = "/proc") -> List[VM]:
     return vms
 
 
+def process_of(tid: int, proc: str = "/proc") -> Optional[int]:
+    """The process id of thread *tid* (*tid* itself for a process's main
+    thread); None if there is no such thread."""
+    return _tgid(tid, proc)
+
+
+def _uninspectable(proc: str) -> int:
+    """How many processes' file descriptors this process may not list."""
+    hidden = 0
+    for pid in _pids(proc):
+        if os.path.isdir(f"{proc}/{pid}/fd") and not os.access(f"{proc}/{pid}/fd", os.R_OK):
+            hidden += 1
+    return hidden
+
+
 def _checked_vm_fds(pid: int, proc: str) -> Tuple[int, ...]:
     if not os.path.isdir(f"{proc}/{pid}"):
         raise NoSuchVM(f"no process with pid {pid}")
+    owner = _tgid(pid, proc)
+    if owner is not None and owner != pid:
+        # /proc/<tid> works for any thread, and shows its process's files.
+        raise NoSuchVM(f"{pid} is a thread of process {owner}, not a process: "
+                       f"use the process id {owner}")
     if not os.access(f"{proc}/{pid}/fd", os.R_OK):
         # Another user's process: its descriptors cannot be listed.
         raise AccessDenied(f"cannot inspect process {pid} (Permission denied): run kvm_stat as root")
@@ -460,7 +481,8 @@ def _checked_vm_fds(pid: int, proc: str) -> Tuple[int, ...]:
 
 
 def find_vm(pid: int, proc: str = "/proc") -> VM:
-    """Return the VM of process *pid*; :class:`NoSuchVM` if it is not one,
+    """Return the VM of process *pid*; :class:`NoSuchVM` if it is not one
+    (or is a thread, not a process: the message names its process),
     :class:`AccessDenied` if its descriptors cannot be listed (not root)."""
     fds = _checked_vm_fds(pid, proc)
     return _make_vm(pid, fds, proc, KernelThreads(proc).scan().get(pid, ()))
@@ -470,13 +492,21 @@ def find_vm_by_name(name: str, proc: str = "/proc") -> VM:
     """Return the one VM whose guest name is *name*.
 
     Raises :class:`NoSuchVM` listing the candidates with their pids when
-    none or several match.
+    none or several match, and :class:`AccessDenied` when none matches and
+    some processes could not be inspected (another user's VM is invisible
+    to an unprivileged caller).
     """
     vms = list_vms(proc)
     matches = [vm for vm in vms if vm.name == name]
     if len(matches) == 1:
         return matches[0]
     if not matches:
+        hidden = _uninspectable(proc)
+        if hidden:
+            # Their descriptors cannot be listed: a VM among them is invisible.
+            raise AccessDenied(f"no VM named '{name}' among the processes that can be "
+                               f"inspected; {hidden} other processes cannot be (Permission "
+                               "denied): run kvm_stat as root")
         running = ", ".join(describe_vm(vm) for vm in vms) or "none"
         raise NoSuchVM(f"no VM named '{name}'; running VMs: {running}",
                        [(vm.pid, vm.name) for vm in vms])
@@ -516,10 +546,12 @@ class VMWatch:
     (has it exited?) and one read of kthreadd's children (new helper
     threads).  Watching every VM, new VMs are looked for by listing
     ``<debugfs>/kvm`` (one directory listing; KVM creates a ``<pid>-<fd>``
-    directory per VM) and scanning ``/proc/*/fd`` only when that listing
-    changed, and at least every *rescan_interval* seconds in case a VM has
-    no debugfs directory; without debugfs every update scans ``/proc/*/fd``,
-    which costs in proportion to the processes and open files of the host.
+    directory per VM): only the processes named by new entries are
+    inspected, so VMs coming and going cost in proportion to their number,
+    not to the host's processes.  ``/proc/*/fd`` is scanned in full at
+    least every *rescan_interval* seconds, in case a VM has no debugfs
+    directory; without debugfs every update scans it, which costs in
+    proportion to the processes and open files of the host.
     """
 
     def __init__(self, proc: str = "/proc", *, pid: Optional[int] = None,
@@ -534,7 +566,8 @@ class VMWatch:
         self._started: Dict[int, Optional[int]] = {}   # VM pid -> start time
         self._helpers: Dict[int, Set[int]] = {}         # VM pid -> helper tids
         self._debugfs_names: Optional[FrozenSet[str]] = None
-        self._scan_again = False
+        self._candidates: Set[int] = set()   # pids of new debugfs entries
+        self._look_again: Set[int] = set()   # ... whose kvm-vm fd was not seen yet
         self._next_scan = 0.0
         if pid is not None:
             found = [_make_vm(pid, _checked_vm_fds(pid, proc), proc)]
@@ -560,36 +593,50 @@ class VMWatch:
         return vm
 
     def _debugfs_changed(self) -> bool:
-        """True if ``<debugfs>/kvm`` lists other entries than last time (or
-        cannot be listed)."""
+        """True if ``<debugfs>/kvm`` cannot be listed (look everywhere);
+        otherwise remember the process ids of its new ``<pid>-<fd>``
+        entries in :attr:`_candidates` and return False."""
         if self._kvm_dir is None:
             return True
         try:
             names = frozenset(os.listdir(self._kvm_dir))
         except OSError:
             return True
-        changed = names != self._debugfs_names
+        for name in names - (self._debugfs_names or frozenset()):
+            pid, _, fd = name.partition("-")
+            if pid.isdigit() and fd.isdigit():
+                self._candidates.add(int(pid))
         self._debugfs_names = names
-        return changed
+        return False
 
-    def _scan(self) -> List[VM]:
-        """VM processes not watched yet, found through /proc/*/fd."""
-        self._next_scan = self._clock() + self._rescan_interval
+    def _inspect(self, pids: Iterable[int]) -> List[VM]:
         found = []
-        for pid in _pids(self._proc):
+        for pid in pids:
             if pid not in self._started:
                 fds = _vm_fds(pid, self._proc)
                 if fds:
                     found.append(_make_vm(pid, fds, self._proc))
         return sorted(found, key=lambda vm: vm.pid)
 
+    def _scan(self) -> List[VM]:
+        """VM processes not watched yet, found through /proc/*/fd."""
+        self._next_scan = self._clock() + self._rescan_interval
+        self._candidates.clear()
+        self._look_again.clear()
+        return self._inspect(_pids(self._proc))
+
     def _discover(self) -> List[VM]:
-        changed = self._debugfs_changed()
+        if self._debugfs_changed() or self._clock() >= self._next_scan:
+            return self._scan()
         # KVM creates the debugfs directory a moment before the VM's file
-        # descriptor appears in /proc: after a change, look once more.
-        due = changed or self._scan_again or self._clock() >= self._next_scan
-        self._scan_again = changed
-        return self._scan() if due else []
+        # descriptor appears in /proc: a new entry's process that shows no
+        # kvm-vm descriptor yet is looked at once more at the next update
+        # (after that, the periodic full scan finds it).
+        fresh, self._candidates = self._candidates, set()
+        found = self._inspect(fresh | self._look_again)
+        seen = {vm.pid for vm in found}
+        self._look_again = {pid for pid in fresh - seen if pid not in self._started}
+        return found
 
     def update(self) -> VMChanges:
         """Find VMs that ended or appeared, and helper threads that came or went."""

@@ -34,6 +34,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 from ..counting.bpf import BpfCounter, BpfEventSpec
 from ..counting.factories import CounterFactories, real_counters
 from ..errors import Error, NotAvailable
+from ..host.resources import ensure_open_files
 from ..tracefs.catalog import Event, load_events
 from ..host.vms import VM, VMWatch, process_alive
 from .counting import CountingProvider
@@ -57,6 +58,12 @@ def _spec(event: Event) -> BpfEventSpec:
     arg = REASON_ARGS.get((event.name, event.filter_field or ""))
     return BpfEventSpec.for_field(event.name, event.id, event.reason_field,
                                   tracepoint=event.name, reason_arg=arg)
+
+
+#: Events that fire only while a vCPU runs (inside KVM_RUN, so in the VM
+#: process): a process that counted one of them was a VM.
+VCPU_EVENTS = frozenset({"kvm_entry", "kvm_exit", "kvm_userspace_exit", "kvm_pio", "kvm_cpuid",
+                         "kvm_msr", "kvm_emulate_insn"})
 
 
 def in_child_pid_namespace(proc: str = "/proc") -> bool:
@@ -135,6 +142,11 @@ class BpfTracepointProvider(CountingProvider):
         self._helpers: Dict[int, Set[int]] = {}    # VM pid -> its helper threads
         self._rows_changed = False
         self.layout = "by-process" if by_vm else "slots"
+        # Per VM: which table events show a process ran a vCPU (see
+        # _add_unseen_vms), and the table size when last looked at.
+        self._vcpu_events = ({i for i, spec in enumerate(specs) if spec.name in VCPU_EVENTS}
+                             if by_vm and pid is None else set())
+        self._entries_looked_at = 0
         if not specs:
             return
         watch = None
@@ -146,6 +158,8 @@ class BpfTracepointProvider(CountingProvider):
         if pid is not None or by_vm:
             # Lists the VM(s) first: NoSuchVM before any program is loaded.
             watch = VMWatch(proc, pid=pid, debugfs=debugfs if pid is None else None)
+        # A program and an attached perf event per tracepoint, and the maps.
+        ensure_open_files(2 * len(specs) + 3, kind="BPF programs")
         open_bpf_counter = (counters or real_counters()).open_bpf_counter
         self._counter = self._bpf = open_bpf_counter(specs, columns, only_pid=pid,
                                                      layout=self.layout, attach=attach,
@@ -216,7 +230,28 @@ class BpfTracepointProvider(CountingProvider):
         of exited processes into the totals when the table is half full.
         With *pid*, nothing is followed once that VM has exited."""
         super().refresh()
+        self._add_unseen_vms()
         self._sweep()
+
+    def _add_unseen_vms(self) -> None:
+        """Give a row to VMs that ran and exited between two refreshes, so
+        before anyone could discover them: processes that counted a vCPU
+        event (:data:`VCPU_EVENTS`), are gone, and have no row.  Each is
+        reported once, by pid, with its counts, then dropped like any VM
+        that exited.  The table is looked at only when it has new entries."""
+        if not self._vcpu_events or self._bpf is None or self._counter is not self._bpf \
+                or self._bpf.entries == self._entries_looked_at:
+            return
+        self._entries_looked_at = self._bpf.entries
+        ran = {entry.tgid for entry in self._bpf.dump() if entry.event in self._vcpu_events}
+        unseen = [tgid for tgid in sorted(ran - self._rows.keys())
+                  if not process_alive(tgid, None, self._proc)]
+        for tgid in unseen:
+            self._start_vm(VM(tgid, None))
+            self._exited.append(tgid)  # dropped at the next refresh
+        if unseen:
+            self._changes_done()
+            self._ended = self._ended | frozenset(unseen)
 
     def _sweep(self) -> None:
         """Forget the entries of processes that have exited (other than the

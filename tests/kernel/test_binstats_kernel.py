@@ -312,7 +312,7 @@ def test_once_by_guest_binstats_exact_exits_per_vm(guest_process, json_output):
                 "name": guest.name, "fields": {"exits": {"total": n, "delta": n}}}
     else:
         for guest, n in ((one, 13), (two, 9)):
-            heading = f"{guest.name} (pid {guest.pid})\n"
+            heading = f"(pid {guest.pid}) {guest.name}\n"
             block = out[out.index(heading) + len(heading):].split("\n", 1)[0]
             assert block == "%-42s%10d%10d" % ("exits", n, n)
 

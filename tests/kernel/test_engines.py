@@ -51,7 +51,7 @@ def parse_by_guest(text):
     out = {}
     for block in text.strip("\n").split("\n\n"):
         heading, *rows = block.splitlines()
-        pid = int(heading.rsplit("(pid ", 1)[1].rstrip(")"))
+        pid = int(heading.split("(pid ", 1)[1].split(")", 1)[0])
         out[pid] = parse_batch(rows)
     return out
 
@@ -248,7 +248,7 @@ def test_kvm_stat_once_by_guest_is_exact_on_both_engines(guest_process, engine):
     assert proc.returncode == 0, err
     assert err == ""
     rows = parse_by_guest(out)
-    assert f"eng-{engine}-a (pid {guests[0].pid})" in out.splitlines()
+    assert f"(pid {guests[0].pid}) eng-{engine}-a" in out.splitlines()
     assert rows[guests[0].pid]["kvm_pio"] == (321, 321)
     assert rows[guests[0].pid]["kvm_userspace_exit(IO)"] == (321, 321)
     assert rows[guests[1].pid]["kvm_userspace_exit(HLT)"] == (12, 12)

@@ -98,3 +98,13 @@ def test_check_without_capabilities():
     # debugfs still works (root owns it), so the check passes
     [debugfs] = [l for l in result.stdout.splitlines() if l.startswith("debugfs")]
     assert (result.returncode == 0) == ("not available" not in debugfs)
+
+
+def test_guest_name_as_nobody_names_the_permission_problem(nobody, guest_process):
+    """-g as a user who cannot list other processes' descriptors: not
+    "running VMs: none" but the permission problem (issue 18, case 4)."""
+    guest_process("pio", name="nobody-cannot-see")
+    line = one_error_line(nobody.run(["-1", "-g", "nobody-cannot-see"]))
+    assert line.startswith("Error: no VM named 'nobody-cannot-see' among the processes that "
+                           "can be inspected;")
+    assert "(Permission denied): run kvm_stat as root" in line

@@ -95,7 +95,7 @@ def test_kvm_stat_by_guest_reports_each_guest_exactly(three_guests):
     assert err == ""
     blocks = parse_by_guest(out)
     for guest, n in zip(three_guests, COUNTS):
-        rows = blocks[f"{guest.name.replace(',,', ',')} (pid {guest.pid})"]
+        rows = blocks[f"(pid {guest.pid}) {guest.name.replace(',,', ',')}"]
         assert rows == {"kvm_pio": (n, n), "kvm_userspace_exit": (n, n)}
 
 

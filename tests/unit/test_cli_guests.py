@@ -80,7 +80,7 @@ def test_batch_by_guest(proc, paths, created, monkeypatch, capsys):
     assert cli.run(cli.parse_options(["-1", "--by-guest", "-f", "kvm_pio"]), paths) == 0
     out, err = capsys.readouterr()
     assert err == ""
-    assert out == "web (pid 303)\n" + row("kvm_pio", 6, 6) + "\n(pid 400)\n" + row("kvm_pio", 1, 1)
+    assert out == "(pid 303) web\n" + row("kvm_pio", 6, 6) + "\n(pid 400)\n" + row("kvm_pio", 1, 1)
 
 
 def test_batch_by_guest_without_any_vm(paths, created, monkeypatch, capsys):
@@ -103,5 +103,5 @@ def test_batch_for_a_pid_that_exits_during_the_second(proc, paths, created, monk
     assert cli.run(cli.parse_options(argv), paths) == 0
     out, err = capsys.readouterr()
     rows = row("kvm_pio", 9, 9)
-    assert out == ("web (pid 303)\n" + rows if by_guest else rows)
+    assert out == ("(pid 303) web\n" + rows if by_guest else rows)
     assert err == "kvm_stat: VM process 303 has exited: the counts end at its exit\n"

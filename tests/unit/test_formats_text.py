@@ -39,7 +39,7 @@ def test_batch_by_guest_golden():
         "kvm_exit                                           5         0\n"
         "kvm_pio                                           20         2\n"
         "\n"
-        "web,1 (pid 812)\n"
+        "(pid 812) web,1\n"
         "kvm_exit                                           0         0\n"
         "kvm_pio                                           10         1\n")
     assert by_guest_batch_lines(Sample(0.0, 1.0, {}, by_vm={})) == []

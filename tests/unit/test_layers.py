@@ -14,7 +14,7 @@ from kvmstat import _compat
 PACKAGE = os.path.dirname(kvmstat.__file__)
 # Lowest first; a module may import its own layer and the layers below it.
 LAYERS = ["host", "tracefs", "counting", "providers", "sampling", "frontends"]
-BASE = {"errors", "_compat"}  # under every layer
+BASE = {"errors", "textsafe", "_compat"}  # under every layer
 
 
 def _modules():

@@ -2,10 +2,11 @@
 
 The loop runs against a scripted sampler, a fake monotonic clock and fake
 signals, so the schedule is checked exactly without sleeping.  LogFile and
-LogSignals are checked against the real file system and real signals.
+the signals are checked against the real file system and real signals.
 """
 
 import io
+import json
 import os
 import signal
 import stat
@@ -15,7 +16,9 @@ import pytest
 
 from kvmstat.frontends import logger as logmod
 from kvmstat.errors import AccessDenied, Error, InvalidArgument, VMGone
-from kvmstat.frontends.logger import LogFile, Logger, LogSignals, StreamOutput, log_layout
+from kvmstat.frontends.logger import LogFile, Logger, StreamOutput, log_layout
+from kvmstat.frontends.signals import Signals
+from kvmstat.frontends.streams import OutputStream
 from kvmstat.sampling.sampler import Sample
 
 
@@ -59,8 +62,13 @@ class ScriptedSampler:
         return Sample(1e9 + len(self.times), 0.5, values)
 
 
+def text_output(out):
+    """A StreamOutput writing into the in-memory text stream *out*."""
+    return StreamOutput(OutputStream(None, "standard output", text_stream=out))
+
+
 class FakeSignals:
-    """wait_until jumps the clock to the deadline, unless *events* (wait
+    """wait jumps the clock to the deadline, unless *events* (wait
     number -> function(signals, deadline)) says otherwise."""
 
     def __init__(self, clock, events=None, stop_after=None):
@@ -72,20 +80,25 @@ class FakeSignals:
         self.reopen = False
         self.waits = 0
 
-    def take_reopen(self):
+    @property
+    def stopping(self):
+        return self.stop
+
+    def take_reload(self):
         pending, self.reopen = self.reopen, False
         return pending
 
-    def wait_until(self, deadline):
+    def wait(self, deadline, fds=()):
         self.waits += 1
         if self.stop_after is not None and self.waits > self.stop_after:
             self.stop = True
-            return
+            return []
         action = self.events.get(self.waits)
         if action is not None:
             action(self, deadline)
-            return
+            return [(-1, 16)] if self.output_closed else []  # POLLHUP
         self.clock.now = max(self.clock.now, deadline)
+        return []
 
 
 def run_logger(fmt="csv", deltas=(), cost=0.0, events=None, stop_after=5, skip_zero=False,
@@ -93,7 +106,7 @@ def run_logger(fmt="csv", deltas=(), cost=0.0, events=None, stop_after=5, skip_z
     clock = FakeClock()
     sampler = ScriptedSampler(clock, deltas, cost)
     out = io.StringIO()
-    output = output or StreamOutput(out)
+    output = output or text_output(out)
     signals = FakeSignals(clock, events, stop_after)
     Logger(sampler, output, log_layout(fmt, by_guest), delay=delay, skip_zero=skip_zero,
            clock=clock).run(signals)
@@ -174,7 +187,7 @@ def test_a_reader_that_went_away_ends_the_loop_with_broken_pipe():
 def test_the_watched_vm_exiting_ends_the_loop():
     clock = FakeClock()
     sampler = ScriptedSampler(clock, [], fail_at=3)
-    Logger(sampler, StreamOutput(io.StringIO()), log_layout("csv"), delay=1,
+    Logger(sampler, text_output(io.StringIO()), log_layout("csv"), delay=1,
            clock=clock).run(FakeSignals(clock, stop_after=None))
     assert sampler.done and len(sampler.times) == 4
 
@@ -183,7 +196,7 @@ def test_the_watched_vm_exiting_at_the_baseline_writes_nothing():
     clock = FakeClock()
     sampler = ScriptedSampler(clock, [], fail_at=0)
     out = io.StringIO()
-    Logger(sampler, StreamOutput(out), log_layout("csv"), delay=1,
+    Logger(sampler, text_output(out), log_layout("csv"), delay=1,
            clock=clock).run(FakeSignals(clock, stop_after=None))
     assert out.getvalue() == "" and len(sampler.times) == 1
 
@@ -193,7 +206,7 @@ def test_vm_gone_writes_the_counts_up_to_the_exit_last():
     # baseline, two rows, then the VM exits with 4 and 1 counted since row 2
     sampler = ScriptedSampler(clock, [[0, 0], [1, 2], [3, 0], [4, 1]], fail_at=3)
     out = io.StringIO()
-    Logger(sampler, StreamOutput(out), log_layout("csv"), delay=1,
+    Logger(sampler, text_output(out), log_layout("csv"), delay=1,
            clock=clock).run(FakeSignals(clock, stop_after=None))
     rows = [line.split(",")[1:] for line in out.getvalue().splitlines()[1:]]
     assert rows == [["1", "2"], ["3", "0"], ["4", "1"]]
@@ -248,6 +261,38 @@ def test_csv_file_with_other_columns_is_moved_aside(tmp_path, monkeypatch):
     path.write_text(old)
     run_into_file(path, stop_after=1, notes=notes)
     assert len([p for p in tmp_path.iterdir() if p.name.startswith("log.csv.")]) == 2
+
+
+@pytest.mark.parametrize("fmt, old", [
+    ("csv", "timestamp,a,b\n2024-01-01 00:00:00,1,2\n2024-01-01 00:00:01,3"),
+    ("plain", "a b \n2024-01-01 00:00:00         1         2\n2024-01-01 00:00:01   "),
+    ("json", '{"time": 1, "fields": {}}\n{"time": 2, "fie'),
+])
+def test_a_file_ending_in_a_torn_line_is_moved_aside(tmp_path, fmt, old):
+    """What a stop on a full disk leaves: the next run must not glue its
+    first row onto the piece (issue 18, case 3)."""
+    path = tmp_path / "log"
+    path.write_text(old)
+    notes = []
+    run_into_file(path, fmt=fmt, stop_after=1, notes=notes)
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("log.")]
+    assert len(aside) == 1 and aside[0].read_text() == old
+    assert len(notes) == 1 and "ends with an incomplete line" in notes[0]
+    assert str(aside[0]) in notes[0]
+    new = read(path)
+    assert new.endswith("\n") and old not in new
+    if fmt == "csv":
+        assert new.splitlines()[0] == "timestamp,a,b" and len(new.splitlines()) == 3
+    if fmt == "json":
+        assert all(json.loads(line) for line in new.splitlines())
+
+
+def test_a_complete_file_is_appended_to_without_a_note(tmp_path):
+    path = tmp_path / "log"
+    path.write_text('{"time": 1}\n')
+    notes = []
+    run_into_file(path, fmt="json", stop_after=1, notes=notes)
+    assert notes == [] and read(path).startswith('{"time": 1}\n{')
 
 
 def test_plain_file_gets_a_banner_on_every_start(tmp_path):
@@ -333,52 +378,54 @@ def test_write_errors_are_one_line_errors(tmp_path, monkeypatch):
     assert str(exc.value) == f"cannot write to log file '{tmp_path / 'log'}': No space left on device"
 
 
-# -- StreamOutput and LogSignals ---------------------------------------------------
+# -- StreamOutput and Signals ------------------------------------------------------
 
-def test_stream_output_watches_pipes_only():
-    assert StreamOutput(io.StringIO()).watch_fd is None
+def test_stream_output_watches_pipes_only(tmp_path):
+    assert text_output(io.StringIO()).watch_fd is None
+    with open(tmp_path / "f", "w") as f:
+        assert StreamOutput(OutputStream(f.fileno(), "f")).watch_fd is None
     r, w = os.pipe()
-    with os.fdopen(w, "w") as stream:
-        assert StreamOutput(stream).watch_fd == w
+    assert StreamOutput(OutputStream(w, "pipe")).watch_fd == w
     os.close(r)
+    os.close(w)
 
 
 def test_signals_wake_the_wait_and_set_flags():
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-    with LogSignals(reopen=True) as signals:
+    with Signals(hangup="reload") as signals:
         os.kill(os.getpid(), signal.SIGHUP)
         start = time.monotonic()
-        signals.wait_until(start + 30)
-        assert signals.take_reopen() and not signals.take_reopen()
+        signals.wait(start + 30)
+        assert signals.take_reload() and not signals.take_reload()
         os.kill(os.getpid(), signal.SIGTERM)
-        signals.wait_until(time.monotonic() + 30)
-        assert signals.stop
+        signals.wait(time.monotonic() + 30)
+        assert signals.stop == signal.SIGTERM
         assert time.monotonic() - start < 10
     assert {s: signal.getsignal(s) for s in before} == before
 
 
 def test_sigint_stops_and_sighup_is_ignored_without_a_file():
-    with LogSignals(reopen=False) as signals:
+    with Signals(hangup="ignore") as signals:
         assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
         os.kill(os.getpid(), signal.SIGINT)
-        signals.wait_until(time.monotonic() + 30)
-        assert signals.stop and not signals.take_reopen()
+        signals.wait(time.monotonic() + 30)
+        assert signals.stopping and not signals.take_reload()
 
 
 def test_wait_returns_at_the_deadline():
-    with LogSignals(reopen=True) as signals:
+    with Signals(hangup="reload") as signals:
         deadline = time.monotonic() + 0.05
-        signals.wait_until(deadline)
+        assert signals.wait(deadline) == []
         assert time.monotonic() >= deadline
-        assert not signals.stop
+        assert not signals.stopping
 
 
 def test_a_closed_pipe_reader_is_seen_while_waiting():
     r, w = os.pipe()
     try:
-        with LogSignals(reopen=False, watch_fd=w) as signals:
+        with Signals() as signals:
             os.close(r)
-            signals.wait_until(time.monotonic() + 30)
-            assert signals.output_closed
+            fired = signals.wait(time.monotonic() + 30, [(w, 0)])
+            assert fired and fired[0][0] == w
     finally:
         os.close(w)

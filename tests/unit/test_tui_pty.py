@@ -167,7 +167,8 @@ def test_f_prompt_invalid_regex_esc_empty_and_valid(app):
         "Total                                            60              15"]
     term.send("c")
     term.wait_for(lambda t: "regex filter" not in t.text() and "kvm_pio" in t.text())
-    assert opens()[-1]["fields"] == ["kvm_pio", "kvm_exit", "kvm_msr", "kvm_userspace_exit"]
+    assert opens()[-1]["fields"] == ["kvm_pio", "kvm_exit", "kvm_msr", "kvm_userspace_exit",
+                                     "kvm_nested_vmenter_failed_for_long"]
 
 
 def test_s_prompt_range_esc_and_new_interval(app):

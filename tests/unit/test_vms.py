@@ -4,6 +4,8 @@ import os
 
 import pytest
 
+from kvmstat.host import vms
+
 from kvmstat.errors import NoSuchVM
 from kvmstat.host.vms import (VM, GuestNames, KernelThreads, VMWatch, describe_vm, find_vm,
                          find_vm_by_name, list_vms, process_alive, start_time, thread_exiting,
@@ -249,7 +251,10 @@ def test_watch_every_vm_without_debugfs_scans_proc_each_time(proc):
     assert watch.pids == [400]
 
 
-def test_watch_every_vm_with_debugfs_scans_only_when_it_changed(proc, tmp_path, monkeypatch):
+def test_watch_every_vm_with_debugfs_inspects_only_the_new_entries(proc, tmp_path, monkeypatch):
+    """Under churn, discovery costs per new VM, not per process of the host
+    (issue 18, case 10): a new ``<pid>-<fd>`` debugfs entry makes only that
+    process be inspected; /proc is scanned in full only periodically."""
     debugfs = tmp_path / "debug"
     (debugfs / "kvm").mkdir(parents=True)
     (debugfs / "kvm" / "exits").write_text("0\n")
@@ -258,23 +263,26 @@ def test_watch_every_vm_with_debugfs_scans_only_when_it_changed(proc, tmp_path, 
     (debugfs / "kvm" / "300-11").mkdir()
     watch = VMWatch(proc.path, debugfs=str(debugfs), rescan_interval=30, clock=clock)
     assert watch.pids == [300]
-    scans = []
+    scans, inspected = [], []
     monkeypatch.setattr("kvmstat.host.vms._pids", lambda p: scans.append(p) or
                         [int(e) for e in os.listdir(p) if e.isdigit()])
+    real_vm_fds = vms._vm_fds
+    monkeypatch.setattr("kvmstat.host.vms._vm_fds", lambda pid, p: inspected.append(pid) or
+                        real_vm_fds(pid, p))
     # A VM without a debugfs directory is not looked for until the rescan.
     proc.add_vm(400, "quiet")
-    assert not watch.update() and scans == []
-    # A new debugfs directory triggers a scan, and one more after it (the VM's
-    # file descriptor shows in /proc a moment after its directory).
+    assert not watch.update() and scans == [] and inspected == []
+    # A new debugfs directory: its process is inspected, nothing else; the
+    # VM's descriptor shows in /proc a moment after its directory, so a
+    # process without it yet is looked at once more.
     (debugfs / "kvm" / "500-12").mkdir()
-    changes = watch.update()
-    assert sorted(vm.pid for vm in changes.started) == [400] and len(scans) == 1
+    assert not watch.update() and inspected == [500]
     proc.add_vm(500, "late")
-    assert [vm.pid for vm in watch.update().started] == [500] and len(scans) == 2
-    assert not watch.update() and len(scans) == 2
+    assert [vm.pid for vm in watch.update().started] == [500] and inspected == [500, 500]
+    assert not watch.update() and inspected == [500, 500] and scans == []
     proc.add_vm(600, "no-debugfs-dir")
-    clock.now = 31.0  # the periodic rescan finds it
-    assert [vm.pid for vm in watch.update().started] == [600] and len(scans) == 3
+    clock.now = 31.0  # the periodic rescan finds 400 and 600
+    assert [vm.pid for vm in watch.update().started] == [400, 600] and len(scans) == 1
 
 
 def test_watch_does_not_report_a_reused_pid_as_the_same_vm(proc):

@@ -1,7 +1,7 @@
 """The real kvmstat display on fake counters, for the pty tests without KVM.
 
 Run as a script: ``python tests/unit/tui_fake_app.py [--pid PID] [--proc DIR]
-[--die-after N] [--delay S] [--by-guest]``.  It runs
+[--die-after N] [--delay S] [--regex R] [--vm-name NAME]``.  It runs
 :class:`kvmstat.frontends.tui.Display` with an opener that builds real
 :class:`~kvmstat.sampling.sampler.Sampler` objects over :class:`FakeProvider`: every
 read adds fixed steps to the counters, and the sampler's clock advances
@@ -35,6 +35,8 @@ STEPS = {
     "kvm_msr": 0,
     "kvm_userspace_exit": 5,
     "kvm_userspace_exit(IO)": 5,
+    # Never counts (never shown); long enough for a backtracking regex to hang on.
+    "kvm_nested_vmenter_failed_for_long": 0,
 }
 #: VM pid -> (guest name, share of every step in fifths)
 VMS = {1001: ("alpha", 3), 1002: ("beta", 1), 1003: (None, 1)}
@@ -94,7 +96,10 @@ def main(argv=None) -> int:
     p.add_argument("--die-after", type=int)
     p.add_argument("--delay", type=float, default=3.0)
     p.add_argument("--regex")
+    p.add_argument("--vm-name", help="the guest name of VM 1001 (instead of alpha)")
     args = p.parse_args(argv)
+    if args.vm_name is not None:
+        VMS[1001] = (args.vm_name, VMS[1001][1])
     log_path = os.environ.get("FAKE_APP_LOG")
 
     def opener(selection, pid, by_vm):

@@ -14,6 +14,9 @@ bucket, ``high`` null for the last), ``"unit"``, ``"base"`` and
 ``"exponent"`` when the provider knows them (a bound *b* is ``b * base **
 exponent`` of *unit*).  Counts are totals: since kvmstat started, or since
 the VM was created (``since``).
+Guest and field names are escaped as in every output
+(:func:`kvmstat.textsafe.safe_text`), so a name reads the same in JSON as
+in the other formats.
 Pure functions, no I/O.
 """
 
@@ -24,6 +27,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ...providers.base import Histograms
 from ...sampling.sampler import Sample
+from ...textsafe import safe_name, safe_text
 from .log import all_zero
 
 __all__ = ["sample_object", "sample_json", "json_rows"]
@@ -38,7 +42,7 @@ def _fields_object(values: Mapping[str, Tuple[int, int]],
     out = {}
     for name in fields:
         total, delta = get(name, (0, 0))
-        out[name] = {"total": total, "delta": delta}
+        out[safe_text(name)] = {"total": total, "delta": delta}
     return out
 
 
@@ -82,7 +86,7 @@ def sample_object(sample: Sample, fields: Optional[Sequence[str]] = None,
         vm_histograms = sample.vm_histograms or {}
         guests = obj["guests"] = {}
         for pid in sorted(by_vm):
-            guest = guests[str(pid)] = {"name": sample.vm_names.get(pid),
+            guest = guests[str(pid)] = {"name": safe_name(sample.vm_names.get(pid)),
                                         "fields": _fields_object(by_vm[pid], names)}
             if vm_histograms.get(pid):
                 guest["histograms"] = _histograms_object(vm_histograms[pid])

@@ -14,6 +14,9 @@ deltas:
 - CSV: header ``timestamp,pid,guest,<name>,...``; row
   ``<timestamp>,<pid>,<guest>,<delta>,...`` (an empty guest for a VM
   without a name; names are quoted by CSV rules when needed).
+
+Guest and field names pass through :func:`kvmstat.textsafe.safe_text`: a
+row is always one line, whatever a name holds.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import time
 from typing import Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from ...sampling.sampler import FieldValues, Sample
+from ...textsafe import safe_name, safe_text
 
 __all__ = [
     "TIMESTAMP_FORMAT", "BANNER_EVERY", "timestamp",
@@ -72,7 +76,7 @@ def _vm_rows(sample: Sample, fields: Sequence[str],
         deltas = _deltas(values, fields)
         if skip_zero and not any(deltas):
             continue
-        rows.append((pid, sample.vm_names.get(pid), deltas))
+        rows.append((pid, safe_name(sample.vm_names.get(pid)), deltas))
     return rows
 
 
@@ -80,7 +84,7 @@ def _vm_rows(sample: Sample, fields: Sequence[str],
 
 def plain_banner(fields: Sequence[str]) -> str:
     """The plain banner: every field name followed by one space."""
-    return "".join(name + " " for name in fields) + "\n"
+    return "".join(safe_text(name) + " " for name in fields) + "\n"
 
 
 def plain_rows(sample: Sample, fields: Sequence[str], skip_zero: bool = False) -> List[str]:
@@ -93,7 +97,7 @@ def plain_rows(sample: Sample, fields: Sequence[str], skip_zero: bool = False) -
 
 def csv_header(fields: Sequence[str]) -> str:
     """The CSV header: ``timestamp,<name>,...``."""
-    return _csv_line(["timestamp", *fields])
+    return _csv_line(["timestamp", *map(safe_text, fields)])
 
 
 def csv_rows(sample: Sample, fields: Sequence[str], skip_zero: bool = False) -> List[str]:

@@ -6,6 +6,7 @@ from typing import Iterable, List, Optional
 
 from ...sampling.fields import parent_of
 from ...sampling.sampler import FieldValues, Sample
+from ...textsafe import safe_text
 
 __all__ = ["batch_lines", "by_guest_batch_lines", "guest_heading", "field_help_lines"]
 
@@ -13,7 +14,8 @@ BATCH_ROW = "%-42s%10d%10d"
 
 
 def _rows(values: FieldValues) -> List[str]:
-    return [BATCH_ROW % (name, values[name][0], values[name][1]) for name in sorted(values)]
+    return [BATCH_ROW % (safe_text(name), values[name][0], values[name][1])
+            for name in sorted(values)]
 
 
 def batch_lines(sample: Sample) -> List[str]:
@@ -22,8 +24,12 @@ def batch_lines(sample: Sample) -> List[str]:
 
 
 def guest_heading(pid: int, name: Optional[str]) -> str:
-    """``<name> (pid <pid>)``, or ``(pid <pid>)`` for a VM without a name."""
-    return f"{name} (pid {pid})" if name else f"(pid {pid})"
+    """``(pid <pid>) <name>``, or ``(pid <pid>)`` for a VM without a name.
+
+    The pid comes first so that a guest name, which whoever starts a VM
+    chooses, never starts a line (it could pass for a row otherwise).
+    """
+    return f"(pid {pid}) {safe_text(name)}" if name else f"(pid {pid})"
 
 
 def by_guest_batch_lines(sample: Sample) -> List[str]:
@@ -41,4 +47,4 @@ def by_guest_batch_lines(sample: Sample) -> List[str]:
 
 def field_help_lines(names: Iterable[str]) -> List[str]:
     """Each event once (children folded into their parent), sorted, indented two spaces."""
-    return ["  " + name for name in sorted({parent_of(n) for n in names})]
+    return ["  " + safe_text(name) for name in sorted({parent_of(n) for n in names})]
