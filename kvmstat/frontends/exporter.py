@@ -152,6 +152,11 @@ class _Reading:
     ended: set
 
 
+#: ``writer(lines, openmetrics, vm_labels) -> series written``: see
+#: :meth:`KvmCollector.add_families`
+FamilyWriter = Callable[[List[str], bool, Dict[int, str]], int]
+
+
 class KvmCollector:
     """Reads the providers of *sampler* at every scrape and writes the answer
     (:meth:`render`).
@@ -201,6 +206,7 @@ class KvmCollector:
         self._read_errors = 0
         self._last_seconds = 0.0
         self._last_series = 0
+        self._writers: List[FamilyWriter] = []
         per_vm_providers = []
         levels = set()
         for provider in getattr(sampler, "providers", ()):
@@ -221,6 +227,15 @@ class KvmCollector:
                       f'providers="{escape_label_value(providers)}",'
                       f'version="{escape_label_value(version)}"}} 1\n')
         self._watched_labels = vm_label_text(vm.pid, vm.name) if vm is not None else ""
+
+    def add_families(self, writer: "FamilyWriter") -> None:
+        """Serve more families after KVM's: ``writer(lines, openmetrics, vm_labels)``
+        appends complete families (``# HELP``/``# TYPE`` lines, then samples) to
+        *lines* and returns the number of series it wrote; *vm_labels* maps each VM
+        pid present to its escaped ``pid="...",guest="..."`` text.  The room for
+        other sources, such as exit-duration histograms."""
+        with self._lock:
+            self._writers.append(writer)
 
     @property
     def dropped(self) -> bool:
@@ -280,8 +295,15 @@ class KvmCollector:
                                      by_vcpu=provider in self._vcpu_providers)
             reading.totals.update(part.totals)
             if reading.by_vm is not None:
-                for pid, totals in part.by_vm.items():
-                    reading.by_vm.setdefault(pid, {}).update(totals)
+                if not reading.by_vm:
+                    # The first (usually only) provider's rows as they are: copying
+                    # them would cost VMs x fields.
+                    reading.by_vm = dict(part.by_vm)
+                else:
+                    for pid, totals in part.by_vm.items():
+                        mine = reading.by_vm.get(pid)
+                        # New dicts: the providers' own are never changed.
+                        reading.by_vm[pid] = totals if mine is None else {**mine, **totals}
             if wanted is not None:
                 reading.histograms.update((n, h) for n, h in part.histograms.items() if wanted(n))
                 if reading.vm_histograms is not None:
@@ -319,7 +341,9 @@ class KvmCollector:
             read_seconds = time.monotonic() - start
             if reading is not None:
                 series = self._render_reading(lines, reading, openmetrics)
-            series += self._render_health(lines, reading, read_seconds, openmetrics)
+                for writer in self._writers:
+                    series += writer(lines, openmetrics, self._vm_labels)
+            self._render_health(lines, reading, read_seconds, openmetrics)
             if openmetrics:
                 lines.append("# EOF\n")
             body = "".join(lines).encode("utf-8", "replace")
@@ -352,7 +376,7 @@ class KvmCollector:
         return series
 
     def _render_health(self, lines: List[str], reading: Optional[_Reading], read_seconds: float,
-                       openmetrics: bool) -> int:
+                       openmetrics: bool) -> None:
         def family(name: str, kind: str, help_text: str, *samples: str) -> None:
             shown = name[: -len("_total")] if openmetrics and kind == "counter" else name
             lines.append(f"# HELP {shown} {help_text}\n# TYPE {shown} {kind}\n")
@@ -379,11 +403,10 @@ class KvmCollector:
             family("kvmstat_vm_running", "gauge",
                    "1 while the watched VM runs, 0 once it has exited",
                    f"kvmstat_vm_running{{{self._watched_labels}}} {running}\n")
-            return 7
+            return
         watched = len(reading.by_vm or {}) if reading is not None else 0
         family("kvmstat_vms", "gauge", "VM processes watched (with a per-VM breakdown; "
                "0 without one)", f"kvmstat_vms {watched}\n")
-        return 6
 
     def close(self) -> None:
         """Close the sampler (if not dropped already); later scrapes serve no events."""

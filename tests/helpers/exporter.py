@@ -25,7 +25,7 @@ from .commands import KVM_STAT, fd_links, perf_event_fds, wait_for
 __all__ = ["ExporterProcess", "value", "value_or_zero", "total", "series", "OPENMETRICS"]
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
-_URL = re.compile(r"serving metrics at (http://\S+)")
+_URL = re.compile(r"serving metrics at (https?://\S+)")
 
 
 def series(families: dict, name: str) -> dict:

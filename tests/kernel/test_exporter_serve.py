@@ -90,9 +90,13 @@ def test_host_wide_totals_include_the_guest_and_sigint_exits_0(guest_process):
 def test_host_wide_per_vm_series_are_exact(guest_process):
     guest = guest_process("pio", name="per-vm-test")
     with ExporterProcess(["-f", FIELDS]) as exporter:
+        vm = {"pid": str(guest.pid), "guest": "per-vm-test"}
+        # Idle: no series of its own.  Busy: its series at the next scrape.
+        idle = exporter.scrape()
+        assert not [labels for labels in series(idle, "kvm_tracepoint_pio_total")
+                    if dict(labels).get("pid") == vm["pid"]]
         guest.run(321)
         families = exporter.scrape()
-        vm = {"pid": str(guest.pid), "guest": "per-vm-test"}
         assert value(families, "kvm_tracepoint_pio_total", **vm) == 321
         assert value(families, "kvm_tracepoint_userspace_exit_total", **vm, reason="IO") == 321
         assert total(families, "kvm_tracepoint_pio_total") >= 321
@@ -226,4 +230,41 @@ def test_debugfs_and_tracepoints_together_per_vm(guest_process):
         assert families["kvm_stats_pages_4k"].type == "gauge"               # debugfs
         assert value_or_zero(families, "kvm_stats_pages_4k", **vm) == debugfs_value(
             guest.pid, "pages_4k")
+        assert exporter.stop() == 0
+
+
+def test_tls_and_basic_auth_from_a_web_config_file(guest_process, tmp_path):
+    """kvm_stat --serve --web-config: HTTPS with a password, exact counts through it."""
+    import base64
+    import ssl
+    import subprocess
+    import urllib.error
+    import urllib.request
+
+    import bcrypt
+
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")],
+                   check=True, capture_output=True)
+    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode()
+    (tmp_path / "web.yml").write_text(
+        "tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\n"
+        f"basic_auth_users:\n  prom: '{hashed}'\n")
+    guest = guest_process("pio", name="tls-test")
+    with ExporterProcess(["-p", str(guest.pid), "-f", FIELDS,
+                          "--web-config", str(tmp_path / "web.yml")]) as exporter:
+        assert exporter.url.startswith("https://127.0.0.1:")
+        guest.run(55)
+        context = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+        request = urllib.request.Request(exporter.url, headers={
+            "Authorization": "Basic " + base64.b64encode(b"prom:pw").decode()})
+        with urllib.request.urlopen(request, context=context, timeout=30) as response:
+            body = response.read().decode()
+        assert f'kvm_tracepoint_pio_total{{pid="{guest.pid}",guest="tls-test"}} 55' in body
+        try:
+            urllib.request.urlopen(exporter.url, context=context, timeout=30)
+            raise AssertionError("answered without a password")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 401
         assert exporter.stop() == 0

@@ -458,9 +458,27 @@ def test_health_metrics():
     (read,) = series(families, "kvmstat_read_duration_seconds").values()
     (last,) = series(families, "kvmstat_last_scrape_duration_seconds").values()
     assert 0 <= read < 5 and 0 < last < 5
-    # KVM series: pio for VM 3 and outside, exit (no event in VM 3) outside; 6 health.
-    assert series(families, "kvmstat_last_scrape_series") == {labels(): 3 + 6}
+    # KVM series: pio for VM 3 and outside, exit (no event in VM 3) outside.
+    assert series(families, "kvmstat_last_scrape_series") == {labels(): 3}
     assert series(families, "kvmstat_vms") == {labels(): 1}
+
+
+def test_more_families_from_another_source():
+    provider = FakeProvider({"kvm_pio": 3}, by_vm={5: {"kvm_pio": 3}})
+    collector = collector_for(provider, by_vm=True, names={5: "g"}.get)
+
+    def durations(lines, openmetrics, vm_labels):
+        lines.append("# HELP kvm_exit_duration_seconds test\n"
+                     "# TYPE kvm_exit_duration_seconds histogram\n")
+        for labels in vm_labels.values():
+            lines.append(f'kvm_exit_duration_seconds_bucket{{{labels},le="+Inf"}} 1\n'
+                         f'kvm_exit_duration_seconds_count{{{labels}}} 1\n')
+        return len(vm_labels)
+    collector.add_families(durations)
+    families, _ = scrape(collector)
+    assert series(families, "kvm_exit_duration_seconds_count") == {labels(pid="5", guest="g"): 1}
+    families, _ = scrape(collector)
+    assert series(families, "kvmstat_last_scrape_series") == {labels(): 3}
 
 
 def test_clashing_names_keep_the_first_and_say_so_once():
