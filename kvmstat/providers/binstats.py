@@ -190,6 +190,10 @@ def stats_coverage(pid: int, proc: str = "/proc") -> StatsCoverage:
     return StatsCoverage.from_links(pid, fd_links(pid, proc))
 
 
+#: VM processes named in one note at most (a host may run hundreds)
+_MAX_NAMED = 10
+
+
 def coverage_notes(vms: Sequence[Tuple[VM, StatsCoverage]]) -> List[str]:
     """One-line notes on VM processes whose statistics are incomplete: one per
     process that holds some descriptors but not all, and one listing those
@@ -202,9 +206,11 @@ def coverage_notes(vms: Sequence[Tuple[VM, StatsCoverage]]) -> List[str]:
                          f"for it, the others are read")
     none = [describe_vm(vm) for vm, coverage in vms if not coverage.holds_any]
     if none:
+        named = ", ".join(none[:_MAX_NAMED])
+        more = f" and {len(none) - _MAX_NAMED} more" if len(none) > _MAX_NAMED else ""
         notes.append(f"{NOTE_PREFIX}left out, holding no statistics descriptors "
                      f"({NO_STATS_FDS_HELP}): VM process{'es' if len(none) > 1 else ''} "
-                     f"{', '.join(none)}")
+                     f"{named}{more}")
     return notes
 
 

@@ -228,8 +228,9 @@ def test_kvm_stat_binstats_with_the_systems_qemu(guests):
     assert result.stdout == ""
     # The message names the cause and the fix, on one line, and only
     # providers that work on this host: debugfs not under lockdown.
-    alternatives = r"tracepoints \(-t\) or debugfs \(-d\)" if debugfs_counters_readable() \
-        else r"tracepoints \(-t\)"
+    alternatives = r"the tracepoint provider \(-t\)"
+    if debugfs_counters_readable():
+        alternatives += r" or the debugfs provider \(-d\)"
     assert re.fullmatch(
         rf"Error: (VM process {guest.pid} holds no|no VM process holds) KVM binary statistics file descriptors: "
         r"only a VM's own process can create them .*QEMU keeps them open from version 8\.1 "

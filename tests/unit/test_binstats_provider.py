@@ -23,7 +23,9 @@ from kvmstat.errors import AccessDenied, NoSuchVM, NotAvailable
 from kvmstat.host.paths import Paths
 from kvmstat.providers import binstats as binstats_module
 from kvmstat.providers.base import SINCE_CREATION, SINCE_START, HistogramValues
-from kvmstat.providers.binstats import (BinstatsProvider, NoStatsDescriptors, alternative_providers,
+from kvmstat.host.vms import VM
+from kvmstat.providers.binstats import (BinstatsProvider, NoStatsDescriptors, StatsCoverage,
+                                        alternative_providers, coverage_notes,
                                         binstats_fields, stats_fd_refs)
 from kvmstat.providers.binstats_format import (TYPE_CUMULATIVE, TYPE_INSTANT, TYPE_LOG_HIST,
                                                TYPE_PEAK, StatDesc, StatsFormatError,
@@ -548,3 +550,13 @@ def test_the_command_line_names_the_options_of_the_alternatives(host):
     assert "(-" not in str(error)  # the library speaks of providers, not options
     assert with_flags(str(error)) == ("no VM process holds them; use the tracepoint provider "
                                       "(-t) or the debugfs provider (-d) instead")
+
+
+def test_a_long_list_of_vms_without_descriptors_is_cut_short():
+    vms = [(VM(pid, None), StatsCoverage(pid, False, frozenset(), frozenset()))
+           for pid in range(100, 125)]
+    [note] = coverage_notes(vms)
+    assert note.endswith("VM processes pid 100 (no name), pid 101 (no name), pid 102 (no name), "
+                         "pid 103 (no name), pid 104 (no name), pid 105 (no name), pid 106 "
+                         "(no name), pid 107 (no name), pid 108 (no name), pid 109 (no name) "
+                         "and 15 more")
