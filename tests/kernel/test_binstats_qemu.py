@@ -198,7 +198,7 @@ def test_by_guest_with_two_qemu10_guests_and_one_qemu72(qemu_10, guests):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     for guest in new:
-        heading = f"{guest.name} (pid {guest.pid})\n"
+        heading = f"(pid {guest.pid}) {guest.name}\n"
         assert heading in out, out
         block = out[out.index(heading) + len(heading):].split("\n\n", 1)[0].splitlines()
         rows = {line[:42].rstrip(): int(line[52:62]) for line in block}
