@@ -2,7 +2,7 @@
 
     with ExporterProcess(["-p", str(pid)]) as exporter:
         families = exporter.scrape()            # {family name: Metric}, text format
-        value(families, "kvm_pio_total", pid=str(pid), guest="")
+        value(families, "kvm_tracepoint_pio_total", pid=str(pid), guest="")
 
 The exporter listens on 127.0.0.1 port 0 (the kernel picks a free port) unless
 an address is given; the URL is read from its "serving metrics at URL" line.

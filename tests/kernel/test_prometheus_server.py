@@ -11,6 +11,7 @@ plain process on 127.0.0.1 with a temporary configuration and storage).
 """
 
 import json
+import math
 import os
 import re
 import time
@@ -48,13 +49,16 @@ def burst_window(prom, guest, n):
     ready = time.time()
     for job in ("kvmstat", "kvmstat-host"):
         prom.wait_for_sample(f'kvmstat_exporter_info{{job="{job}"}}', after=ready)
+    time.sleep(0.01)  # the sample just seen is older than t1 by more than the rounding
     t1 = time.time()
     guest.run(n)
     done = time.time()
     for job in ("kvmstat", "kvmstat-host"):
         prom.wait_for_sample(f'kvmstat_exporter_info{{job="{job}"}}', after=done)
     t2 = time.time()
-    return t2, f"{int((t2 - t1) * 1000)}ms"
+    # Rounded up and one more millisecond: t2 - offset is before t1, so no sample
+    # taken during the burst counts as "before" it (timestamps are milliseconds).
+    return t2, f"{math.ceil((t2 - t1) * 1000) + 1}ms"
 
 
 def test_exact_counts_and_sums_through_a_real_prometheus(guest_process):
