@@ -496,8 +496,10 @@ def run(opts: Options, paths: Optional[Paths] = None) -> int:
     return _run_tui(opts, paths)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of ``kvm_stat``: returns the exit status.
+def main(argv: Optional[Sequence[str]] = None, *, paths: Optional[Paths] = None) -> int:
+    """Entry point of ``kvm_stat``: returns the exit status.  *paths* says
+    where /proc, /sys, tracefs and debugfs are (the standard places by
+    default).
 
     0: done (also when the reader of the output went away); 1: an error,
     told in one ``Error:`` line on standard error; 2: a usage error; 130:
@@ -507,7 +509,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         guard_standard_streams()
         try:
             opts = parse_options(argv)
-            return run(opts)
+            return run(opts, paths)
         except _ParserExit as exc:
             return exc.status
         except UsageError as exc:

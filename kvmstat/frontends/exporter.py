@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-from ..errors import AccessDenied, Error, InvalidArgument, NotAvailable
+from ..errors import Error, InvalidArgument, NotAvailable, error_from_errno
 from .exporter_names import (DEFAULT_VM_SERIES, FamilySpec, HistogramSpec, escape_label_value, histogram_spec,
                              layout_families)
 from .exporter_render import render_families, render_histograms, render_vcpus, vm_label_text
@@ -489,12 +489,14 @@ def _bind_error(address: ServeAddress, exc: OSError) -> Error:
     if exc.errno == errno.EADDRINUSE:
         return NotAvailable(f"{where}: the port is already in use (stop the other program "
                             f"or choose another port)")
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return AccessDenied(f"{where}: permission denied (ports below 1024 need root "
-                            f"or CAP_NET_BIND_SERVICE)")
     if exc.errno == errno.EADDRNOTAVAIL:
         return InvalidArgument(f"{where}: {address.host} is not an address of this host")
-    return NotAvailable(f"{where}: {exc.strerror or exc}")
+    return error_from_errno(exc.errno or errno.EIO, f"listening on {address}",
+                            fixes={errno.EACCES: _LOW_PORTS, errno.EPERM: _LOW_PORTS},
+                            other=NotAvailable)
+
+
+_LOW_PORTS = "ports below 1024 need root or CAP_NET_BIND_SERVICE"
 
 
 def _wants_openmetrics(accept: str) -> bool:

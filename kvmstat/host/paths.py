@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
 from . import syscalls
@@ -65,11 +65,6 @@ def find_mount(fstype: str, mounts_file: str = "/proc/self/mounts") -> Optional[
     return mounts[0] if mounts else None
 
 
-def _libc_mount(source: str, target: str, fstype: str) -> None:
-    """mount(2) ``source`` of type ``fstype`` at ``target``; OSError on failure."""
-    syscalls.mount(source, target, fstype)
-
-
 def _prefer(mounts: List[str], standard: str) -> Optional[str]:
     if not mounts:
         return None
@@ -86,7 +81,8 @@ class Paths:
 
     ``proc`` and ``sys`` are the procfs and sysfs roots; ``tracefs`` and
     ``debugfs``, when set, are used as given; ``mounts_file`` defaults to
-    ``<proc>/self/mounts``.
+    ``<proc>/self/mounts``.  ``mount(source, target, fstype)`` mounts a
+    filesystem that is not mounted yet (mount(2) by default).
     """
 
     proc: str = "/proc"
@@ -94,6 +90,8 @@ class Paths:
     tracefs: Optional[str] = None
     debugfs: Optional[str] = None
     mounts_file: Optional[str] = None
+    mount: Callable[[str, str, str], None] = field(default=syscalls.mount, repr=False,
+                                                   compare=False)
 
     def mounts(self) -> str:
         """The mounts file consulted: ``mounts_file`` or ``<proc>/self/mounts``."""
@@ -107,7 +105,7 @@ class Paths:
     def _mount(self, fstype: str, target: str, notify: Optional[Callable[[str], None]]) -> str:
         cmd = f"mount -t {fstype} {fstype} {target}"
         try:
-            _libc_mount(fstype, target, fstype)
+            self.mount(fstype, target, fstype)
         except OSError as e:
             raise error_from_errno(e.errno or errno.EIO, f"mounting {fstype} at {target}",
                                    fix=f"run '{cmd}' as root", other=NotAvailable) from None

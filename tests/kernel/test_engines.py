@@ -206,9 +206,8 @@ def bad_offset_tracefs(tmp_path, tracefs):
 
 def run_batch_in_process(monkeypatch, capsys, paths, argv, work):
     """``kvm_stat -1 ARGV`` in this process on *paths*, *work* in its second."""
-    monkeypatch.setattr(cli, "Paths", lambda: paths)
     monkeypatch.setattr("kvmstat.frontends.cli.time.sleep", lambda seconds: work())
-    status = cli.main(["-1", *argv])
+    status = cli.main(["-1", *argv], paths=paths)
     out, err = capsys.readouterr()
     return status, out, err
 

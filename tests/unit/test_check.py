@@ -51,16 +51,15 @@ def test_host_without_kvm(tmp_path):
 
 def test_cli_check_exit_status(tmp_path, monkeypatch, capsys):
     paths = no_kvm_host(tmp_path)
-    monkeypatch.setattr(cli, "Paths", lambda: paths)
     monkeypatch.setattr(check_mod, "check_host", lambda p: check_host(p, dev_kvm=str(tmp_path / "x")))
-    assert cli.main(["--check"]) == 1
+    assert cli.main(["--check"], paths=paths) == 1
     out, err = capsys.readouterr()
     assert out.startswith("provider ")
     assert err == ""
 
     monkeypatch.setattr(check_mod, "check_host", lambda p: HostCheck(
         [ProviderCheck("debugfs", True, "fine")], ProviderCheck("per-VM attribution", True, "x")))
-    assert cli.main(["--check"]) == 0
+    assert cli.main(["--check"], paths=paths) == 0
 
 
 #: the fake counting core with a BPF probe that says yes (the provider itself is replaced)

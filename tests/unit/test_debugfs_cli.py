@@ -17,12 +17,8 @@ def no_sleep(monkeypatch):
     monkeypatch.setattr(cli.time, "sleep", lambda seconds: None)
 
 
-def use_paths(monkeypatch, paths):
-    monkeypatch.setattr(cli, "Paths", lambda: paths)
-
-
-def run_cli(argv, capsys):
-    status = cli.main(argv)
+def run_cli(argv, capsys, paths):
+    status = cli.main(argv, paths=paths)
     out, err = capsys.readouterr()
     return status, out, err
 
@@ -69,8 +65,8 @@ def test_nothing_readable_fails(tmp_path, monkeypatch):
 def test_cli_batch_prints_only_readable_fields(tmp_path, monkeypatch, capsys, no_sleep):
     debugfs = make_debugfs(tmp_path)
     lock_down(monkeypatch, ["exits", "max_mmu_rmap_size"])
-    use_paths(monkeypatch, Paths(debugfs=debugfs))
-    status, out, err = run_cli(["-1", "-d"], capsys)
+    paths = Paths(debugfs=debugfs)
+    status, out, err = run_cli(["-1", "-d"], capsys, paths)
     assert status == 0
     assert rows(out) == {"halt_wait_ns": (0, 0), "pages_4k": (10, 0)}
     [line] = err.splitlines()
@@ -81,8 +77,8 @@ def test_cli_batch_prints_only_readable_fields(tmp_path, monkeypatch, capsys, no
 def test_cli_batch_nothing_readable(tmp_path, monkeypatch, capsys, no_sleep):
     debugfs = make_debugfs(tmp_path)
     lock_down(monkeypatch, HOST)
-    use_paths(monkeypatch, Paths(debugfs=debugfs))
-    status, out, err = run_cli(["-1", "-d"], capsys)
+    paths = Paths(debugfs=debugfs)
+    status, out, err = run_cli(["-1", "-d"], capsys, paths)
     assert status == 1
     assert out == ""
     [line] = err.splitlines()
@@ -92,14 +88,14 @@ def test_cli_batch_nothing_readable(tmp_path, monkeypatch, capsys, no_sleep):
 
 def test_cli_include_past(tmp_path, monkeypatch, capsys):
     debugfs = make_debugfs(tmp_path)
-    use_paths(monkeypatch, Paths(debugfs=debugfs))
+    paths = Paths(debugfs=debugfs)
     # The second sample sees 7 more exits.
     monkeypatch.setattr(cli.time, "sleep", lambda s: set_value(debugfs, "exits", "107\n"))
-    status, out, _ = run_cli(["-1", "-d", "-i"], capsys)
+    status, out, _ = run_cli(["-1", "-d", "-i"], capsys, paths)
     assert status == 0
     assert rows(out)["exits"] == (107, 7)
     set_value(debugfs, "exits", "100\n")
-    status, out, _ = run_cli(["-1", "-d"], capsys)
+    status, out, _ = run_cli(["-1", "-d"], capsys, paths)
     assert rows(out)["exits"] == (7, 7)
 
 
@@ -107,15 +103,15 @@ def test_cli_pid_selects_its_directories(tmp_path, monkeypatch, capsys, no_sleep
     debugfs = make_debugfs(tmp_path / "d", vms={
         "8-3": {"pages_4k": "2\n"}, "8-4": {"pages_4k": "3\n"}, "128-11": {"pages_4k": "50\n"}})
     proc = make_proc(tmp_path / "proc", [8, 128])
-    use_paths(monkeypatch, Paths(proc=proc, debugfs=debugfs))
-    status, out, _ = run_cli(["-1", "-d", "-p", "8", "-f", "pages"], capsys)
+    paths = Paths(proc=proc, debugfs=debugfs)
+    status, out, _ = run_cli(["-1", "-d", "-p", "8", "-f", "pages"], capsys, paths)
     assert status == 0
     assert rows(out) == {"pages_4k": (5, 0)}
 
 
 def test_cli_no_kvm(tmp_path, monkeypatch, capsys):
-    use_paths(monkeypatch, Paths(debugfs=str(tmp_path)))
-    status, out, err = run_cli(["-1", "-d"], capsys)
+    paths = Paths(debugfs=str(tmp_path))
+    status, out, err = run_cli(["-1", "-d"], capsys, paths)
     assert status == 1 and out == ""
     assert err.startswith("Error: no KVM: ") and err.count("\n") == 1
     assert "modprobe" in err

@@ -11,8 +11,7 @@ from kvmstat.host.vms import find_vm
 
 
 def run_cli(argv, paths, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "Paths", lambda: paths)
-    status = cli.main(argv)
+    status = cli.main(argv, paths=paths)
     out, err = capsys.readouterr()
     assert out == ""
     assert err.count("\n") == 1 and err.startswith("Error: ")

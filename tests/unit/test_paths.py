@@ -6,7 +6,6 @@ import os
 
 import pytest
 
-from kvmstat.host import paths as paths_mod
 from kvmstat.errors import AccessDenied, InvalidArgument, NotAvailable
 from kvmstat.host.paths import Paths, find_mount, find_mounts
 
@@ -119,8 +118,7 @@ def test_not_mounted_message_non_root(tmp_path, monkeypatch):
     mounts = write_mounts(tmp_path, ["sysfs /sys sysfs rw 0 0"])
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     called = []
-    monkeypatch.setattr(paths_mod, "_libc_mount", lambda *a: called.append(a))
-    p = Paths(mounts_file=mounts)
+    p = Paths(mounts_file=mounts, mount=lambda *a: called.append(a))
     with pytest.raises(NotAvailable) as e:
         p.find_tracefs()
     assert str(e.value) == ("tracefs is not mounted: run "
@@ -136,9 +134,8 @@ def test_no_mount_when_not_asked(tmp_path, monkeypatch):
     mounts = write_mounts(tmp_path, [])
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     called = []
-    monkeypatch.setattr(paths_mod, "_libc_mount", lambda *a: called.append(a))
     with pytest.raises(NotAvailable):
-        Paths(mounts_file=mounts).find_tracefs(mount=False)
+        Paths(mounts_file=mounts, mount=lambda *a: called.append(a)).find_tracefs(mount=False)
     assert called == []
 
 
@@ -146,9 +143,8 @@ def test_root_mounts_and_notifies(tmp_path, monkeypatch):
     mounts = write_mounts(tmp_path, [])
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     called = []
-    monkeypatch.setattr(paths_mod, "_libc_mount", lambda *a: called.append(a))
     notes = []
-    p = Paths(mounts_file=mounts)
+    p = Paths(mounts_file=mounts, mount=lambda *a: called.append(a))
     assert p.find_tracefs(notify=notes.append) == "/sys/kernel/tracing"
     assert p.find_debugfs(notify=notes.append) == "/sys/kernel/debug"
     assert called == [("tracefs", "/sys/kernel/tracing", "tracefs"),
@@ -166,17 +162,16 @@ def test_mount_failure(tmp_path, monkeypatch, err, exc):
     def fail(source, target, fstype):
         raise OSError(err, os.strerror(err), target)
 
-    monkeypatch.setattr(paths_mod, "_libc_mount", fail)
     with pytest.raises(exc) as e:
-        Paths(mounts_file=mounts).find_tracefs()
+        Paths(mounts_file=mounts, mount=fail).find_tracefs()
     msg = str(e.value)
     assert "\n" not in msg
     assert "mount -t tracefs tracefs /sys/kernel/tracing" in msg
     assert os.strerror(err) in msg
 
 
-def test_libc_mount_reports_errno(tmp_path):
+def test_the_default_mount_reports_errno(tmp_path):
     # Mounting onto a missing directory fails (ENOENT, or EPERM without root)
     # and must surface as OSError, never crash.
     with pytest.raises(OSError):
-        paths_mod._libc_mount("tracefs", str(tmp_path / "missing"), "tracefs")
+        Paths().mount("tracefs", str(tmp_path / "missing"), "tracefs")
