@@ -63,6 +63,10 @@ int ksys_raw_tracepoint_open(const char *name, int prog_fd);
  * kernels before 5.12, which do not report them). */
 int ksys_prog_recursion_misses(int prog_fd, uint64_t *missed);
 
+/* The number of possible CPUs (per-CPU values per map entry), from a
+ * lookup in a fresh, zeroed one-slot BPF_MAP_TYPE_PERCPU_ARRAY of u64. */
+int ksys_possible_cpus(int percpu_map_fd);
+
 /* close(*fd) if it is open, and mark it closed (-1). */
 void ksys_close(int *fd);
 

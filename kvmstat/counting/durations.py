@@ -201,7 +201,7 @@ def interval(current: DurationSet, previous: Mapping[str, DurationHistogram]
 
 @dataclass
 class Durations:
-    """The durations of one :class:`~kvmstat.stats.Sample`.
+    """The durations of one :class:`~kvmstat.sampling.sampler.Sample`.
 
     ``total``: each field's histogram since the sampler was opened (or
     reset); ``delta``: over the sample's interval (``max_ns`` the largest

@@ -2,7 +2,7 @@
 
 :func:`open_durations` checks that the BPF engine can be used (``--engine
 perf``, missing privileges or an old kernel: one line saying why) and opens
-a :class:`DurationSource`, which a :class:`~kvmstat.stats.Sampler` reads at
+a :class:`DurationSource`, which a :class:`~kvmstat.sampling.sampler.Sampler` reads at
 every sample (``Sample.durations``).
 """
 
@@ -48,7 +48,7 @@ def duration_fields(events: Mapping[str, Event]) -> List[str]:
 
 
 class DurationSource:
-    """Durations for a :class:`~kvmstat.stats.Sampler`.
+    """Durations for a :class:`~kvmstat.sampling.sampler.Sampler`.
 
     *events*: the kvm events of this host (name -> Event); *wanted*: a
     predicate on field names (``-f``); *pid*: only that VM process; *by_vm*:
