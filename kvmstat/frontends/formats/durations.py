@@ -164,10 +164,17 @@ def csv_log_rows(sample, fields: Sequence[str], skip_zero: bool = False,
         out.append(_csv_line(cells))
     return out
 
+_TUI_NUMBERS = "%8d%7.1f%10.1f%10.1f%10.1f%10.1f"
+_TUI_HEADER = "%8s%7s%10s%10s%10s%10s" % COLUMNS
+_TUI_NUMBERS_WIDTH = 55
+
+
 def tui_rows(durations: Mapping[str, DurationHistogram], width: int) -> List[str]:
     """The display's durations view: header and rows by time (see
-    :func:`sort_by_time`), names cut to fit *width*."""
-    name_width = max(10, min(_NAME_WIDTH, width - 66))
-    head = "%-*s%10s%8s%12s%12s%12s%12s" % ((name_width, "Event") + COLUMNS)
-    return [head] + [_format_row(row, name_width)
-                     for row in duration_rows(durations, sort_by_time(durations))]
+    :func:`sort_by_time`), narrower columns than the table, names cut to
+    fit *width*."""
+    name_width = max(10, min(_NAME_WIDTH, width - _TUI_NUMBERS_WIDTH))
+    rows = ["%-*s" % (name_width, "Event") + _TUI_HEADER]
+    for name, *numbers in duration_rows(durations, sort_by_time(durations)):
+        rows.append("%-*s" % (name_width, name[:name_width]) + _TUI_NUMBERS % tuple(numbers))
+    return rows
