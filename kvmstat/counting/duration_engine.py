@@ -34,7 +34,7 @@ from ..errors import InvalidArgument, NativeError, NotAvailable
 from ..tracefs.events import Event, Field, FormatError, parse_format
 from .native import binding
 
-__all__ = ["MARKERS", "KVM_RUN", "DurationCounter", "durations_layout",
+__all__ = ["MARKERS", "KVM_RUN", "DurationCounter", "DurationTracepoint", "durations_layout",
            "kvm_exit_unavailable"]
 
 #: ``_IO(KVMIO, 0x80)``: the ioctl command the ioctl marker looks for
@@ -49,7 +49,7 @@ VERIFIER_LOG_SIZE = 1 << 16
 _TRACEPOINT_NAMES = ("kvm_userspace_exit", "marker", "kvm_exit", "kvm_entry", "kvm_vcpu_wakeup")
 
 
-class _Tracepoint:
+class DurationTracepoint:
     """A tracepoint's id and the record field its program reads."""
 
     def __init__(self, name: str, tp_id: int, field: Optional[Field] = None):
@@ -87,7 +87,7 @@ def _need_field(fmt, name: str, sizes=(1, 2, 4, 8)) -> Field:
 
 
 def durations_layout(tracefs: str, events: Mapping[str, Event], *, marker: str = "auto",
-                     kernel_times: bool = True) -> Dict[str, _Tracepoint]:
+                     kernel_times: bool = True) -> Dict[str, DurationTracepoint]:
     """Which tracepoints the engine uses on this host, with their fields:
     a dict keyed like struct kvmstat_dur_config (kvm_exit and kvm_entry
     only with *kernel_times*).  Raises :class:`NotAvailable` when a needed
@@ -98,13 +98,13 @@ def durations_layout(tracefs: str, events: Mapping[str, Event], *, marker: str =
     if exits is None or exits.reason_field is None:
         raise NotAvailable("--durations needs the kvm_userspace_exit tracepoint and its "
                            "reason field")
-    out = {"kvm_userspace_exit": _Tracepoint("kvm_userspace_exit", exits.id, exits.reason_field)}
+    out = {"kvm_userspace_exit": DurationTracepoint("kvm_userspace_exit", exits.id, exits.reason_field)}
     fpu = events.get("kvm_fpu")
     if marker == "kvm_fpu" or (marker == "auto" and fpu is not None):
         if fpu is None:
             raise NotAvailable("the kvm_fpu tracepoint does not exist on this kernel")
         load = _need_field(_format(tracefs, "kvm", "kvm_fpu"), "load")
-        out["marker"] = _Tracepoint("kvm_fpu", fpu.id, load)
+        out["marker"] = DurationTracepoint("kvm_fpu", fpu.id, load)
     else:
         fmt = _format(tracefs, "syscalls", "sys_enter_ioctl")
         if fmt is None:
@@ -112,18 +112,18 @@ def durations_layout(tracefs: str, events: Mapping[str, Event], *, marker: str =
                                "to see KVM_RUN, and this kernel has neither")
         cmd = _need_field(fmt, "cmd", (4, 8))
         # The kernel takes the low 32 bits of the command (unsigned int).
-        out["marker"] = _Tracepoint("sys_enter_ioctl", fmt.id, Field("cmd", cmd.offset, 4, False))
+        out["marker"] = DurationTracepoint("sys_enter_ioctl", fmt.id, Field("cmd", cmd.offset, 4, False))
     if kernel_times and "kvm_exit" in events and "kvm_entry" in events:
         exit_ev = events["kvm_exit"]
         if exit_ev.reason_field is not None:
-            out["kvm_exit"] = _Tracepoint("kvm_exit", exit_ev.id, exit_ev.reason_field)
-            out["kvm_entry"] = _Tracepoint("kvm_entry", events["kvm_entry"].id)
+            out["kvm_exit"] = DurationTracepoint("kvm_exit", exit_ev.id, exit_ev.reason_field)
+            out["kvm_entry"] = DurationTracepoint("kvm_entry", events["kvm_entry"].id)
     wake = events.get("kvm_vcpu_wakeup")
     if wake is not None:
         fmt = _format(tracefs, "kvm", "kvm_vcpu_wakeup")
         ns, waited = _need_field(fmt, "ns", (8,)), _need_field(fmt, "waited", (1,))
-        out["kvm_vcpu_wakeup"] = _Tracepoint("kvm_vcpu_wakeup", wake.id, ns)
-        out["waited"] = _Tracepoint("waited", wake.id, waited)
+        out["kvm_vcpu_wakeup"] = DurationTracepoint("kvm_vcpu_wakeup", wake.id, ns)
+        out["waited"] = DurationTracepoint("waited", wake.id, waited)
     return out
 
 
@@ -132,7 +132,7 @@ class DurationCounter:
     :func:`durations_layout`).  :meth:`read` gives every raw histogram.
     Context manager; :meth:`close` releases the descriptors."""
 
-    def __init__(self, layout: Mapping[str, _Tracepoint], *, marker_value: int,
+    def __init__(self, layout: Mapping[str, DurationTracepoint], *, marker_value: int,
                  max_entries: int = 0):
         self._closed = True
         try:
