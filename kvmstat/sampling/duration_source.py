@@ -18,7 +18,7 @@ from ..errors import Error, NotAvailable
 from ..tracefs.events import Event, detect_vendor, list_event_names, load_events
 from ..host.paths import Paths
 
-__all__ = ["DurationSource", "duration_fields", "open_durations"]
+__all__ = ["DurationSource", "duration_fields", "durations_note", "open_durations"]
 
 
 def _reason_names(events: Mapping[str, Event]) -> Dict[int, Dict[int, str]]:
@@ -131,3 +131,22 @@ def open_durations(paths: Optional[Paths] = None, *, engine: str = "auto",
         raise
     except Error as exc:
         raise NotAvailable(f"--durations needs BPF programs on the kvm tracepoints: {exc}") from None
+
+
+def durations_note(paths: Optional[Paths] = None, engine: str = "auto") -> str:
+    """What ``--durations`` measures on this host, or why it cannot, in one
+    line (a note of ``kvm_stat --check``).  Tries it: loads and attaches the
+    programs (host-wide), then releases them."""
+    try:
+        source = open_durations(paths, engine=engine)
+    except Error as exc:
+        return f"--durations is not available: {exc}"
+    try:
+        marker, unavailable = source.marker, dict(source.unavailable)
+    finally:
+        source.close()
+    text = (f"--durations works (BPF): the VMM's time per exit to user space (end of "
+            f"each: the next KVM_RUN, seen at {marker}) and halt times")
+    if unavailable:
+        return f"{text}; {unavailable.get('kvm_exit')}"
+    return f"{text}, the kernel's time per exit reason and the guest's time"
