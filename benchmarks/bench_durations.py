@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""Benchmark: what ``--durations`` costs, per exit and per system call.
+
+Per exit, on the two guests of ``bench_guest_cost`` (its set-up, pinning
+and figures: vCPU CPU time per cpuid iteration, driving thread's CPU time
+per I/O exit): counting ``kvm_userspace_exit`` with its reasons (BPF)
+alone, the same with ``--durations`` (the default marker, kvm_fpu where it
+exists), and the durations engine with the ioctl marker
+(``syscalls:sys_enter_ioctl``), each against no monitor in the same round.
+
+Per system call, in a process that is not a VM: an ``ioctl(FIONREAD)`` on a
+pipe (an ioctl that is not KVM_RUN, so the ioctl marker's program runs and
+returns) and ``getppid()`` (not an ioctl: while a syscall tracepoint is
+enabled every system call takes the kernel's traced path), with no monitor,
+with the kvm_fpu marker and with the ioctl marker.
+
+Rounds are interleaved (the order rotating); the added cost is the median
+and the quiet (20th percentile) difference to the same round's unmonitored
+figure.  Run from the repository root, as root::
+
+    python benchmarks/bench_durations.py [--quick]
+
+This is a measurement, not a test: it asserts nothing about speed.
+"""
+
+from __future__ import annotations
+
+import array
+import fcntl
+import os
+import sys
+import termios
+import time
+from typing import Dict, List, Optional, Sequence
+
+import support
+from bench_guest_cost import GUEST_CPU, Monitor, cpuid_cost, io_cost
+from support import markdown_table, median
+
+QUIET = 0.20
+
+NONE = "no monitor"
+COUNTING = "kvm_stat -l -f kvm_userspace_exit"
+DURATIONS = "kvm_stat -l -f kvm_userspace_exit --durations"
+IOCTL_MARKER = "durations engine, ioctl marker"
+
+#: a durations source with the ioctl marker, until SIGINT (no CLI option selects it)
+_IOCTL_CHILD = (
+    "import signal, kvmstat.sampling.duration_source as d\n"
+    "s = d.open_durations(marker='ioctl')\n"
+    "assert s.marker == 'sys_enter_ioctl'\n"
+    "try:\n    signal.pause()\nexcept KeyboardInterrupt:\n    s.close()\n")
+
+
+def monitors() -> Dict[str, Optional[List[str]]]:
+    """Monitor name -> command (None: no monitor)."""
+    return {
+        NONE: None,
+        COUNTING: support.kvm_stat_command("-l", "-f", "kvm_userspace_exit"),
+        DURATIONS: support.kvm_stat_command("-l", "-f", "kvm_userspace_exit", "--durations"),
+        IOCTL_MARKER: [sys.executable, "-c", _IOCTL_CHILD],
+    }
+
+
+def syscall_costs(calls: int) -> Dict[str, float]:
+    """ns per ioctl(FIONREAD) on a pipe and per getppid() in this thread."""
+    read_end, write_end = os.pipe()
+    buf = array.array("i", [0])
+    ioctl, getppid = fcntl.ioctl, os.getppid
+    try:
+        start = time.thread_time_ns()
+        for _ in range(calls):
+            ioctl(read_end, termios.FIONREAD, buf)
+        per_ioctl = (time.thread_time_ns() - start) / calls
+        start = time.thread_time_ns()
+        for _ in range(calls):
+            getppid()
+        per_getppid = (time.thread_time_ns() - start) / calls
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    return {"ioctl": per_ioctl, "getppid": per_getppid}
+
+
+KINDS = ("cpuid", "io", "ioctl", "getppid")
+
+
+def measure(rounds: int, seconds: float, exits: int, calls: int) -> Dict[str, Dict[str, List[float]]]:
+    """Per kind of figure and monitor, the figure of each round."""
+    from helpers.kvmguest import Guest, GuestProcess
+
+    support.compile_kvmstat()
+    table = monitors()
+    names = list(table)
+    cost: Dict[str, Dict[str, List[float]]] = {k: {n: [] for n in names} for k in KINDS}
+    saved = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {GUEST_CPU})
+    try:
+        with GuestProcess("cpuid-loop") as cpuid, Guest("pio") as pio:
+            cpuid_cost(cpuid, 0.2)
+            io_cost(pio, exits // 4)
+            syscall_costs(calls // 4)
+            for index in range(rounds):
+                shift = index % len(names)
+                for name in names[shift:] + names[:shift]:
+                    argv = table[name]
+                    monitor = Monitor(name, argv) if argv is not None else None
+                    try:
+                        cost["cpuid"][name].append(cpuid_cost(cpuid, seconds))
+                        cost["io"][name].append(io_cost(pio, exits))
+                        for kind, ns in syscall_costs(calls).items():
+                            cost[kind][name].append(ns)
+                    finally:
+                        if monitor is not None:
+                            monitor.close()
+    finally:
+        os.sched_setaffinity(0, saved)
+    return cost
+
+
+def added(figures: Dict[str, List[float]], name: str) -> Sequence[float]:
+    """(quiet, median) added against the same rounds' unmonitored figure."""
+    diffs = sorted(m - n for m, n in zip(figures[name], figures[NONE]))
+    return diffs[int(QUIET * (len(diffs) - 1))], median(diffs)
+
+
+def report(cost, rounds: int, seconds: float, exits: int, calls: int) -> str:
+    names = [n for n in cost["io"] if n != NONE]
+    rows = []
+    for name in names:
+        cells = [name]
+        for kind in KINDS:
+            quiet, med = added(cost[kind], name)
+            cells.append(f"{quiet:+.0f} / {med:+.0f}")
+        rows.append(cells)
+    base = [NONE] + [f"{median(cost[kind][NONE]):.0f}" for kind in KINDS]
+    dur_io = added(cost["io"], DURATIONS)[1] - added(cost["io"], COUNTING)[1]
+    lines = [
+        "## Exit durations (`--durations`): cost per exit and per system call",
+        "",
+        f"{rounds} interleaved rounds; per round {seconds:g} s of the cpuid guest, {exits} "
+        f"I/O exits, {calls} ioctl(FIONREAD) and getppid() calls in a process that is not "
+        "a VM.  ns added (quiet / median) against no monitor in the same round; the "
+        "unmonitored figures (median ns) in the first row.",
+        "",
+        markdown_table(["monitor", "cpuid guest, ns/iteration", "I/O guest, ns/exit",
+                        "ioctl(FIONREAD), ns/call", "getppid(), ns/call"],
+                       [base] + rows),
+        "",
+        f"What the durations add to counting alone on an I/O exit (medians): "
+        f"{dur_io:+.0f} ns.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def run(quick: bool = False) -> str:
+    rounds, seconds, exits, calls = (2, 0.2, 2000, 20000) if quick else (9, 1.0, 20000, 200000)
+    return report(measure(rounds, seconds, exits, calls), rounds, seconds, exits, calls)
+
+
+if __name__ == "__main__":
+    sys.exit(support.bench_main(run, __doc__))
