@@ -34,7 +34,7 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 import support
-from bench_guest_cost import GUEST_CPU, Monitor, cpuid_cost, io_cost
+from bench_guest_cost import GUEST_CPU, cpuid_cost, io_cost, monitored_rounds
 from support import markdown_table, median
 
 QUIET = 0.20
@@ -100,19 +100,11 @@ def measure(rounds: int, seconds: float, exits: int, calls: int) -> Dict[str, Di
             cpuid_cost(cpuid, 0.2)
             io_cost(pio, exits // 4)
             syscall_costs(calls // 4)
-            for index in range(rounds):
-                shift = index % len(names)
-                for name in names[shift:] + names[:shift]:
-                    argv = table[name]
-                    monitor = Monitor(name, argv) if argv is not None else None
-                    try:
-                        cost["cpuid"][name].append(cpuid_cost(cpuid, seconds))
-                        cost["io"][name].append(io_cost(pio, exits))
-                        for kind, ns in syscall_costs(calls).items():
-                            cost[kind][name].append(ns)
-                    finally:
-                        if monitor is not None:
-                            monitor.close()
+            for name, _ in monitored_rounds(table, rounds):
+                cost["cpuid"][name].append(cpuid_cost(cpuid, seconds))
+                cost["io"][name].append(io_cost(pio, exits))
+                for kind, ns in syscall_costs(calls).items():
+                    cost[kind][name].append(ns)
     finally:
         os.sched_setaffinity(0, saved)
     return cost

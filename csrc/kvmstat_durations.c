@@ -111,31 +111,49 @@ static void emit_ids_and_time(struct kasm *a)
     kasm_mov_reg(a, R_TIME, KASM_R0);
 }
 
+/* r0 = lookup(map, fp + key). */
+static void emit_lookup(struct kasm *a, int map_fd, int16_t key)
+{
+    kasm_load_map(a, KASM_R1, map_fd);
+    kasm_stack_addr(a, KASM_R2, key);
+    kasm_call(a, BPF_FUNC_map_lookup_elem);
+}
+
+/* r0 = the entry of fp + key, inserted as size zero bytes at fp + zeros
+ * (with flags) when missing; returns the jump taken when r0 is still NULL
+ * (the map is full).  The insertion's own result does not matter: with
+ * BPF_NOEXIST another CPU may have inserted it meanwhile, and the second
+ * lookup finds that entry. */
+static kasm_label emit_lookup_or_insert(struct kasm *a, int map_fd, int16_t key,
+                                        int16_t zeros, unsigned int size, int flags)
+{
+    emit_lookup(a, map_fd, key);
+    kasm_label have = kasm_jump_if(a, BPF_JNE, KASM_R0, 0);
+    for (unsigned int off = 0; off < size; off += 8)
+        kasm_store_imm(a, BPF_DW, KASM_R10, (int16_t)(zeros + (int)off), 0);
+    kasm_load_map(a, KASM_R1, map_fd);
+    kasm_stack_addr(a, KASM_R2, key);
+    kasm_stack_addr(a, KASM_R3, zeros);
+    kasm_mov_imm(a, KASM_R4, flags);
+    kasm_call(a, BPF_FUNC_map_update_elem);
+    emit_lookup(a, map_fd, key);
+    kasm_label missing = kasm_jump_if(a, BPF_JEQ, KASM_R0, 0);
+    kasm_land(a, have);
+    return missing;
+}
+
 /* r0 = this thread's state; jumps to *out when there is none (with create:
  * only if it could not be made either). */
 static void emit_state(struct kasm *a, const struct maps *m, int create, kasm_label *out)
 {
     kasm_store_reg(a, BPF_W, KASM_R10, FP_TID, R_IDS);
-    kasm_load_map(a, KASM_R1, m->threads);
-    kasm_stack_addr(a, KASM_R2, FP_TID);
-    kasm_call(a, BPF_FUNC_map_lookup_elem);
     if (!create) {
+        emit_lookup(a, m->threads, FP_TID);
         *out = kasm_jump_if(a, BPF_JEQ, KASM_R0, 0);
         return;
     }
-    kasm_label have = kasm_jump_if(a, BPF_JNE, KASM_R0, 0);
-    for (int off = 0; off < (int)sizeof(struct thread_state); off += 8)
-        kasm_store_imm(a, BPF_DW, KASM_R10, (int16_t)(FP_STATE + off), 0);
-    kasm_load_map(a, KASM_R1, m->threads);
-    kasm_stack_addr(a, KASM_R2, FP_TID);
-    kasm_stack_addr(a, KASM_R3, FP_STATE);
-    kasm_mov_imm(a, KASM_R4, BPF_ANY);
-    kasm_call(a, BPF_FUNC_map_update_elem);
-    kasm_load_map(a, KASM_R1, m->threads);
-    kasm_stack_addr(a, KASM_R2, FP_TID);
-    kasm_call(a, BPF_FUNC_map_lookup_elem);
-    *out = kasm_jump_if(a, BPF_JEQ, KASM_R0, 0);
-    kasm_land(a, have);
+    *out = emit_lookup_or_insert(a, m->threads, FP_TID, FP_STATE,
+                                 sizeof(struct thread_state), BPF_ANY);
 }
 
 /* R_CTX = floor(log2(R_TIME)) clamped to the last bucket (0 for 0 and 1):
@@ -172,9 +190,7 @@ static void emit_record(struct kasm *a, const struct maps *m, uint32_t kind)
     emit_bucket_index(a);
 
     kasm_store_imm(a, BPF_W, KASM_R10, FP_ZERO, 0);
-    kasm_load_map(a, KASM_R1, m->gen);
-    kasm_stack_addr(a, KASM_R2, FP_ZERO);
-    kasm_call(a, BPF_FUNC_map_lookup_elem);
+    emit_lookup(a, m->gen, FP_ZERO);
     out[nout++] = kasm_jump_if(a, BPF_JEQ, KASM_R0, 0);
     kasm_load(a, BPF_DW, KASM_R1, KASM_R0, 0);
     kasm_store_reg(a, BPF_DW, KASM_R10, FP_GEN, KASM_R1);
@@ -185,32 +201,17 @@ static void emit_record(struct kasm *a, const struct maps *m, uint32_t kind)
     kasm_store_reg(a, BPF_W, KASM_R10, (int16_t)(FP_HKEY + OFF(hist_key, tgid)), KASM_R1);
     kasm_store_reg(a, BPF_DW, KASM_R10, (int16_t)(FP_HKEY + OFF(hist_key, reason)), R_REASON);
 
-    kasm_load_map(a, KASM_R1, m->hist);
-    kasm_stack_addr(a, KASM_R2, FP_HKEY);
-    kasm_call(a, BPF_FUNC_map_lookup_elem);
-    kasm_label have = kasm_jump_if(a, BPF_JNE, KASM_R0, 0);
-    /* A new histogram: insert zeros (NOEXIST: another CPU may have made
-     * it meanwhile; then the lookup finds that one), look it up again. */
-    for (int off = 0; off < (int)sizeof(struct hist_value); off += 8)
-        kasm_store_imm(a, BPF_DW, KASM_R10, (int16_t)(FP_HVAL + off), 0);
-    kasm_load_map(a, KASM_R1, m->hist);
-    kasm_stack_addr(a, KASM_R2, FP_HKEY);
-    kasm_stack_addr(a, KASM_R3, FP_HVAL);
-    kasm_mov_imm(a, KASM_R4, BPF_NOEXIST);
-    kasm_call(a, BPF_FUNC_map_update_elem);
-    kasm_load_map(a, KASM_R1, m->hist);
-    kasm_stack_addr(a, KASM_R2, FP_HKEY);
-    kasm_call(a, BPF_FUNC_map_lookup_elem);
-    kasm_label found = kasm_jump_if(a, BPF_JNE, KASM_R0, 0);
+    /* A new histogram is inserted as zeros. */
+    kasm_label full = emit_lookup_or_insert(a, m->hist, FP_HKEY, FP_HVAL,
+                                            sizeof(struct hist_value), BPF_NOEXIST);
+    kasm_label found = kasm_jump(a);
     /* The table is full: count the lost duration. */
-    kasm_load_map(a, KASM_R1, m->drops);
-    kasm_stack_addr(a, KASM_R2, FP_ZERO);
-    kasm_call(a, BPF_FUNC_map_lookup_elem);
+    kasm_land(a, full);
+    emit_lookup(a, m->drops, FP_ZERO);
     out[nout++] = kasm_jump_if(a, BPF_JEQ, KASM_R0, 0);
     kasm_increment_at(a, KASM_R0, KASM_R1);
     out[nout++] = kasm_jump(a);
 
-    kasm_land(a, have);
     kasm_land(a, found);
     kasm_increment_at(a, KASM_R0, KASM_R1);  /* count */
     kasm_load(a, BPF_DW, KASM_R1, KASM_R0, OFF(hist_value, sum));
@@ -264,23 +265,55 @@ static void emit_end(struct kasm *a, kasm_label *out, unsigned int nout)
     kasm_return(a, 1);
 }
 
+/* A program where one state of the thread begins and another ends: the
+ * state at start_ts begins now (with the record's reason at start_reason,
+ * if >= 0); the one at end_ts ends, and its duration is recorded as kind,
+ * with the reason kept at end_reason (if >= 0, else 0). */
+struct transition {
+    int16_t start_ts, start_reason;
+    int16_t end_ts, end_reason;
+    uint32_t kind;
+};
+
 /* kvm_userspace_exit: the VMM's time starts; a kernel interval (kvm_exit
- * seen) ends. */
-static void assemble_userspace_exit(struct kasm *a, const struct maps *m,
-                                    const struct kvmstat_dur_config *c)
+ * seen) ends.  kvm_exit: the kernel's time starts; the guest's ends.
+ * kvm_entry: the guest's time starts; the kernel's ends. */
+static const struct transition USERSPACE_EXIT = {
+    OFF(thread_state, user_ts), OFF(thread_state, user_reason),
+    OFF(thread_state, exit_ts), OFF(thread_state, exit_reason), KVMSTAT_DUR_KERNEL,
+};
+static const struct transition EXIT = {
+    OFF(thread_state, exit_ts), OFF(thread_state, exit_reason),
+    OFF(thread_state, entry_ts), -1, KVMSTAT_DUR_GUEST,
+};
+static const struct transition ENTRY = {
+    OFF(thread_state, entry_ts), -1,
+    OFF(thread_state, exit_ts), OFF(thread_state, exit_reason), KVMSTAT_DUR_KERNEL,
+};
+
+/* reason: the tracepoint whose field is the reason of the state that
+ * begins (NULL: none). */
+static void assemble_transition(struct kasm *a, const struct maps *m,
+                                const struct kvmstat_dur_tracepoint *reason,
+                                const struct transition *t)
 {
     kasm_label out[2];
 
     kasm_mov_reg(a, R_CTX, KASM_R1);
     emit_ids_and_time(a);
-    emit_field(a, R_REASON, &c->userspace_exit);
+    if (reason)
+        emit_field(a, R_REASON, reason);
     emit_state(a, m, 1, &out[0]);
-    kasm_store_reg(a, BPF_DW, KASM_R0, OFF(thread_state, user_ts), R_TIME);
-    kasm_store_reg(a, BPF_DW, KASM_R0, OFF(thread_state, user_reason), R_REASON);
-    out[1] = emit_take(a, OFF(thread_state, exit_ts));
-    kasm_load(a, BPF_DW, R_REASON, KASM_R0, OFF(thread_state, exit_reason));
+    kasm_store_reg(a, BPF_DW, KASM_R0, t->start_ts, R_TIME);
+    if (t->start_reason >= 0)
+        kasm_store_reg(a, BPF_DW, KASM_R0, t->start_reason, R_REASON);
+    out[1] = emit_take(a, t->end_ts);
+    if (t->end_reason >= 0)
+        kasm_load(a, BPF_DW, R_REASON, KASM_R0, t->end_reason);
+    else
+        kasm_mov_imm(a, R_REASON, 0);
     kasm_alu_reg(a, BPF_SUB, R_TIME, KASM_R1);
-    emit_record(a, m, KVMSTAT_DUR_KERNEL);
+    emit_record(a, m, t->kind);
     emit_end(a, out, 2);
 }
 
@@ -300,40 +333,6 @@ static void assemble_marker(struct kasm *a, const struct maps *m,
     kasm_alu_reg(a, BPF_SUB, R_TIME, KASM_R1);
     emit_record(a, m, KVMSTAT_DUR_VMM);
     emit_end(a, out, 3);
-}
-
-/* kvm_exit: the kernel's time starts; the guest's ends. */
-static void assemble_exit(struct kasm *a, const struct maps *m,
-                          const struct kvmstat_dur_config *c)
-{
-    kasm_label out[2];
-
-    kasm_mov_reg(a, R_CTX, KASM_R1);
-    emit_ids_and_time(a);
-    emit_field(a, R_REASON, &c->exit);
-    emit_state(a, m, 1, &out[0]);
-    kasm_store_reg(a, BPF_DW, KASM_R0, OFF(thread_state, exit_ts), R_TIME);
-    kasm_store_reg(a, BPF_DW, KASM_R0, OFF(thread_state, exit_reason), R_REASON);
-    out[1] = emit_take(a, OFF(thread_state, entry_ts));
-    kasm_mov_imm(a, R_REASON, 0);
-    kasm_alu_reg(a, BPF_SUB, R_TIME, KASM_R1);
-    emit_record(a, m, KVMSTAT_DUR_GUEST);
-    emit_end(a, out, 2);
-}
-
-/* kvm_entry: the guest's time starts; the kernel's ends. */
-static void assemble_entry(struct kasm *a, const struct maps *m)
-{
-    kasm_label out[2];
-
-    emit_ids_and_time(a);
-    emit_state(a, m, 1, &out[0]);
-    kasm_store_reg(a, BPF_DW, KASM_R0, OFF(thread_state, entry_ts), R_TIME);
-    out[1] = emit_take(a, OFF(thread_state, exit_ts));
-    kasm_load(a, BPF_DW, R_REASON, KASM_R0, OFF(thread_state, exit_reason));
-    kasm_alu_reg(a, BPF_SUB, R_TIME, KASM_R1);
-    emit_record(a, m, KVMSTAT_DUR_KERNEL);
-    emit_end(a, out, 2);
 }
 
 /* kvm_vcpu_wakeup: the halt's length is in the record. */
@@ -407,10 +406,12 @@ static void assemble(struct kasm *a, int i, const struct maps *m,
                      const struct kvmstat_dur_config *c)
 {
     switch (i) {
-    case KVMSTAT_DUR_TP_USERSPACE_EXIT: assemble_userspace_exit(a, m, c); break;
+    case KVMSTAT_DUR_TP_USERSPACE_EXIT:
+        assemble_transition(a, m, &c->userspace_exit, &USERSPACE_EXIT);
+        break;
     case KVMSTAT_DUR_TP_MARKER: assemble_marker(a, m, c); break;
-    case KVMSTAT_DUR_TP_EXIT: assemble_exit(a, m, c); break;
-    case KVMSTAT_DUR_TP_ENTRY: assemble_entry(a, m); break;
+    case KVMSTAT_DUR_TP_EXIT: assemble_transition(a, m, &c->exit, &EXIT); break;
+    case KVMSTAT_DUR_TP_ENTRY: assemble_transition(a, m, NULL, &ENTRY); break;
     default: assemble_wakeup(a, m, c); break;
     }
 }
@@ -637,29 +638,24 @@ static int fetch_batch(struct kvmstat_dur *d, uint64_t gen)
     }
 }
 
+struct walk {
+    struct kvmstat_dur *d;
+    uint64_t gen;
+};
+
+/* One entry of a key iteration: its values are in d->values. */
+static int fold_visited(void *ctx, const void *key)
+{
+    struct walk *w = ctx;
+    memcpy(&w->d->keys[0], key, sizeof(w->d->keys[0]));
+    return fold(w->d, 1, w->gen);
+}
+
 static int fetch_iteration(struct kvmstat_dur *d, uint64_t gen)
 {
     struct hist_key key, next;
-    int have_key = 0;
-
-    for (;;) {
-        int rc = ksys_map_next_key(d->maps.hist, have_key ? &key : NULL, &next);
-        if (rc == -ENOENT)
-            return 0;
-        if (rc < 0)
-            return rc;
-        key = next;
-        have_key = 1;
-        rc = ksys_map_lookup(d->maps.hist, &next, d->values);
-        if (rc == -ENOENT)
-            continue;
-        if (rc < 0)
-            return rc;
-        d->keys[0] = next;
-        rc = fold(d, 1, gen);
-        if (rc < 0)
-            return rc;
-    }
+    struct walk w = { d, gen };
+    return ksys_map_walk(d->maps.hist, &key, &next, sizeof(key), d->values, fold_visited, &w);
 }
 
 int kvmstat_dur_read(struct kvmstat_dur *d, uint64_t *dropped)

@@ -191,6 +191,30 @@ void ksys_close(int *fd)
     }
 }
 
+int ksys_map_walk(int fd, void *key, void *next, size_t key_size, void *values,
+                  int (*visit)(void *ctx, const void *key), void *ctx)
+{
+    int have_key = 0;
+
+    for (;;) {
+        int rc = ksys_map_next_key(fd, have_key ? key : NULL, next);
+        if (rc == -ENOENT)
+            return 0;
+        if (rc < 0)
+            return rc;
+        memcpy(key, next, key_size);
+        have_key = 1;
+        rc = ksys_map_lookup(fd, key, values);
+        if (rc == -ENOENT)
+            continue;
+        if (rc < 0)
+            return rc;
+        rc = visit(ctx, key);
+        if (rc < 0)
+            return rc;
+    }
+}
+
 /* The kernel copies one 8-byte slot per possible CPU; no kernel supports
  * more than this many CPUs (NR_CPUS is at most 8192). */
 #define MAX_POSSIBLE_CPUS 16384
