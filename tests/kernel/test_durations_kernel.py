@@ -31,6 +31,8 @@ from kvmstat.sampling.duration_source import open_durations
 from kvmstat.tracefs.events import Field, load_events
 
 from helpers.batchwindow import start_batch
+from helpers.commands import start_kvm_stat, wait_for
+from helpers.exporter import ExporterProcess, series, value
 from helpers.qemuguest import QemuGuest
 
 N = 40
@@ -246,3 +248,47 @@ def test_halt_durations_match_wakeups_and_sit_in_the_tick_period_bucket():
     assert sum(h.count for h in parts) == wakeups  # waited + polled
     tick = bucket_of(10**9 // TICK_HZ)
     assert halts.buckets[tick] >= 0.75 * halts.count, buckets_of(halts)
+
+
+# -- log mode and the exporter, end to end ---------------------------------------------
+
+def test_log_csv_rows_carry_the_holds(guest_process, tmp_path):
+    guest = guest_process("pio", name="logged")
+    realtime(guest.pid)
+    log = tmp_path / "durations.csv"
+    proc = start_kvm_stat("-L", str(log), "-c", "--durations", "-s", "0.5", "-p", str(guest.pid),
+                          "-f", "kvm_userspace_exit")
+    try:
+        wait_for(lambda: log.exists() and log.stat().st_size > 0, "the CSV header", proc=proc)
+        guest.run(N + 1, hold=HOLD)
+        wait_for(lambda: f",{IO}," in log.read_text(), "a row with the holds", proc=proc)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    lines = log.read_text().splitlines()
+    assert lines[0] == "timestamp,field,count,time_share,avg_us,p50_us,p99_us,max_us"
+    rows = [line.split(",") for line in lines[1:] if line.split(",")[1] == IO]
+    assert sum(int(row[2]) for row in rows) == N
+    for row in rows:
+        assert float(row[4]) >= HOLD * 1e6 and float(row[7]) >= HOLD * 1e6
+
+
+def test_exporter_serves_duration_histograms_in_seconds(guest_process):
+    guest = guest_process("pio", name="scraped")
+    realtime(guest.pid)
+    with ExporterProcess(["--durations", "-p", str(guest.pid), "-f", "kvm_userspace_exit"]) as exporter:
+        exporter.scrape()
+        guest.run(N + 1, hold=HOLD)
+        families = exporter.scrape()
+    labels = {"pid": str(guest.pid), "guest": "scraped", "reason": "IO"}
+    family = "kvm_userspace_exit_duration_seconds"
+    assert families[family].type == "histogram"
+    assert value(families, family + "_count", **labels) == N
+    total = value(families, family + "_sum", **labels)
+    assert N * HOLD <= total <= N * (HOLD + SLACK_NS * 1e-9)
+    buckets = {dict(key)["le"]: v for key, v in series(families, family + "_bucket").items()
+               if dict(key).get("reason") == "IO"}
+    assert buckets["+Inf"] == N
+    below = [v for le, v in buckets.items() if le != "+Inf" and float(le) <= HOLD]
+    assert below and max(below) == 0  # every hold is above D: no bucket at or below it counts
