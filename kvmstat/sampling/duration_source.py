@@ -133,7 +133,7 @@ def open_durations(paths: Optional[Paths] = None, *, engine: str = "auto",
         raise NotAvailable(f"--durations needs BPF programs on the kvm tracepoints: {exc}") from None
 
 
-def durations_note(paths: Optional[Paths] = None, engine: str = "auto") -> str:
+def durations_note(paths: Optional[Paths] = None, engine: str = "bpf") -> str:
     """What ``--durations`` measures on this host, or why it cannot, in one
     line (a note of ``kvm_stat --check``).  Tries it: loads and attaches the
     programs (host-wide), then releases them."""
