@@ -14,13 +14,17 @@ returns) and ``getppid()`` (not an ioctl: while a syscall tracepoint is
 enabled every system call takes the kernel's traced path), with no monitor,
 with the kvm_fpu marker and with the ioctl marker.
 
-Rounds are interleaved (the order rotating); the added cost is the median
-and the quiet (20th percentile) difference to the same round's unmonitored
-figure.  On a shared machine those differences are noisy (microseconds per
-exit), so the programs' own run time is measured too: with the kernel's BPF
-run-time statistics on (``BPF_ENABLE_STATS``, only while this benchmark
-holds the descriptor), the ``run_time_ns`` of the durations engine's
-programs (``/proc/PID/fdinfo``) per I/O exit and per non-KVM ioctl.  Run from the repository root, as root::
+Rounds are interleaved (the order rotating), each measured in windows; the
+added cost is taken as ``bench_guest_cost`` takes it (quiet: the low
+percentile of every window minus the unmonitored one; median: over rounds,
+of each round's median minus the same round's unmonitored median).  On a
+shared machine those differences are noisy (microseconds per exit), so the
+programs' own run time is measured too: with the kernel's BPF run-time
+statistics on (``BPF_ENABLE_STATS``, only while this benchmark holds the
+descriptor), the ``run_time_ns`` of the durations engine's programs
+(``/proc/PID/fdinfo``) per I/O exit and per non-KVM ioctl.
+
+Run from the repository root, as root::
 
     python benchmarks/bench_durations.py [--quick]
 
@@ -36,15 +40,13 @@ import os
 import sys
 import termios
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import support
-from bench_guest_cost import GUEST_CPU, cpuid_cost, io_cost, monitored_rounds
-from support import markdown_table, median
+from bench_guest_cost import (GUEST_CPU, NONE, WINDOWS, Results, cpuid_cost, io_cost,
+                              monitored_rounds)
+from support import markdown_table
 
-QUIET = 0.20
-
-NONE = "no monitor"
 COUNTING = "kvm_stat -l -f kvm_userspace_exit"
 DURATIONS = "kvm_stat -l -f kvm_userspace_exit --durations"
 IOCTL_MARKER = "durations engine, ioctl marker"
@@ -128,79 +130,79 @@ def monitors() -> Dict[str, Optional[List[str]]]:
     }
 
 
-def syscall_costs(calls: int) -> Dict[str, float]:
-    """ns per ioctl(FIONREAD) on a pipe and per getppid() in this thread."""
+def syscall_costs(calls: int) -> Dict[str, List[float]]:
+    """ns per ioctl(FIONREAD) on a pipe and per getppid() in this thread,
+    in WINDOWS chunks each."""
     read_end, write_end = os.pipe()
     buf = array.array("i", [0])
-    ioctl, getppid = fcntl.ioctl, os.getppid
+    chunk = max(1, calls // WINDOWS)
+    calls_of = {"ioctl": lambda: fcntl.ioctl(read_end, termios.FIONREAD, buf),
+                "getppid": os.getppid}
+    out: Dict[str, List[float]] = {}
     try:
-        start = time.thread_time_ns()
-        for _ in range(calls):
-            ioctl(read_end, termios.FIONREAD, buf)
-        per_ioctl = (time.thread_time_ns() - start) / calls
-        start = time.thread_time_ns()
-        for _ in range(calls):
-            getppid()
-        per_getppid = (time.thread_time_ns() - start) / calls
+        for kind, call in calls_of.items():
+            out[kind] = []
+            for _ in range(WINDOWS):
+                start = time.thread_time_ns()
+                for _ in range(chunk):
+                    call()
+                out[kind].append((time.thread_time_ns() - start) / chunk)
     finally:
         os.close(read_end)
         os.close(write_end)
-    return {"ioctl": per_ioctl, "getppid": per_getppid}
+    return out
 
 
-KINDS = ("cpuid", "io", "ioctl", "getppid")
+SYSCALLS = ("ioctl", "getppid")
+KINDS = ("cpuid", "io") + SYSCALLS
 
 
-def measure(rounds: int, seconds: float, exits: int, calls: int) -> Dict[str, Dict[str, List[float]]]:
-    """Per kind of figure and monitor, the figure of each round."""
+def measure(rounds: int, seconds: float, exits: int, calls: int) -> Results:
+    """The windows of each round, per kind of figure and monitor (the
+    guests' figures as bench_guest_cost takes them, the system calls' too)."""
     from helpers.kvmguest import Guest, GuestProcess
 
     support.compile_kvmstat()
     table = monitors()
-    names = list(table)
-    cost: Dict[str, Dict[str, List[float]]] = {k: {n: [] for n in names} for k in KINDS}
+    results = Results(table)
+    results.cost.update({kind: {name: [] for name in table} for kind in SYSCALLS})
     saved = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {GUEST_CPU})
     try:
         with GuestProcess("cpuid-loop") as cpuid, Guest("pio") as pio:
-            cpuid_cost(cpuid, 0.2)
+            cpuid_cost(cpuid, 0.3)  # warm-up
             io_cost(pio, exits // 4)
             syscall_costs(calls // 4)
             for name, _ in monitored_rounds(table, rounds):
-                cost["cpuid"][name].append(cpuid_cost(cpuid, seconds))
-                cost["io"][name].append(io_cost(pio, exits))
-                for kind, ns in syscall_costs(calls).items():
-                    cost[kind][name].append(ns)
+                results.cost["cpuid"][name].append(cpuid_cost(cpuid, seconds))
+                results.cost["io"][name].append(io_cost(pio, exits))
+                for kind, windows in syscall_costs(calls).items():
+                    results.cost[kind][name].append(windows)
     finally:
         os.sched_setaffinity(0, saved)
-    return cost
+    return results
 
 
-def added(figures: Dict[str, List[float]], name: str) -> Sequence[float]:
-    """(quiet, median) added against the same rounds' unmonitored figure."""
-    diffs = sorted(m - n for m, n in zip(figures[name], figures[NONE]))
-    return diffs[int(QUIET * (len(diffs) - 1))], median(diffs)
-
-
-def report(cost, programs: Dict[str, float], rounds: int, seconds: float, exits: int,
-           calls: int) -> str:
-    names = [n for n in cost["io"] if n != NONE]
+def report(results: Results, programs: Dict[str, float], rounds: int, seconds: float,
+           exits: int, calls: int) -> str:
     rows = []
-    for name in names:
+    for name in results.names:
+        if name == NONE:
+            continue
         cells = [name]
         for kind in KINDS:
-            quiet, med = added(cost[kind], name)
-            cells.append(f"{quiet:+.0f} / {med:+.0f}")
+            low, med = results.added(kind, name)
+            cells.append(f"{low:+.0f} / {med:+.0f}")
         rows.append(cells)
-    base = [NONE] + [f"{median(cost[kind][NONE]):.0f}" for kind in KINDS]
-    dur_io = added(cost["io"], DURATIONS)[1] - added(cost["io"], COUNTING)[1]
+    base = [NONE] + ["%.0f / %.0f" % results.figure(kind, NONE) for kind in KINDS]
+    dur_io = results.added("io", DURATIONS)[1] - results.added("io", COUNTING)[1]
     lines = [
         "## Exit durations (`--durations`): cost per exit and per system call",
         "",
         f"{rounds} interleaved rounds; per round {seconds:g} s of the cpuid guest, {exits} "
         f"I/O exits, {calls} ioctl(FIONREAD) and getppid() calls in a process that is not "
-        "a VM.  ns added (quiet / median) against no monitor in the same round; the "
-        "unmonitored figures (median ns) in the first row.",
+        "a VM.  ns added (quiet / median, as bench_guest_cost takes them) against no "
+        "monitor; the unmonitored figures (quiet / median ns) in the first row.",
         "",
         markdown_table(["monitor", "cpuid guest, ns/iteration", "I/O guest, ns/exit",
                         "ioctl(FIONREAD), ns/call", "getppid(), ns/call"],
