@@ -81,7 +81,7 @@ def _need_field(fmt, name: str, sizes=(1, 2, 4, 8)) -> Field:
     field = fmt.fields.get(name) if fmt is not None else None
     if field is None or field.size not in sizes:
         what = fmt.name if fmt is not None else "the tracepoint"
-        raise NotAvailable(f"--durations needs the field {name!r} of {what}, which this "
+        raise NotAvailable(f"exit durations need the field {name!r} of {what}, which this "
                            "kernel's format file does not give")
     return field
 
@@ -96,7 +96,7 @@ def durations_layout(tracefs: str, events: Mapping[str, Event], *, marker: str =
         raise InvalidArgument(f"unknown marker {marker!r} (known: {', '.join(MARKERS)})")
     exits = events.get("kvm_userspace_exit")
     if exits is None or exits.reason_field is None:
-        raise NotAvailable("--durations needs the kvm_userspace_exit tracepoint and its "
+        raise NotAvailable("exit durations need the kvm_userspace_exit tracepoint and its "
                            "reason field")
     out = {"kvm_userspace_exit": DurationTracepoint("kvm_userspace_exit", exits.id, exits.reason_field)}
     fpu = events.get("kvm_fpu")
@@ -108,7 +108,7 @@ def durations_layout(tracefs: str, events: Mapping[str, Event], *, marker: str =
     else:
         fmt = _format(tracefs, "syscalls", "sys_enter_ioctl")
         if fmt is None:
-            raise NotAvailable("--durations needs kvm_fpu or syscalls:sys_enter_ioctl "
+            raise NotAvailable("exit durations need kvm_fpu or syscalls:sys_enter_ioctl "
                                "to see KVM_RUN, and this kernel has neither")
         cmd = _need_field(fmt, "cmd", (4, 8))
         # The kernel takes the low 32 bits of the command (unsigned int).
@@ -138,7 +138,7 @@ class DurationCounter:
         try:
             native = binding()
         except NotAvailable as exc:
-            raise NotAvailable(f"--durations needs the kvmstat C extension: {exc}") from None
+            raise NotAvailable(f"exit durations need the kvmstat C extension: {exc}") from None
         self._ffi, self._lib = ffi, lib = native.ffi, native.lib
         cfg = ffi.new("struct kvmstat_dur_config *")
         for key, attr in (("kvm_userspace_exit", "userspace_exit"), ("marker", "marker"),

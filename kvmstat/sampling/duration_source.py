@@ -116,10 +116,10 @@ def open_durations(paths: Optional[Paths] = None, *, engine: str = "auto",
     paths = paths or Paths()
     choice = choose_engine(engine, backend=backend)
     if choice.engine != "bpf":
-        raise NotAvailable(f"--durations needs the BPF engine, and {choice.reason}"
+        raise NotAvailable(f"exit durations need the BPF engine, and {choice.reason}"
                            if engine == "auto" else
-                           "--durations needs the BPF engine (--engine perf counts with "
-                           "perf groups, which cannot measure durations)")
+                           "exit durations need the BPF engine: the perf engine was asked "
+                           "for, and perf groups cannot measure durations")
     tracefs = paths.find_tracefs(notify=notify)
     wanted = set(KIND_EVENTS.values()) | {"kvm_fpu"}
     events = load_events(tracefs, detect_vendor(paths.sys, paths.proc),
@@ -130,7 +130,7 @@ def open_durations(paths: Optional[Paths] = None, *, engine: str = "auto",
     except NotAvailable:
         raise
     except Error as exc:
-        raise NotAvailable(f"--durations needs BPF programs on the kvm tracepoints: {exc}") from None
+        raise NotAvailable(f"exit durations need BPF programs on the kvm tracepoints: {exc}") from None
 
 
 def durations_note(paths: Optional[Paths] = None, engine: str = "bpf") -> str:

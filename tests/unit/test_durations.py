@@ -261,7 +261,7 @@ def test_sampler_reads_resets_and_closes_its_durations_source():
 def test_durations_with_engine_perf_fail_with_one_line(tmp_path):
     with pytest.raises(NotAvailable) as caught:
         open_durations(engine="perf")
-    assert "--durations needs the BPF engine" in str(caught.value)
+    assert "exit durations need the BPF engine" in str(caught.value)
     assert "\n" not in str(caught.value)
 
 
