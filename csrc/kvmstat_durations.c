@@ -7,9 +7,11 @@
  *   gen      array [1] u64: the current generation of max_ns
  *   drops    per-CPU array [1] u64: durations lost to a full hist table
  *
- * The programs are perf tracepoint programs (the context is the record, so
- * fields are read at the offsets of the tracepoints' format files), one per
- * tracepoint used, built with the assembler of kvmstat_bpf_asm.h.
+ * One program per tracepoint used, built with the assembler of
+ * kvmstat_bpf_asm.h: a raw tracepoint program (its fields are arguments of
+ * the tracepoint) where the configuration says where the fields are and
+ * the kernel accepts it, else a perf tracepoint program (the context is the
+ * record, fields at the offsets of the tracepoint's format file).
  */
 #define _GNU_SOURCE
 #include "kvmstat_durations.h"
@@ -24,6 +26,9 @@
 #include "kvmstat_sys.h"
 
 #define NTRACEPOINTS 5
+
+/* A raw tracepoint passes at most this many arguments. */
+#define MAX_RAW_ARGS 12
 
 #ifndef ENOTSUPP
 #define ENOTSUPP 524  /* kernel-internal "not supported", seen by user space */
@@ -88,7 +93,8 @@ struct maps {
 struct kvmstat_dur {
     struct maps maps;
     int prog_fds[NTRACEPOINTS];
-    int perf_fds[NTRACEPOINTS];
+    int link_fds[NTRACEPOINTS];  /* the perf event or the raw tracepoint */
+    int attached[NTRACEPOINTS];  /* KVMSTAT_DUR_ATTACHED_* */
     unsigned int ncpus, max_entries;
     int use_iteration;
     /* Read buffers: a batch of keys and per-CPU values; the folded result. */
@@ -241,10 +247,18 @@ static void emit_record(struct kasm *a, const struct maps *m, uint32_t kind)
         kasm_land(a, out[i]);
 }
 
-/* R_REASON = the record field (zero-extended). */
-static void emit_field(struct kasm *a, int dst, const struct kvmstat_dur_tracepoint *tp)
+/* dst = the field of tp (zero-extended): in the record, or in raw mode in
+ * its argument (a u64 slot; the value in its low-order bytes). */
+static void emit_field(struct kasm *a, int dst, const struct kvmstat_dur_tracepoint *tp, int raw)
 {
-    kasm_load(a, kasm_size_code(tp->size), dst, R_CTX, (int16_t)tp->offset);
+    int off = tp->offset;
+    if (raw) {
+        off = 8 * tp->arg;
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+        off += 8 - (int)tp->size;
+#endif
+    }
+    kasm_load(a, kasm_size_code(tp->size), dst, R_CTX, (int16_t)off);
 }
 
 /* "if (prev = *(u64 *)(r0 + off)) == 0 goto out" after "*(r0 + off) = 0";
@@ -295,14 +309,14 @@ static const struct transition ENTRY = {
  * begins (NULL: none). */
 static void assemble_transition(struct kasm *a, const struct maps *m,
                                 const struct kvmstat_dur_tracepoint *reason,
-                                const struct transition *t)
+                                const struct transition *t, int raw)
 {
     kasm_label out[2];
 
     kasm_mov_reg(a, R_CTX, KASM_R1);
     emit_ids_and_time(a);
     if (reason)
-        emit_field(a, R_REASON, reason);
+        emit_field(a, R_REASON, reason, raw);
     emit_state(a, m, 1, &out[0]);
     kasm_store_reg(a, BPF_DW, KASM_R0, t->start_ts, R_TIME);
     if (t->start_reason >= 0)
@@ -319,12 +333,12 @@ static void assemble_transition(struct kasm *a, const struct maps *m,
 
 /* The marker (KVM_RUN begins): the VMM's time ends. */
 static void assemble_marker(struct kasm *a, const struct maps *m,
-                            const struct kvmstat_dur_config *c)
+                            const struct kvmstat_dur_config *c, int raw)
 {
     kasm_label out[3];
 
     kasm_mov_reg(a, R_CTX, KASM_R1);
-    emit_field(a, KASM_R1, &c->marker);
+    emit_field(a, KASM_R1, &c->marker, raw);
     out[0] = kasm_jump_if(a, BPF_JNE, KASM_R1, (int32_t)c->marker_value);
     emit_ids_and_time(a);
     emit_state(a, m, 0, &out[1]);
@@ -337,15 +351,17 @@ static void assemble_marker(struct kasm *a, const struct maps *m,
 
 /* kvm_vcpu_wakeup: the halt's length is in the record. */
 static void assemble_wakeup(struct kasm *a, const struct maps *m,
-                            const struct kvmstat_dur_config *c)
+                            const struct kvmstat_dur_config *c, int raw)
 {
-    struct kvmstat_dur_tracepoint waited = { c->wakeup.id, c->wakeup_waited_offset, 1 };
+    struct kvmstat_dur_tracepoint waited = {
+        c->wakeup.id, c->wakeup_waited_offset, 1, c->wakeup.name, c->wakeup_waited_arg,
+    };
 
     kasm_mov_reg(a, R_CTX, KASM_R1);
     kasm_call(a, BPF_FUNC_get_current_pid_tgid);
     kasm_mov_reg(a, R_IDS, KASM_R0);
-    emit_field(a, R_TIME, &c->wakeup);
-    emit_field(a, R_REASON, &waited);
+    emit_field(a, R_TIME, &c->wakeup, raw);
+    emit_field(a, R_REASON, &waited, raw);
     emit_record(a, m, KVMSTAT_DUR_HALT);
     emit_end(a, NULL, 0);
 }
@@ -380,10 +396,12 @@ static int check_config(const struct kvmstat_dur_config *c, int *bad)
         *bad = i;
         if (!tp->id || !needs_field[i])
             continue;
-        if (tp->offset < 0 || tp->offset > INT16_MAX || kasm_size_code(tp->size) < 0)
+        if (tp->offset < 0 || tp->offset > INT16_MAX || kasm_size_code(tp->size) < 0 ||
+            tp->arg >= MAX_RAW_ARGS)
             return -EINVAL;
     }
-    if (c->wakeup.id && (c->wakeup_waited_offset < 0 || c->wakeup_waited_offset > INT16_MAX))
+    if (c->wakeup.id && (c->wakeup_waited_offset < 0 || c->wakeup_waited_offset > INT16_MAX ||
+                         c->wakeup_waited_arg >= MAX_RAW_ARGS))
         return -EINVAL;
     if (c->exit.id && !c->entry.id) {  /* kernel intervals would never end */
         *bad = KVMSTAT_DUR_TP_ENTRY;
@@ -403,21 +421,37 @@ static void set_error(struct kvmstat_bpf_error *err, int stage, int index, int r
 }
 
 static void assemble(struct kasm *a, int i, const struct maps *m,
-                     const struct kvmstat_dur_config *c)
+                     const struct kvmstat_dur_config *c, int raw)
 {
     switch (i) {
     case KVMSTAT_DUR_TP_USERSPACE_EXIT:
-        assemble_transition(a, m, &c->userspace_exit, &USERSPACE_EXIT);
+        assemble_transition(a, m, &c->userspace_exit, &USERSPACE_EXIT, raw);
         break;
-    case KVMSTAT_DUR_TP_MARKER: assemble_marker(a, m, c); break;
-    case KVMSTAT_DUR_TP_EXIT: assemble_transition(a, m, &c->exit, &EXIT); break;
-    case KVMSTAT_DUR_TP_ENTRY: assemble_transition(a, m, NULL, &ENTRY); break;
-    default: assemble_wakeup(a, m, c); break;
+    case KVMSTAT_DUR_TP_MARKER: assemble_marker(a, m, c, raw); break;
+    case KVMSTAT_DUR_TP_EXIT: assemble_transition(a, m, &c->exit, &EXIT, raw); break;
+    case KVMSTAT_DUR_TP_ENTRY: assemble_transition(a, m, NULL, &ENTRY, raw); break;
+    default: assemble_wakeup(a, m, c, raw); break;
     }
 }
 
-static int attach(struct kvmstat_dur *d, int i, const struct kvmstat_dur_config *c,
-                  char *log, unsigned int log_size, struct kvmstat_bpf_error *err)
+/* Can tracepoint i's program read what it needs as a raw tracepoint? */
+static int raw_possible(const struct kvmstat_dur_config *c, int i)
+{
+    const struct kvmstat_dur_tracepoint *tp = tracepoint_at(c, i);
+
+    if (c->attach == KVMSTAT_DUR_ATTACH_PERF || !tp->name || !tp->name[0])
+        return 0;
+    if (i == KVMSTAT_DUR_TP_ENTRY)  /* reads no field */
+        return 1;
+    if (i == KVMSTAT_DUR_TP_WAKEUP && c->wakeup_waited_arg < 0)
+        return 0;
+    return tp->arg >= 0;
+}
+
+/* Load program i in one shape (raw or perf) and attach it; 0 or -errno
+ * with *stage set. */
+static int load_and_attach(struct kvmstat_dur *d, int i, const struct kvmstat_dur_config *c,
+                           int raw, char *log, unsigned int log_size, int *stage)
 {
     static const char *const names[NTRACEPOINTS] = {
         "kvmstat_d_user", "kvmstat_d_mark", "kvmstat_d_exit", "kvmstat_d_entry",
@@ -427,25 +461,56 @@ static int attach(struct kvmstat_dur *d, int i, const struct kvmstat_dur_config 
     int rc;
 
     kasm_init(&a);
-    assemble(&a, i, &d->maps, c);
+    assemble(&a, i, &d->maps, c, raw);
     rc = kasm_error(&a);
     if (rc == 0)
-        rc = ksys_prog_load(BPF_PROG_TYPE_TRACEPOINT, 0, a.insn, a.n, names[i], log, log_size);
+        rc = ksys_prog_load(raw ? BPF_PROG_TYPE_RAW_TRACEPOINT : BPF_PROG_TYPE_TRACEPOINT, 0,
+                            a.insn, a.n, names[i], log, log_size);
     kasm_release(&a);
-    if (rc < 0) {
-        set_error(err, KVMSTAT_BPF_STAGE_LOAD, i, rc);
-        return rc;
-    }
-    d->prog_fds[i] = rc;
-    rc = ksys_perf_open_tracepoint(tracepoint_at(c, i)->id);
-    if (rc < 0) {
-        set_error(err, KVMSTAT_BPF_STAGE_OPEN, i, rc);
-        return rc;
-    }
-    d->perf_fds[i] = rc;
-    rc = ksys_perf_attach_bpf(d->perf_fds[i], d->prog_fds[i]);
+    *stage = KVMSTAT_BPF_STAGE_LOAD;
     if (rc < 0)
-        set_error(err, KVMSTAT_BPF_STAGE_ATTACH, i, rc);
+        return rc;
+    d->prog_fds[i] = rc;
+    if (raw) {
+        *stage = KVMSTAT_BPF_STAGE_ATTACH;
+        rc = ksys_raw_tracepoint_open(tracepoint_at(c, i)->name, d->prog_fds[i]);
+        if (rc < 0)
+            return rc;
+        d->link_fds[i] = rc;
+        d->attached[i] = KVMSTAT_DUR_ATTACHED_RAW;
+        return 0;
+    }
+    *stage = KVMSTAT_BPF_STAGE_OPEN;
+    rc = ksys_perf_open_tracepoint(tracepoint_at(c, i)->id);
+    if (rc < 0)
+        return rc;
+    d->link_fds[i] = rc;
+    *stage = KVMSTAT_BPF_STAGE_ATTACH;
+    rc = ksys_perf_attach_bpf(d->link_fds[i], d->prog_fds[i]);
+    if (rc < 0)
+        return rc;
+    d->attached[i] = KVMSTAT_DUR_ATTACHED_PERF;
+    return 0;
+}
+
+/* Attach tracepoint i's program: raw where possible; where the kernel
+ * refuses that (older kernels, a module's tracepoint it cannot find by
+ * name), through perf. */
+static int attach(struct kvmstat_dur *d, int i, const struct kvmstat_dur_config *c,
+                  char *log, unsigned int log_size, struct kvmstat_bpf_error *err)
+{
+    int stage, rc;
+
+    if (raw_possible(c, i)) {
+        rc = load_and_attach(d, i, c, 1, NULL, 0, &stage);
+        if (rc == 0)
+            return 0;
+        ksys_close(&d->link_fds[i]);
+        ksys_close(&d->prog_fds[i]);
+    }
+    rc = load_and_attach(d, i, c, 0, log, log_size, &stage);
+    if (rc < 0)
+        set_error(err, stage, i, rc);
     return rc;
 }
 
@@ -510,7 +575,7 @@ int kvmstat_dur_new(const struct kvmstat_dur_config *cfg, char *log,
     }
     d->maps.threads = d->maps.hist = d->maps.gen = d->maps.drops = -1;
     for (int i = 0; i < NTRACEPOINTS; i++)
-        d->prog_fds[i] = d->perf_fds[i] = -1;
+        d->prog_fds[i] = d->link_fds[i] = -1;  /* attached[]: NONE, by calloc */
 
     rc = make_maps(d, cfg);
     if (rc < 0) {
@@ -747,8 +812,15 @@ int kvmstat_dur_fds(const struct kvmstat_dur *d)
         return -EINVAL;
     int n = 4;
     for (int i = 0; i < NTRACEPOINTS; i++)
-        n += (d->prog_fds[i] >= 0) + (d->perf_fds[i] >= 0);
+        n += (d->prog_fds[i] >= 0) + (d->link_fds[i] >= 0);
     return n;
+}
+
+int kvmstat_dur_attached(const struct kvmstat_dur *d, unsigned int tp)
+{
+    if (!d || tp >= NTRACEPOINTS)
+        return -EINVAL;
+    return d->attached[tp];
 }
 
 int kvmstat_dur_max_entries(const struct kvmstat_dur *d)
@@ -766,7 +838,7 @@ void kvmstat_dur_free(struct kvmstat_dur *d)
     if (!d)
         return;
     for (int i = 0; i < NTRACEPOINTS; i++) {
-        ksys_close(&d->perf_fds[i]);
+        ksys_close(&d->link_fds[i]);
         ksys_close(&d->prog_fds[i]);
     }
     ksys_close(&d->maps.threads);

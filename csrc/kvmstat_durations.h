@@ -21,6 +21,11 @@
  * Tracepoints given id 0 are not opened (e.g. kvm_exit where the kernel
  * never fires it: then the KERNEL and GUEST kinds simply stay empty).
  *
+ * Each program is attached as a raw tracepoint where it can be (it reads
+ * its field among the tracepoint's arguments, and the kernel does not build
+ * the trace record first: the cheaper way), else through a perf event of
+ * the tracepoint (it reads the record), as kvmstat_bpf.h describes.
+ *
  * Counts, sums and buckets are cumulative since the engine was created (or
  * reset); max_ns is the largest duration recorded since the previous read
  * (the programs keep it per generation, and each read starts a new one).
@@ -53,12 +58,25 @@
 #define KVMSTAT_DUR_TP_ENTRY 3
 #define KVMSTAT_DUR_TP_WAKEUP 4
 
-/* A tracepoint (id 0: not used) and the record field its program reads
- * (offset -1: none; size 1, 2, 4 or 8). */
+/* How the programs are attached (struct kvmstat_dur_config.attach). */
+#define KVMSTAT_DUR_ATTACH_AUTO 0  /* raw tracepoint where possible, else perf */
+#define KVMSTAT_DUR_ATTACH_PERF 1  /* always through perf */
+
+/* How a tracepoint's program is attached (kvmstat_dur_attached). */
+#define KVMSTAT_DUR_ATTACHED_NONE 0
+#define KVMSTAT_DUR_ATTACHED_PERF 1
+#define KVMSTAT_DUR_ATTACHED_RAW  2
+
+/* A tracepoint (id 0: not used) and the field its program reads (offset -1:
+ * none; size 1, 2, 4 or 8): at offset in the record, or, attached raw, as
+ * argument number arg of its TP_PROTO (-1: unknown, then it reads the
+ * record).  name: the tracepoint's name for a raw attachment (NULL: none). */
 struct kvmstat_dur_tracepoint {
     uint64_t id;
     int32_t offset;
     uint32_t size;
+    const char *name;
+    int32_t arg;
 };
 
 struct kvmstat_dur_config {
@@ -69,6 +87,8 @@ struct kvmstat_dur_config {
     struct kvmstat_dur_tracepoint entry;           /* kvm_entry, no field */
     struct kvmstat_dur_tracepoint wakeup;          /* kvm_vcpu_wakeup, field: ns */
     int32_t wakeup_waited_offset;                  /* its 1-byte "waited" field */
+    int32_t wakeup_waited_arg;                     /* ... as an argument, -1: unknown */
+    uint32_t attach;       /* KVMSTAT_DUR_ATTACH_* */
     uint32_t max_entries;  /* histograms; 0: sized by the possible CPUs */
     uint32_t max_threads;  /* per-thread timestamps (least recently used go); 0: default */
 };
@@ -110,6 +130,9 @@ int kvmstat_dur_copy(const struct kvmstat_dur *d, struct kvmstat_dur_entry *out,
 
 /* Start again from zero (histograms, pending timestamps, drops). */
 int kvmstat_dur_reset(struct kvmstat_dur *d);
+
+/* How tracepoint tp (KVMSTAT_DUR_TP_*) is attached: KVMSTAT_DUR_ATTACHED_*. */
+int kvmstat_dur_attached(const struct kvmstat_dur *d, unsigned int tp);
 
 /* Descriptors held; capacity of the histogram table; possible CPUs. */
 int kvmstat_dur_fds(const struct kvmstat_dur *d);

@@ -7,6 +7,11 @@ to a log2 histogram keyed by (kind, process, reason), in the kernel; a read
 fetches every histogram at once.  :mod:`kvmstat.counting.durations` names the kinds
 and folds the histograms into fields.
 
+Each program is attached as a raw tracepoint where the field it reads has a
+known place among the tracepoint's arguments (:data:`RAW_ARGS`): the kernel
+then does not build the trace record first.  kvm_exit's and the ioctl
+marker's programs read the record, through a perf event.
+
 The end of the VMM's time is the thread's next KVM_RUN.  Two markers:
 
 - ``kvm_fpu`` (``load`` = 1): KVM fires it at the start of every KVM_RUN on
@@ -47,15 +52,47 @@ VERIFIER_LOG_SIZE = 1 << 16
 
 # struct kvmstat_dur_config order (KVMSTAT_DUR_TP_* in the header).
 _TRACEPOINT_NAMES = ("kvm_userspace_exit", "marker", "kvm_exit", "kvm_entry", "kvm_vcpu_wakeup")
+# layout key -> struct kvmstat_dur_config member
+_CONFIG_SLOTS = (("kvm_userspace_exit", "userspace_exit"), ("marker", "marker"),
+                 ("kvm_exit", "exit"), ("kvm_entry", "entry"), ("kvm_vcpu_wakeup", "wakeup"))
+
+
+#: Where the fields the programs read are among the tracepoints' arguments
+#: (TP_PROTO), for raw tracepoint programs: (event, field) -> argument
+#: index.  kvm_userspace_exit is TP_PROTO(__u32 reason, int errno), kvm_fpu
+#: TP_PROTO(int load), kvm_vcpu_wakeup TP_PROTO(__u64 ns, bool waited,
+#: bool valid); x86's kvm_exit computes its reason while building the
+#: record, so its program reads the record.
+RAW_ARGS: Dict[Tuple[str, str], int] = {
+    ("kvm_userspace_exit", "reason"): 0,
+    ("kvm_fpu", "load"): 0,
+    ("kvm_vcpu_wakeup", "ns"): 0,
+    ("kvm_vcpu_wakeup", "waited"): 1,
+}
+
+#: tracepoints whose programs read no field: always attachable raw
+_NO_FIELD_RAW = ("kvm_entry",)
 
 
 class DurationTracepoint:
-    """A tracepoint's id and the record field its program reads."""
+    """A tracepoint's id, the record field its program reads, and where that
+    field is among its arguments (None: unknown, the program then reads the
+    record through perf)."""
 
-    def __init__(self, name: str, tp_id: int, field: Optional[Field] = None):
+    def __init__(self, name: str, tp_id: int, field: Optional[Field] = None,
+                 arg: Optional[int] = None):
         self.name = name
         self.id = tp_id
         self.field = field
+        self.arg = arg if arg is not None else (
+            RAW_ARGS.get((name, field.name)) if field is not None else None)
+
+    @property
+    def raw_name(self) -> Optional[str]:
+        """The name to attach a raw tracepoint program by, None if it cannot."""
+        if self.name in _NO_FIELD_RAW or (self.field is not None and self.arg is not None):
+            return self.name
+        return None
 
 
 def kvm_exit_unavailable(sys_path: str = "/sys") -> Optional[str]:
@@ -123,7 +160,7 @@ def durations_layout(tracefs: str, events: Mapping[str, Event], *, marker: str =
         fmt = _format(tracefs, "kvm", "kvm_vcpu_wakeup")
         ns, waited = _need_field(fmt, "ns", (8,)), _need_field(fmt, "waited", (1,))
         out["kvm_vcpu_wakeup"] = DurationTracepoint("kvm_vcpu_wakeup", wake.id, ns)
-        out["waited"] = DurationTracepoint("waited", wake.id, waited)
+        out["waited"] = DurationTracepoint("kvm_vcpu_wakeup", wake.id, waited)
     return out
 
 
@@ -133,7 +170,7 @@ class DurationCounter:
     Context manager; :meth:`close` releases the descriptors."""
 
     def __init__(self, layout: Mapping[str, DurationTracepoint], *, marker_value: int,
-                 max_entries: int = 0):
+                 max_entries: int = 0, raw: bool = True):
         self._closed = True
         try:
             native = binding()
@@ -141,20 +178,26 @@ class DurationCounter:
             raise NotAvailable(f"exit durations need the kvmstat C extension: {exc}") from None
         self._ffi, self._lib = ffi, lib = native.ffi, native.lib
         cfg = ffi.new("struct kvmstat_dur_config *")
-        for key, attr in (("kvm_userspace_exit", "userspace_exit"), ("marker", "marker"),
-                          ("kvm_exit", "exit"), ("kvm_entry", "entry"),
-                          ("kvm_vcpu_wakeup", "wakeup")):
+        names = []  # the name strings must live until kvmstat_dur_new returns
+        for key, attr in _CONFIG_SLOTS:
             tp = layout.get(key)
             slot = getattr(cfg, attr)
-            slot.offset = -1
-            if tp is not None:
-                slot.id = tp.id
-                if tp.field is not None:
-                    slot.offset, slot.size = tp.field.offset, tp.field.size
+            slot.offset = slot.arg = -1
+            if tp is None:
+                continue
+            slot.id = tp.id
+            if tp.field is not None:
+                slot.offset, slot.size = tp.field.offset, tp.field.size
+            if tp.raw_name is not None:
+                names.append(ffi.new("char[]", tp.raw_name.encode()))
+                slot.name = names[-1]
+                slot.arg = -1 if tp.arg is None else tp.arg
         cfg.marker_value = marker_value
         waited = layout.get("waited")
         cfg.wakeup_waited_offset = waited.field.offset if waited is not None else -1
+        cfg.wakeup_waited_arg = -1 if waited is None or waited.arg is None else waited.arg
         cfg.max_entries = max_entries
+        cfg.attach = lib.KVMSTAT_DUR_ATTACH_AUTO if raw else lib.KVMSTAT_DUR_ATTACH_PERF
         log = ffi.new("char[]", VERIFIER_LOG_SIZE)
         err = ffi.new("struct kvmstat_bpf_error *")
         out = ffi.new("struct kvmstat_dur **")
@@ -194,6 +237,21 @@ class DurationCounter:
     def reset(self) -> None:
         """Start again from zero."""
         self._check(self._lib.kvmstat_dur_reset(self._eng), "resetting")
+
+    @property
+    def attachments(self) -> Dict[str, str]:
+        """How each tracepoint's program is attached: ``"raw"`` (a raw
+        tracepoint, the cheaper way) or ``"perf"``, by config key
+        (``kvm_userspace_exit``, ``marker``, ``kvm_exit``, ``kvm_entry``,
+        ``kvm_vcpu_wakeup``); tracepoints not used are left out."""
+        kinds = {self._lib.KVMSTAT_DUR_ATTACHED_RAW: "raw",
+                 self._lib.KVMSTAT_DUR_ATTACHED_PERF: "perf"}
+        out = {}
+        for index, key in enumerate(_TRACEPOINT_NAMES):
+            kind = kinds.get(self._lib.kvmstat_dur_attached(self._eng, index))
+            if kind is not None:
+                out[key] = kind
+        return out
 
     @property
     def fds(self) -> int:

@@ -209,7 +209,9 @@ class Durations:
     process id, when the sampler was asked for a per-VM breakdown.
     ``unavailable`` maps an event whose durations cannot be measured on
     this host (e.g. ``kvm_exit`` where it never fires) to the reason, so
-    that views say so instead of showing zeros.
+    that views say so instead of showing zeros.  ``dropped``: durations
+    lost since start because the engine's histogram table was full (the
+    histograms of exited processes stay in it until a reset).
     """
 
     total: DurationSet
@@ -217,6 +219,7 @@ class Durations:
     by_vm_total: Optional[Dict[int, DurationSet]] = None
     by_vm_delta: Optional[Dict[int, DurationSet]] = None
     unavailable: Dict[str, str] = field(default_factory=dict)
+    dropped: int = 0
 
     def fields(self) -> List[str]:
         """Every field with durations, sorted."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import List, Mapping, Optional
 
-from .formats.durations import note_lines, tui_rows
+from .formats.durations import durations_notes, tui_rows
 from .formats.text import guest_heading
 from .tui_layout import (BOLD, COLLECTING, FIRST_ROW, MAX_REGEX, REGEX_COLUMN, STANDOUT, Line,
                          View, clip, title)
@@ -56,7 +56,7 @@ def durations_screen(sample, view: View, width: int, height: int,
                 body.append(heading)
             body.extend(rows[1:])
         lines.append(Line(2, 0, tui_rows({}, width)[0], STANDOUT))
-        notes = note_lines(durations.unavailable)
+        notes = durations_notes(durations)
         room = max(0, bottom - FIRST_ROW - len(notes))
         if not body:
             body = [NO_DURATIONS]

@@ -8,17 +8,18 @@ every sample (``Sample.durations``).
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Mapping, Optional
+from typing import Callable, Dict, Mapping, Optional
 
-from ..counting.duration_engine import KVM_RUN, DurationCounter, durations_layout, kvm_exit_unavailable
-from ..counting.durations import (HALT_REASONS, KIND_EVENTS, KIND_GUEST, KIND_HALT, KIND_KERNEL,
-                        KIND_VMM, Durations, DurationSet, fold_entries, interval)
+from ..counting.duration_engine import (KVM_RUN, DurationCounter, durations_layout,
+                                        kvm_exit_unavailable)
+from ..counting.durations import (HALT_REASONS, KIND_EVENTS, KIND_HALT, KIND_KERNEL, KIND_VMM,
+                                  Durations, DurationSet, fold_entries, interval)
 from .engine import choose_engine
 from ..errors import Error, NotAvailable
 from ..tracefs.events import Event, detect_vendor, list_event_names, load_events
 from ..host.paths import Paths
 
-__all__ = ["DurationSource", "duration_fields", "durations_note", "open_durations"]
+__all__ = ["DurationSource", "durations_note", "open_durations"]
 
 
 def _reason_names(events: Mapping[str, Event]) -> Dict[int, Dict[int, str]]:
@@ -34,32 +35,22 @@ def _reason_names(events: Mapping[str, Event]) -> Dict[int, Dict[int, str]]:
     return names
 
 
-def duration_fields(events: Mapping[str, Event]) -> List[str]:
-    """Every duration field this host's events can have, sorted."""
-    names = set()
-    for kind, table in _reason_names(events).items():
-        event = KIND_EVENTS[kind]
-        if kind != KIND_HALT and event not in events:
-            continue
-        names.add(event)
-        names.update(f"{event}({reason})" for reason in table.values())
-    names.add(KIND_EVENTS[KIND_GUEST])
-    return sorted(names)
-
-
 class DurationSource:
     """Durations for a :class:`~kvmstat.sampling.sampler.Sampler`.
 
     *events*: the kvm events of this host (name -> Event); *wanted*: a
     predicate on field names (``-f``); *pid*: only that VM process; *by_vm*:
     a breakdown per process (every process that makes vCPU exits is a VM).
-    *marker*: see :data:`MARKERS`.  Raises :class:`NotAvailable` (one line
+    *marker*: see :data:`MARKERS`; *raw*: attach the programs as raw
+    tracepoints where the kernel allows (else, and with False, through
+    perf events of the tracepoints).  Raises :class:`NotAvailable` (one line
     saying why) where the engine cannot run.
     """
 
     def __init__(self, tracefs: str, events: Mapping[str, Event], *,
                  wanted: Optional[Callable[[str], bool]] = None, pid: Optional[int] = None,
-                 by_vm: bool = False, marker: str = "auto", sys_path: str = "/sys"):
+                 by_vm: bool = False, marker: str = "auto", raw: bool = True,
+                 sys_path: str = "/sys"):
         unavailable = kvm_exit_unavailable(sys_path)
         layout = durations_layout(tracefs, events, marker=marker,
                                   kernel_times=unavailable is None)
@@ -75,9 +66,10 @@ class DurationSource:
         self._wanted = wanted
         self._names = _reason_names(events)
         marker_value = 1 if self.marker == "kvm_fpu" else KVM_RUN
-        self._counter = DurationCounter(layout, marker_value=marker_value)
+        self._counter = DurationCounter(layout, marker_value=marker_value, raw=raw)
         self._previous: DurationSet = {}
         self._previous_vm: Dict[int, DurationSet] = {}
+        #: durations lost because the histogram table was full (since start)
         self.dropped = 0
 
     def sample(self) -> Durations:
@@ -94,7 +86,14 @@ class DurationSource:
             for tgid, fields in per_pid.items():
                 by_total[tgid], by_delta[tgid] = interval(fields, self._previous_vm.get(tgid, {}))
             self._previous_vm = by_total
-        return Durations(total, delta, by_total, by_delta, dict(self.unavailable))
+        return Durations(total, delta, by_total, by_delta, dict(self.unavailable),
+                         self.dropped)
+
+    @property
+    def attachments(self) -> Dict[str, str]:
+        """How each program is attached (see
+        :attr:`~kvmstat.counting.duration_engine.DurationCounter.attachments`)."""
+        return self._counter.attachments
 
     def reset(self) -> None:
         """Start again from zero."""

@@ -114,12 +114,20 @@ def test_two_vms_each_show_their_own_hold(guest_process):
     assert sample.durations.by_vm_total[next(iter(holds)).pid][IO].count == N // 2
 
 
-def test_ioctl_marker_gives_the_same_durations(guest_process):
+@pytest.mark.parametrize("marker,raw", [("ioctl", True), ("kvm_fpu", False)])
+def test_other_markers_and_attachments_give_the_same_durations(guest_process, tracefs,
+                                                              marker, raw):
+    """The ioctl marker (through perf), and every program attached through
+    perf (reading the trace record) instead of as raw tracepoints."""
+    if marker == "kvm_fpu" and not os.path.isdir(f"{tracefs}/events/kvm/kvm_fpu"):
+        pytest.skip("this kernel has no kvm_fpu tracepoint")
     guest = guest_process("pio")
     realtime(guest.pid)
-    source = open_durations(marker="ioctl", pid=guest.pid)
+    source = open_durations(marker=marker, raw=raw, pid=guest.pid)
     try:
-        assert source.marker == "sys_enter_ioctl"
+        assert source.marker == ("sys_enter_ioctl" if marker == "ioctl" else marker)
+        if not raw:
+            assert set(source.attachments.values()) == {"perf"}
         source.sample()
         guest.run(N + 1, hold=HOLD)
         io = source.sample().delta[IO]
@@ -128,12 +136,18 @@ def test_ioctl_marker_gives_the_same_durations(guest_process):
     check_holds(io.count, io.sum_ns, buckets_of(io), N, HOLD)
 
 
-def test_auto_marker_is_kvm_fpu_where_it_exists(guest_process, tracefs):
+def test_auto_marker_is_kvm_fpu_and_programs_attach_raw(guest_process, tracefs):
     guest = guest_process("pio")
     source = open_durations(pid=guest.pid)
     try:
         expected = "kvm_fpu" if os.path.isdir(f"{tracefs}/events/kvm/kvm_fpu") else "sys_enter_ioctl"
         assert source.marker == expected
+        # Raw tracepoints where the kernel allows them (5.x kernels with
+        # module tracepoints by name); kvm_exit's program reads the record.
+        attached = source.attachments
+        assert attached["kvm_userspace_exit"] == "raw"
+        assert attached["kvm_vcpu_wakeup"] == "raw"
+        assert attached["marker"] == ("raw" if expected == "kvm_fpu" else "perf")
     finally:
         source.close()
 

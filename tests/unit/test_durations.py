@@ -274,3 +274,11 @@ def test_durations_with_the_python_backend_say_why(capsys):
 def test_cli_durations_option():
     assert cli.parse_options(["-1", "--durations"]).durations is True
     assert cli.parse_options(["-1"]).durations is False
+
+
+def test_lost_durations_are_said_under_the_table():
+    sample = durations_sample()
+    sample.durations.dropped = 7
+    assert fmt.batch_duration_lines(sample)[-1] == (
+        "7 durations were not recorded: the histogram table is full (reset, or count fewer "
+        "events)")

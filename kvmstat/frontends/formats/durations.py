@@ -13,13 +13,14 @@ from __future__ import annotations
 
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ...counting.durations import DurationHistogram, DurationSet, Durations, upper_bound_ns
+from ...counting.durations import DurationHistogram, Durations, upper_bound_ns
 from ...sampling.fields import parent_of
 from .log import _csv_line, timestamp
 from .text import guest_heading
 
 __all__ = ["COLUMNS", "DurationRow", "duration_rows", "table_lines", "batch_duration_lines",
-           "by_guest_duration_lines", "durations_object", "note_lines", "log_banner",
+           "by_guest_duration_lines", "durations_object", "note_lines", "durations_notes",
+           "log_banner",
            "plain_log_rows", "csv_log_header", "csv_log_rows", "sort_by_time"]
 
 #: the columns after the field name
@@ -88,11 +89,21 @@ def note_lines(unavailable: Mapping[str, str]) -> List[str]:
         by_reason.setdefault(why, []).append(event)
     return [f"no durations for {', '.join(events)}: {why}" for why, events in by_reason.items()]
 
+def durations_notes(durations: Durations) -> List[str]:
+    """The notes under a durations table: what cannot be measured here,
+    and durations lost to a full histogram table."""
+    lines = note_lines(durations.unavailable)
+    if durations.dropped:
+        lines.append(f"{durations.dropped} durations were not recorded: the histogram table "
+                     "is full (reset, or count fewer events)")
+    return lines
+
+
 def batch_duration_lines(sample) -> List[str]:
     """``kvm_stat -1 --durations``: the table of the durations since start
     (the whole run), then the notes."""
     durations: Durations = sample.durations
-    return table_lines(durations.total) + note_lines(durations.unavailable)
+    return table_lines(durations.total) + durations_notes(durations)
 
 def by_guest_duration_lines(sample) -> List[str]:
     """The same per VM: a heading per VM (pid order), its table, an empty
@@ -104,7 +115,7 @@ def by_guest_duration_lines(sample) -> List[str]:
             lines.append("")
         lines.append(guest_heading(pid, sample.vm_names.get(pid)))
         lines.extend(table_lines(durations.by_vm_total[pid]))
-    return lines + note_lines(durations.unavailable)
+    return lines + durations_notes(durations)
 
 def _histogram_object(hist: DurationHistogram) -> dict:
     return {"count": hist.count, "sum_ns": hist.sum_ns, "max_ns": hist.max_ns,
