@@ -314,8 +314,9 @@ class KvmCollector:
                         mine.update((n, h) for n, h in histograms.items() if wanted(n))
             reading.by_vcpu.update(part.by_vcpu)
             reading.ended.update(part.ended)
-        if sampler.durations is not None:
-            reading.durations = sampler.durations.sample()
+        durations = getattr(sampler, "durations", None)  # a Sampler's source, if any
+        if durations is not None:
+            reading.durations = durations.sample()
         return reading
 
     def _read(self, sampler: Sampler) -> Optional[_Reading]:

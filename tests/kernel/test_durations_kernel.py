@@ -296,7 +296,7 @@ def test_exporter_serves_duration_histograms_in_seconds(guest_process):
         guest.run(N + 1, hold=HOLD)
         families = exporter.scrape()
     labels = {"pid": str(guest.pid), "guest": "scraped", "reason": "IO"}
-    family = "kvm_userspace_exit_duration_seconds"
+    family = "kvm_tracepoint_userspace_exit_duration_seconds"
     assert families[family].type == "histogram"
     assert value(families, family + "_count", **labels) == N
     total = value(families, family + "_sum", **labels)

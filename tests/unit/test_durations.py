@@ -6,14 +6,14 @@ import json
 
 import pytest
 from hypothesis import given, strategies as st
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from kvmstat.counting.durations import (BUCKETS, KIND_GUEST, KIND_HALT, KIND_KERNEL, KIND_VMM,
                                         DurationEntry, DurationHistogram, Durations, bucket_of,
                                         fold_entries, interval, lower_bound_ns, upper_bound_ns)
 from kvmstat.errors import NotAvailable
 from kvmstat.frontends import cli
-from kvmstat.frontends.exporter_durations import duration_metrics
+from kvmstat.frontends.exporter_durations import render_durations
 from kvmstat.frontends.formats import durations as fmt
 from kvmstat.frontends.formats.json import sample_object
 from kvmstat.sampling.duration_source import open_durations
@@ -212,23 +212,38 @@ def test_tui_rows_sort_events_and_reasons_by_time():
 def test_prometheus_histograms_partition_by_reason_in_seconds():
     total = dict(durations_sample().durations.total)
     total["kvm_userspace_exit"] = total["kvm_userspace_exit"] + hist(300)  # an unnamed code
+    lines = []
+    written = render_durations(lines, Durations(total, total), "", None, lambda event: True)
+    text = "".join(lines)
+    family = "kvm_tracepoint_userspace_exit_duration_seconds"
+    assert f"# TYPE {family} histogram" in text
+    assert f'{family}_bucket{{reason="IO",le="0.008388608"}} 2' in text
+    assert f'{family}_bucket{{reason="IO",le="0.004194304"}} 0' in text
+    assert f'{family}_bucket{{reason="MMIO",le="+Inf"}} 1' in text
+    assert f'{family}_count{{reason="other"}} 1' in text
+    assert f'{family}_sum{{reason="IO"}} 0.0101' in text
+    assert 'reason=""' not in text and f"{family}_count{{}}" not in text
+    assert written == 3  # IO, MMIO, other: the reasons partition the event
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families[family].type == "histogram"
 
-    class Collector:
-        def collect(self):
-            return duration_metrics(total, None, {4242: ({"pid": "4242", "guest": "web"},
-                                                         {"kvm_entry": hist(40)})})
 
-    registry = CollectorRegistry()
-    registry.register(Collector())
-    text = generate_latest(registry).decode()
-    assert "# TYPE kvm_userspace_exit_duration_seconds histogram" in text
-    assert 'kvm_userspace_exit_duration_seconds_bucket{le="0.008388608",reason="IO"} 2.0' in text
-    assert 'kvm_userspace_exit_duration_seconds_bucket{le="0.004194304",reason="IO"} 0.0' in text
-    assert 'kvm_userspace_exit_duration_seconds_bucket{le="+Inf",reason="MMIO"} 1.0' in text
-    assert 'kvm_userspace_exit_duration_seconds_count{reason="other"} 1.0' in text
-    assert 'kvm_userspace_exit_duration_seconds_sum{reason="IO"} 0.0101' in text
-    assert 'kvm_entry_duration_seconds_count{guest="web",pid="4242"} 1.0' in text
-    assert 'reason=""' not in text and "kvm_userspace_exit_duration_seconds_count{}" not in text
+def test_prometheus_histograms_per_vm_and_outside_add_up_to_the_host():
+    vm = {"kvm_userspace_exit": hist(5000, 6000), "kvm_userspace_exit(IO)": hist(5000, 6000)}
+    host = {"kvm_userspace_exit": hist(5000, 6000, 7000),
+            "kvm_userspace_exit(IO)": hist(5000, 6000, 7000)}
+    lines = []
+    render_durations(lines, Durations(host, host, {4242: vm}, {4242: vm}), "",
+                     {4242: 'pid="4242",guest="web"'}, lambda event: True)
+    text = "".join(lines)
+    family = "kvm_tracepoint_userspace_exit_duration_seconds"
+    assert f'{family}_count{{pid="4242",guest="web",reason="IO"}} 2' in text
+    assert f'{family}_count{{pid="none",guest="",reason="IO"}} 1' in text
+    # Without per-VM series for the family: one host series (with -p: the watched VM's labels).
+    lines = []
+    render_durations(lines, Durations(host, host, {4242: vm}, {4242: vm}), 'pid="9",guest=""',
+                     {4242: 'pid="4242",guest="web"'}, lambda event: False)
+    assert f'{family}_count{{pid="9",guest="",reason="IO"}} 3' in "".join(lines)
 
 
 # -- the sampler and --durations without BPF ---------------------------------------------
