@@ -446,10 +446,18 @@ def _run_serve(opts: Options, paths: Paths) -> int:
         options = _sampler_options(opts, paths, by_vm=per_vm and opts.pid is None,
                                    histograms=True)
         sampler = sampler_for(options, notify=_notify)
-        return KvmCollector(sampler, vm=vm, release=release_later, notify=_notify,
-                            vm_series=vm_series, vcpu_series=vcpu_series,
-                            names=GuestNames(paths.proc),
-                            histograms=options.field_filter.matches, version=__version__)
+        collector = KvmCollector(sampler, vm=vm, release=release_later, notify=_notify,
+                                 vm_series=vm_series, vcpu_series=vcpu_series,
+                                 names=GuestNames(paths.proc),
+                                 histograms=options.field_filter.matches, version=__version__)
+        if sampler.durations is not None:
+            from .exporter_durations import durations_writer
+            from .exporter_render import vm_label_text
+
+            collector.add_families(durations_writer(
+                sampler.durations, vm_label_text(vm.pid, vm.name) if vm is not None else "",
+                vm_series if options.by_vm else None))
+        return collector
 
     web = load_web_config(opts.web_config) if opts.web_config is not None else None
     with MetricsServer(parse_serve_address(opts.serve), notify=_notify, web=web) as server, \

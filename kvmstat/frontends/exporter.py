@@ -38,7 +38,6 @@ from .exporter_names import (DEFAULT_VM_SERIES, FamilySpec, HistogramSpec, escap
 from .exporter_render import render_families, render_histograms, render_vcpus, vm_label_text
 from .exporter_web import WebConfig
 from ..sampling.fields import parent_of
-from ..counting.durations import Durations
 from ..providers.base import Histograms, Totals
 from ..sampling.sampler import Sampler, vm_exited_message
 from ..host.vms import VM
@@ -151,7 +150,6 @@ class _Reading:
     vm_histograms: Optional[Dict[int, Histograms]]
     by_vcpu: Dict[int, Dict[int, Totals]]
     ended: set
-    durations: Optional[Durations] = None  # with --durations
 
 
 #: ``writer(lines, openmetrics, vm_labels) -> series written``: see
@@ -314,9 +312,6 @@ class KvmCollector:
                         mine.update((n, h) for n, h in histograms.items() if wanted(n))
             reading.by_vcpu.update(part.by_vcpu)
             reading.ended.update(part.ended)
-        durations = getattr(sampler, "durations", None)  # a Sampler's source, if any
-        if durations is not None:
-            reading.durations = durations.sample()
         return reading
 
     def _read(self, sampler: Sampler) -> Optional[_Reading]:
@@ -372,13 +367,6 @@ class KvmCollector:
             vm_histograms = reading.vm_histograms if by_vm is not None else None
             series += render_histograms(lines, specs, reading.histograms, reading.totals, scope,
                                         vm_histograms, by_vm, vm_labels, openmetrics)
-        if reading.durations is not None:
-            from .exporter_durations import render_durations
-
-            vm_series = self._vm_series
-            series += render_durations(
-                lines, reading.durations, scope, vm_labels if by_vm is not None else None,
-                lambda event: vm_series is not None and vm_series.match(event) is not None)
         by_vcpu = reading.by_vcpu
         if by_vcpu and self._vcpu_series is not None:
             if self._vm is not None:

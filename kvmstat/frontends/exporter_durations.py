@@ -17,15 +17,18 @@ started; ``_sum`` is in seconds.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Pattern, Tuple
 
 from ..counting.durations import (BUCKETS, EMPTY, DurationHistogram, DurationSet, Durations,
                                   upper_bound_ns)
 from ..sampling.fields import parent_of
-from .exporter_names import TRACEPOINT_PREFIX
+from .exporter_names import TRACEPOINT_PREFIX, escape_label_value
 from .exporter_render import OUTSIDE_LABELS, Lines
 
-__all__ = ["render_durations", "family_of", "OTHER_REASON"]
+if TYPE_CHECKING:
+    from ..sampling.duration_source import DurationSource
+
+__all__ = ["render_durations", "durations_writer", "family_of", "OTHER_REASON"]
 
 #: the reason label of the durations no shown reason covers
 OTHER_REASON = "other"
@@ -87,6 +90,7 @@ def _partition(fields: Mapping[str, DurationHistogram]
 def _series(lines: Lines, family: str, labels: str, reason: Optional[str],
             hist: DurationHistogram) -> None:
     if reason is not None:
+        reason = escape_label_value(reason)
         labels = f'{labels},reason="{reason}"' if labels else f'reason="{reason}"'
     prefix = labels + "," if labels else ""
     cumulative = 0
@@ -130,3 +134,17 @@ def render_durations(lines: Lines, durations: Durations, scope: str,
             _series(lines, family, OUTSIDE_LABELS, reason, rest)
             written += 1
     return written
+
+
+def durations_writer(source: "DurationSource", scope: str = "",
+                     vm_series: "Optional[Pattern[str]]" = None):
+    """A family writer for :meth:`~kvmstat.frontends.exporter.KvmCollector.add_families`:
+    at every scrape it reads *source* and writes its histograms.  *scope*: the
+    watched VM's labels with ``-p`` (else empty); *vm_series*: the ``--vm-series``
+    pattern when the collector serves per-VM series (None: host series only)."""
+    def write(lines: Lines, openmetrics: bool, vm_labels: Dict[int, str]) -> int:
+        return render_durations(
+            lines, source.sample(), scope, vm_labels if vm_series is not None else None,
+            lambda event: vm_series is not None and vm_series.match(event) is not None)
+
+    return write

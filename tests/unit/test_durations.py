@@ -177,7 +177,7 @@ def test_batch_table_and_notes():
 
 def test_by_guest_table_has_a_heading_per_vm():
     lines = fmt.by_guest_duration_lines(durations_sample(by_vm=True))
-    assert lines[0] == "web (pid 4242)"
+    assert lines[0] == "(pid 4242) web"
     assert lines[2].startswith("kvm_userspace_exit ")
 
 

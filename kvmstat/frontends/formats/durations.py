@@ -15,6 +15,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ...counting.durations import DurationHistogram, Durations, upper_bound_ns
 from ...sampling.fields import parent_of
+from ...textsafe import safe_name, safe_text
 from .log import _csv_line, timestamp
 from .text import guest_heading
 
@@ -73,8 +74,8 @@ def sort_by_time(durations: Mapping[str, DurationHistogram]) -> List[str]:
 
 def _format_row(row: DurationRow, width: int = _NAME_WIDTH) -> str:
     name, count, pct, avg, p50, p99, peak = row
-    return "%-*s%10d%8.1f%12.2f%12.2f%12.2f%12.2f" % (width, name[:width], count, pct, avg,
-                                                     p50, p99, peak)
+    return "%-*s%10d%8.1f%12.2f%12.2f%12.2f%12.2f" % (width, safe_text(name)[:width], count,
+                                                     pct, avg, p50, p99, peak)
 
 def table_lines(durations: Mapping[str, DurationHistogram],
                 names: Optional[Sequence[str]] = None) -> List[str]:
@@ -126,7 +127,7 @@ def durations_object(durations: Mapping[str, DurationHistogram]) -> Dict[str, di
     ``max_ns`` and ``buckets``, the non-empty log2 buckets as
     ``[upper_bound_ns, count]`` (exclusive bound; null for the last,
     open-ended bucket)."""
-    return {name: _histogram_object(durations[name]) for name in sorted(durations)}
+    return {safe_text(name): _histogram_object(durations[name]) for name in sorted(durations)}
 
 # -- log mode ----------------------------------------------------------------
 
@@ -170,8 +171,8 @@ def csv_log_rows(sample, fields: Sequence[str], skip_zero: bool = False,
     for pid, (name, count, pct, avg, p50, p99, peak) in _interval_rows(sample):
         cells: List[object] = [when]
         if by_guest:
-            cells += [pid, sample.vm_names.get(pid) or ""]
-        cells += [name, count, "%.1f" % pct] + ["%.2f" % v for v in (avg, p50, p99, peak)]
+            cells += [pid, safe_name(sample.vm_names.get(pid)) or ""]
+        cells += [safe_text(name), count, "%.1f" % pct] + ["%.2f" % v for v in (avg, p50, p99, peak)]
         out.append(_csv_line(cells))
     return out
 
@@ -187,5 +188,6 @@ def tui_rows(durations: Mapping[str, DurationHistogram], width: int) -> List[str
     name_width = max(10, min(_NAME_WIDTH, width - _TUI_NUMBERS_WIDTH))
     rows = ["%-*s" % (name_width, "Event") + _TUI_HEADER]
     for name, *numbers in duration_rows(durations, sort_by_time(durations)):
-        rows.append("%-*s" % (name_width, name[:name_width]) + _TUI_NUMBERS % tuple(numbers))
+        rows.append("%-*s" % (name_width, safe_text(name)[:name_width])
+                    + _TUI_NUMBERS % tuple(numbers))
     return rows
