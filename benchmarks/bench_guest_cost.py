@@ -133,6 +133,24 @@ class Monitor:
         self.proc.stderr.close()
 
 
+def monitored_rounds(table: Dict[str, Optional[List[str]]], rounds: int):
+    """Each monitor of *table* (name -> command, None: no monitor) in turn,
+    *rounds* times, the order rotating every round: yields ``(name, the
+    running Monitor or None)`` and stops the monitor once the caller's
+    measurement is done."""
+    names = list(table)
+    for index in range(rounds):
+        shift = index % len(names)
+        for name in names[shift:] + names[:shift]:
+            argv = table[name]
+            monitor = Monitor(name, argv) if argv is not None else None
+            try:
+                yield name, monitor
+            finally:
+                if monitor is not None:
+                    monitor.close()
+
+
 def cpuid_cost(guest, seconds: float) -> List[float]:
     """vCPU ns per iteration of the cpuid guest in each WINDOWS-th of about
     *seconds*."""
@@ -208,25 +226,17 @@ def measure(rounds: int, seconds: float, exits: int) -> Results:
     support.compile_kvmstat()
     table = monitors()
     results = Results(table)
-    names = list(table)
     saved = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {GUEST_CPU})  # this thread drives the I/O guest
     try:
         with GuestProcess("cpuid-loop") as cpuid, Guest("pio") as pio:
             cpuid_cost(cpuid, 0.3)  # warm-up
             io_cost(pio, exits // 4)
-            for index in range(rounds):
-                shift = index % len(names)
-                for name in names[shift:] + names[:shift]:
-                    argv = table[name]
-                    monitor = Monitor(name, argv) if argv is not None else None
-                    try:
-                        results.cost["cpuid"][name].append(cpuid_cost(cpuid, seconds))
-                        results.cost["io"][name].append(io_cost(pio, exits))
-                    finally:
-                        if monitor is not None:
-                            results.fds[name] = monitor.fds
-                            monitor.close()
+            for name, monitor in monitored_rounds(table, rounds):
+                results.cost["cpuid"][name].append(cpuid_cost(cpuid, seconds))
+                results.cost["io"][name].append(io_cost(pio, exits))
+                if monitor is not None:
+                    results.fds[name] = monitor.fds
     finally:
         os.sched_setaffinity(0, saved)
     return results

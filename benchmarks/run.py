@@ -45,6 +45,7 @@ BENCHMARKS: List[Tuple[str, bool]] = [
     ("bench_teardown", False),
     ("bench_exporter", False),
     ("bench_engines", True),   # the perf and BPF engines side by side (issue 10)
+    ("bench_durations", True),  # --durations per exit and the ioctl marker (issue 15)
 ]
 
 DEFAULT_OUTPUT = os.path.join(BENCH_DIR, "RESULTS.md")

@@ -16,10 +16,10 @@ import re
 import cffi
 
 CSRC = os.path.dirname(os.path.abspath(__file__))
-PUBLIC_HEADERS = ("kvmstat_native.h", "kvmstat_bpf.h")
+PUBLIC_HEADERS = ("kvmstat_native.h", "kvmstat_bpf.h", "kvmstat_durations.h")
 SOURCES = ("kvmstat_sys.c", "kvmstat_native.c", "kvmstat_bpf_asm.c", "kvmstat_bpf.c",
            "kvmstat_bpf_slots.c",
-           "kvmstat_bpf_prog.c", "kvmstat_bpf_read.c")
+           "kvmstat_bpf_prog.c", "kvmstat_bpf_read.c", "kvmstat_durations.c")
 PRIVATE_HEADERS = ("kvmstat_sys.h", "kvmstat_bpf_asm.h", "kvmstat_bpf_engine.h")
 
 BEGIN = re.compile(r"^/\* cdef: begin\b.*\*/$", re.M)

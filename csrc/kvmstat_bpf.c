@@ -17,10 +17,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* The kernel copies one 8-byte slot per possible CPU; no kernel supports
- * more than this many CPUs (NR_CPUS is at most 8192). */
-#define MAX_POSSIBLE_CPUS 16384
-
 /* ------------------------------------------------------------------------
  * Creation
  */
@@ -32,32 +28,6 @@ static int set_error(struct kvmstat_bpf_error *err, int stage, int index, int rc
         err->event_index = index;
         err->err = -rc;
     }
-    return rc;
-}
-
-/*
- * The number of possible CPUs, as the kernel sees it: a lookup in a per-CPU
- * map copies one 8-byte slot per possible CPU, so look up the (zeroed) slot
- * of the fresh dropped counter into a buffer of all-ones and count the
- * slots that came back zero.  This cannot disagree with the kernel, unlike
- * parsing /sys/devices/system/cpu/possible.
- */
-static int count_possible_cpus(int drops_fd)
-{
-    uint64_t *buf = malloc(MAX_POSSIBLE_CPUS * sizeof(*buf));
-    uint32_t key = 0;
-    unsigned int n = 0;
-
-    if (!buf)
-        return -ENOMEM;
-    memset(buf, 0xff, MAX_POSSIBLE_CPUS * sizeof(*buf));
-    int rc = ksys_map_lookup(drops_fd, &key, buf);
-    if (rc == 0) {
-        while (n < MAX_POSSIBLE_CPUS && buf[n] == 0)
-            n++;
-        rc = (n == 0 || n == MAX_POSSIBLE_CPUS) ? -EIO : (int)n;
-    }
-    free(buf);
     return rc;
 }
 
@@ -169,7 +139,7 @@ static int create_maps(struct kvmstat_bpf *eng, const struct kvmstat_bpf_options
     if (rc < 0)
         return set_error(err, KVMSTAT_BPF_STAGE_MAP, -1, rc);
     eng->maps.drops_fd = rc;
-    rc = count_possible_cpus(eng->maps.drops_fd);
+    rc = ksys_possible_cpus(eng->maps.drops_fd);
     if (rc < 0)
         return set_error(err, KVMSTAT_BPF_STAGE_CPUS, -1, rc);
     eng->ncpus = (unsigned int)rc;

@@ -113,31 +113,21 @@ static int fetch_batch(struct kvmstat_bpf *eng)
     return 0;
 }
 
+/* One entry of a key iteration: its values are in eng->values. */
+static int append_visited(void *ctx, const void *key)
+{
+    struct kvmstat_bpf *eng = ctx;
+    memcpy(&eng->keys[0], key, sizeof(eng->keys[0]));
+    return append_fetched(eng, 1);
+}
+
 /* GET_NEXT_KEY + LOOKUP_ELEM, for kernels without batch lookups.  Entries
  * are only deleted by this engine, so the walk never restarts. */
 static int fetch_iteration(struct kvmstat_bpf *eng)
 {
     struct count_key key, next;
-    int have_key = 0;
-
-    for (;;) {
-        int rc = ksys_map_next_key(eng->maps.counts_fd, have_key ? &key : NULL, &next);
-        if (rc == -ENOENT)
-            return 0;
-        if (rc < 0)
-            return rc;
-        key = next;
-        have_key = 1;
-        rc = ksys_map_lookup(eng->maps.counts_fd, &next, eng->values);
-        if (rc == -ENOENT)
-            continue;
-        if (rc < 0)
-            return rc;
-        eng->keys[0] = next;
-        rc = append_fetched(eng, 1);
-        if (rc < 0)
-            return rc;
-    }
+    return ksys_map_walk(eng->maps.counts_fd, &key, &next, sizeof(key), eng->values,
+                         append_visited, eng);
 }
 
 int kbpf_fetch(struct kvmstat_bpf *eng)

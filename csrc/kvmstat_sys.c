@@ -8,6 +8,7 @@
 #include <linux/bpf.h>
 #include <linux/perf_event.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
@@ -188,4 +189,58 @@ void ksys_close(int *fd)
         close(*fd);
         *fd = -1;
     }
+}
+
+int ksys_map_walk(int fd, void *key, void *next, size_t key_size, void *values,
+                  int (*visit)(void *ctx, const void *key), void *ctx)
+{
+    int have_key = 0;
+
+    for (;;) {
+        int rc = ksys_map_next_key(fd, have_key ? key : NULL, next);
+        if (rc == -ENOENT)
+            return 0;
+        if (rc < 0)
+            return rc;
+        memcpy(key, next, key_size);
+        have_key = 1;
+        rc = ksys_map_lookup(fd, key, values);
+        if (rc == -ENOENT)
+            continue;
+        if (rc < 0)
+            return rc;
+        rc = visit(ctx, key);
+        if (rc < 0)
+            return rc;
+    }
+}
+
+/* The kernel copies one 8-byte slot per possible CPU; no kernel supports
+ * more than this many CPUs (NR_CPUS is at most 8192). */
+#define MAX_POSSIBLE_CPUS 16384
+
+/*
+ * The number of possible CPUs, as the kernel sees it: a lookup in a per-CPU
+ * map copies one 8-byte slot per possible CPU, so look up the (zeroed) slot
+ * of a fresh one-slot per-CPU array into a buffer of all-ones and count the
+ * slots that came back zero.  This cannot disagree with the kernel, unlike
+ * parsing /sys/devices/system/cpu/possible.
+ */
+int ksys_possible_cpus(int percpu_map_fd)
+{
+    uint64_t *buf = malloc(MAX_POSSIBLE_CPUS * sizeof(*buf));
+    uint32_t key = 0;
+    unsigned int n = 0;
+
+    if (!buf)
+        return -ENOMEM;
+    memset(buf, 0xff, MAX_POSSIBLE_CPUS * sizeof(*buf));
+    int rc = ksys_map_lookup(percpu_map_fd, &key, buf);
+    if (rc == 0) {
+        while (n < MAX_POSSIBLE_CPUS && buf[n] == 0)
+            n++;
+        rc = (n == 0 || n == MAX_POSSIBLE_CPUS) ? -EIO : (int)n;
+    }
+    free(buf);
+    return rc;
 }

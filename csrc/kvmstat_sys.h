@@ -9,6 +9,7 @@
 #ifndef KVMSTAT_SYS_H
 #define KVMSTAT_SYS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 struct perf_event_attr;
@@ -62,6 +63,20 @@ int ksys_raw_tracepoint_open(const char *name, int prog_fd);
 /* bpf(BPF_OBJ_GET_INFO_BY_FD) of a program: its recursion_misses (0 on
  * kernels before 5.12, which do not report them). */
 int ksys_prog_recursion_misses(int prog_fd, uint64_t *missed);
+
+/*
+ * Walk a map by key iteration (BPF_MAP_GET_NEXT_KEY, then LOOKUP_ELEM of
+ * each key into values), for kernels without batch lookups: visit(ctx,
+ * key) runs after each lookup; a key deleted meanwhile is skipped.  key
+ * and next are buffers of key_size bytes.  Returns 0, or the first -errno
+ * of the walk or of visit.
+ */
+int ksys_map_walk(int fd, void *key, void *next, size_t key_size, void *values,
+                  int (*visit)(void *ctx, const void *key), void *ctx);
+
+/* The number of possible CPUs (per-CPU values per map entry), from a
+ * lookup in a fresh, zeroed one-slot BPF_MAP_TYPE_PERCPU_ARRAY of u64. */
+int ksys_possible_cpus(int percpu_map_fd);
 
 /* close(*fd) if it is open, and mark it closed (-1). */
 void ksys_close(int *fd);

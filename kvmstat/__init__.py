@@ -25,6 +25,11 @@ What ``kvm_stat`` does, without the command line:
 * histogram statistics (binary stats, debugfs ``*_hist``):
   ``open_sampler(histograms=True)`` fills ``Sample.histograms`` (name ->
   :class:`HistogramValues`) and, with ``by_vm``, ``Sample.vm_histograms``;
+* exit durations measured in the kernel with BPF (how long each exit keeps
+  a vCPU out of the guest, per event and reason): ``open_sampler(durations=True)``
+  fills ``Sample.durations`` (:class:`Durations`: field ->
+  :class:`DurationHistogram` since start and over the interval, per VM with
+  ``by_vm``);
 * what works on this host, why not and the fix (``kvm_stat --check``):
   :func:`check_host` returns a :class:`HostCheck`, :func:`format_check` the
   table;
@@ -66,7 +71,7 @@ __all__ = [
     # providers and samples
     "open_providers", "open_sampler", "SamplerOptions", "sampler_for", "Provider", "Reading", "Sampler", "Sample", "FieldValues",
     "Totals", "Paths", "TracepointProvider", "DebugfsProvider", "BinstatsProvider",
-    "HistogramValues", "Histograms",
+    "HistogramValues", "Histograms", "Durations", "DurationHistogram",
     # VMs
     "VM", "list_vms", "find_vm", "find_vm_by_name",
     # what works on this host (kvm_stat --check)
@@ -92,6 +97,7 @@ _LAZY = {
     "list_fields": "sampling.sources", "open_providers": "sampling.sources",
     "open_sampler": "sampling.sources", "sampler_for": "sampling.sources",
     "SamplerOptions": "sampling.options",
+    "Durations": "counting.durations", "DurationHistogram": "counting.durations",
     "FieldValues": "sampling.sampler", "Sample": "sampling.sampler",
     "Sampler": "sampling.sampler",
     "VM": "host.vms", "find_vm": "host.vms", "find_vm_by_name": "host.vms",

@@ -411,6 +411,12 @@ def check_host(paths: Optional[Paths] = None, *, dev_kvm: str = "/dev/kvm",
         _paranoid_note(paths),
         _open_files_note(paths, events),
     ]
+    if tracepoints.available:
+        from ..sampling.duration_source import durations_note
+
+        extra.append(durations_note(paths) if engine == "bpf" else
+                     "--durations is not available: it needs the BPF engine, which cannot "
+                     "be used here (see the BPF engine row)")
     notes.extend(note for note in extra if note)
     return HostCheck([tracepoints, debugfs, binstats], attribution, notes, engine_row)
 

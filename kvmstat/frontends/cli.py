@@ -51,6 +51,7 @@ class Options:
     web_config: Optional[str] = None
     vm_series: Optional[str] = DEFAULT_VM_SERIES   # None: no per-VM series
     vcpu_series: Optional[str] = None              # None: no per-vCPU series
+    durations: bool = False
 
 
 class UsageError(InvalidArgument):
@@ -95,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "event, live (curses), in batch or log mode, or as a Prometheus exporter.",
         epilog="Interactive keys: b by-guest view, c clear filters, f field filter, "
                "g/p guest filter, h help, o sort order, q quit, r reset, "
-               "s refresh interval, x child events. Requires root (or CAP_PERFMON) and "
+               "s refresh interval, t exit durations, x child events. Requires root (or CAP_PERFMON) and "
                "tracefs for tracepoints, debugfs for -d.")
     add = parser.add_argument
     add("-1", "--once", "--batch", dest="once", action="store_true",
@@ -144,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
              "or thread), 'bpf' (one BPF program per tracepoint, counting per process "
              "and reason), or 'auto': BPF where the kernel and privileges allow it "
              "(default: auto)")
+    add("--durations", action="store_true",
+        help="measure how long each exit keeps the vCPU out of the guest, per event and "
+             "reason (count, time share, avg, p50, p99, max): with -1 and -l/-L the "
+             "table, with --json a \"durations\" object, with --serve Prometheus "
+             "histograms; needs the BPF engine")
     add("--version", action="version", version=f"%(prog)s (kvmstat) {__version__}")
     return parser
 
@@ -279,6 +285,7 @@ def parse_options(argv: Optional[Sequence[str]] = None) -> Options:
     opts.by_guest = args.by_guest
     opts.serve = args.serve
     opts.engine = args.engine
+    opts.durations = args.durations
     return opts
 
 
@@ -318,7 +325,7 @@ def _sampler_options(opts: Options, paths: Paths, *, by_vm: Optional[bool] = Non
                           by_vm=opts.by_guest if by_vm is None else by_vm,
                           engine=opts.engine, include_past=opts.include_past,
                           histograms=opts.json if histograms is None else histograms,
-                          paths=paths)
+                          durations=opts.durations, paths=paths)
 
 
 def _run_fields_help(opts: Options, paths: Paths) -> int:
@@ -348,6 +355,12 @@ def _run_batch(opts: Options, paths: Paths) -> int:
         if opts.json:
             from .formats.json import sample_json
             out.write(sample_json(sample, by_guest=opts.by_guest))
+        elif opts.durations:
+            from .formats.durations import batch_duration_lines, by_guest_duration_lines
+
+            lines = (by_guest_duration_lines(sample) if opts.by_guest
+                     else batch_duration_lines(sample))
+            out.write("".join(line + "\n" for line in lines))
         else:
             lines = by_guest_batch_lines(sample) if opts.by_guest else batch_lines(sample)
             if opts.by_guest and not lines:
@@ -382,7 +395,12 @@ def _run_log(opts: Options, paths: Paths) -> int:
     from .logger import LogFile, Logger, StreamOutput, log_layout
     from .signals import Signals
 
-    layout = log_layout(_log_format(opts), opts.by_guest)
+    if opts.durations:
+        from .logger import durations_log_layout
+
+        layout = durations_log_layout(_log_format(opts), opts.by_guest)
+    else:
+        layout = log_layout(_log_format(opts), opts.by_guest)
     signals = Signals(hangup="reload" if opts.log_file is not None else "ignore")
     if opts.log_file is not None:
         output = LogFile(opts.log_file, notify=_notify)
@@ -428,10 +446,18 @@ def _run_serve(opts: Options, paths: Paths) -> int:
         options = _sampler_options(opts, paths, by_vm=per_vm and opts.pid is None,
                                    histograms=True)
         sampler = sampler_for(options, notify=_notify)
-        return KvmCollector(sampler, vm=vm, release=release_later, notify=_notify,
-                            vm_series=vm_series, vcpu_series=vcpu_series,
-                            names=GuestNames(paths.proc),
-                            histograms=options.field_filter.matches, version=__version__)
+        collector = KvmCollector(sampler, vm=vm, release=release_later, notify=_notify,
+                                 vm_series=vm_series, vcpu_series=vcpu_series,
+                                 names=GuestNames(paths.proc),
+                                 histograms=options.field_filter.matches, version=__version__)
+        if sampler.durations is not None:
+            from .exporter_durations import durations_writer
+            from .exporter_render import vm_label_text
+
+            collector.add_families(durations_writer(
+                sampler.durations, vm_label_text(vm.pid, vm.name) if vm is not None else "",
+                vm_series if options.by_vm else None))
+        return collector
 
     web = load_web_config(opts.web_config) if opts.web_config is not None else None
     with MetricsServer(parse_serve_address(opts.serve), notify=_notify, web=web) as server, \

@@ -21,6 +21,8 @@ FLAG_HINTS: Tuple[Tuple[str, str], ...] = (
     ("count fewer events", "count fewer events with -f"),
     ("choose one by pid", "choose one with -p PID"),
     ("(see the list of fields)", "(see '-f help')"),
+    ("exit durations need", "exit durations (--durations) need"),
+    ("the perf engine was asked for", "the perf engine was asked for (--engine perf)"),
 )
 
 

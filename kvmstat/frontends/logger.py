@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence
 
 from ..errors import Error, InvalidArgument, error_from_errno
+from .formats import durations as durations_format
 from .formats import json as json_format
 from .formats import log as log_format
 from ..sampling.sampler import Sample
@@ -75,6 +76,21 @@ def log_layout(fmt: str, by_guest: bool = False) -> LogLayout:
     if fmt == "json":
         return LogLayout(None, functools.partial(json_format.json_rows, by_guest=by_guest))
     raise InvalidArgument(f"unknown log format '{fmt}' (known: {', '.join(FORMATS)})")
+
+
+def durations_log_layout(fmt: str, by_guest: bool = False) -> LogLayout:
+    """The layout of log mode with ``--durations``: plain and CSV get one
+    row per field (and VM) with durations in the interval
+    (:mod:`kvmstat.frontends.formats.durations`), JSON its usual object,
+    which then carries ``"durations"``."""
+    if fmt == "plain":
+        return LogLayout(durations_format.log_banner, durations_format.plain_log_rows,
+                         repeat_every=log_format.BANNER_EVERY)
+    if fmt == "csv":
+        return LogLayout(functools.partial(durations_format.csv_log_header, by_guest=by_guest),
+                         functools.partial(durations_format.csv_log_rows, by_guest=by_guest),
+                         header_once=True)
+    return log_layout(fmt, by_guest)
 
 
 # -- outputs -------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The interactive display (SPEC §4): curses drawing and keys.
 
 :class:`Display` owns one :class:`~kvmstat.sampling.sampler.Sampler` at a time, obtained
-from an *opener*; keys that change what is counted (``b c f g p x``) open a
+from an *opener*; keys that change what is counted (``b c f g p t x``) open a
 new sampler and release the old one.  What the screen shows comes from
 :mod:`kvmstat.frontends.tui_layout`; this module only draws it and reads keys.
 
@@ -32,12 +32,14 @@ from .arguments import DELAY_RANGE, parse_delay, parse_pid
 from .hints import with_flags
 from ..textsafe import safe_text
 from .signals import Signals
+from .tui_durations import durations_screen
 from .tui_layout import Line, View
 from ..host.vms import find_vm, find_vm_by_name, list_vms
 
 __all__ = ["Display", "run_tui", "check_terminal", "Opener", "MIN_INTERVAL"]
 
-#: opener(field filter, pid or None, per-VM breakdown) -> a new Sampler
+#: opener(field filter, pid or None, per-VM breakdown) -> a new Sampler; the
+#: durations view (key t) also passes ``durations=True``
 Opener = Callable[[FieldFilter, Optional[int], bool], Sampler]
 
 #: Shortest sample interval a key press may start (seconds); shorter ones
@@ -85,13 +87,14 @@ class Display:
 
     def __init__(self, opener: Opener, *, delay: float,
                  regex: Optional[str] = None, pid: Optional[int] = None,
-                 by_guest: bool = False, children: bool = False, proc: str = "/proc",
-                 clock: Callable[[], float] = time.monotonic):
+                 by_guest: bool = False, children: bool = False, durations: bool = False,
+                 proc: str = "/proc", clock: Callable[[], float] = time.monotonic):
         self._opener = opener
         self._proc = proc
         self._clock = clock
         self.delay = delay
-        self.view = View(regex=regex or None, pid=pid, by_guest=by_guest, children=children)
+        self.view = View(regex=regex or None, pid=pid, by_guest=by_guest, children=children,
+                         durations=durations)
         self.sampler: Optional[Sampler] = None
         self.sample: Optional[Sample] = None
         self._names: Dict[int, Optional[str]] = {}  # guest names looked up here
@@ -108,8 +111,10 @@ class Display:
             return None
 
     def _open(self, regex: Optional[str], pid: Optional[int], children: bool,
-              by_vm: bool) -> Sampler:
-        sampler = self._opener(FieldFilter(regex, children=children), pid, by_vm)
+              by_vm: bool, durations: bool = False) -> Sampler:
+        # Only a durations view asks the opener for durations (key t).
+        extra = {"durations": True} if durations else {}
+        sampler = self._opener(FieldFilter(regex, children=children), pid, by_vm, **extra)
         try:
             sampler.sample()  # the first interval starts now
         except BaseException:
@@ -128,7 +133,7 @@ class Display:
     def open(self) -> None:
         """Open the first sampler (errors propagate; nothing is drawn yet)."""
         v = self.view
-        self.sampler = self._open(v.regex, v.pid, v.children, v.by_guest)
+        self.sampler = self._open(v.regex, v.pid, v.children, v.by_guest, v.durations)
         v.engine = self.sampler.engine
         if v.pid is not None:
             v.guest = self._guest_name(v.pid)
@@ -142,7 +147,8 @@ class Display:
         """
         wanted = dataclasses.replace(self.view, **changes)
         try:
-            sampler = self._open(wanted.regex, wanted.pid, wanted.children, wanted.by_guest)
+            sampler = self._open(wanted.regex, wanted.pid, wanted.children, wanted.by_guest,
+                                 wanted.durations)
         except Error as exc:
             return with_flags(str(exc))
         old, self.sampler = self.sampler, sampler
@@ -230,7 +236,8 @@ class Display:
 
     def _draw(self) -> None:
         height, width = self._scr.getmaxyx()
-        self._paint(layout.screen(self.sample, self.view, width, height, self.guest_names()))
+        draw = durations_screen if self.view.durations else layout.screen
+        self._paint(draw(self.sample, self.view, width, height, self.guest_names()))
 
     def _wait_key(self, seconds: Optional[float], text: bool = False):
         """The next key, or None after *seconds* (None: no time limit).
@@ -385,6 +392,8 @@ class Display:
             self._reset()
         elif char == "s":
             self._ask_delay()
+        elif char == "t":
+            v.message = self._switch(durations=not v.durations)
         elif char == "x":
             v.message = self._switch(children=not v.children)
         else:
@@ -465,10 +474,11 @@ def run_tui(options: SamplerOptions, *, delay: float,
         elif notify is not None:
             notify(message)
 
-    def opener(selection: FieldFilter, vm_pid: Optional[int], by_vm: bool) -> Sampler:
+    def opener(selection: FieldFilter, vm_pid: Optional[int], by_vm: bool,
+               durations: bool = False) -> Sampler:
         return sampler_for(dataclasses.replace(options, fields=selection, pid=vm_pid,
-                                               by_vm=by_vm), notify=tell)
+                                               by_vm=by_vm, durations=durations), notify=tell)
 
     display = Display(opener, delay=delay, regex=options.field_filter.regex,
-                      pid=options.pid, proc=options.paths.proc)
+                      pid=options.pid, durations=options.durations, proc=options.paths.proc)
     return display.run()

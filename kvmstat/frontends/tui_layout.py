@@ -52,6 +52,7 @@ class View:
     dead: bool = False              # the VM of pid has exited
     message: Optional[str] = None   # one-line note at the bottom
     engine: Optional[str] = None    # how tracepoints are counted ("bpf", "perf")
+    durations: bool = False         # t: the durations view
 
 
 @dataclass(frozen=True)
@@ -260,6 +261,7 @@ _HELP = [
     ("q", "quit"),
     ("r", "reset the counters"),
     ("s", "set the refresh interval"),
+    ("t", "show exit durations (count, time share, avg, p50, p99, max) on/off"),
     ("x", "show child events (reasons) on/off"),
 ]
 

@@ -36,7 +36,8 @@ class SamplerOptions:
     (``auto``, ``bpf``, ``perf``); ``backend``: the perf backend (``c``,
     ``python``, None for the default); ``include_past``: debugfs and binary
     statistics count from VM creation; ``histograms``: samples carry the
-    histogram statistics whose names ``fields`` matches; ``paths``: where
+    histogram statistics whose names ``fields`` matches; ``durations``:
+    samples carry the exit durations of those fields (BPF only); ``paths``: where
     /proc, /sys, tracefs and debugfs are; ``counters``: how counters are
     made (the real counting core unless a test gives fakes).
     Raises :class:`~kvmstat.errors.InvalidArgument` for an unknown provider
@@ -51,6 +52,7 @@ class SamplerOptions:
     backend: Optional[str] = None
     include_past: bool = False
     histograms: bool = False
+    durations: bool = False
     paths: Paths = field(default_factory=Paths)
     counters: CounterFactories = field(default_factory=real_counters)
 

@@ -13,6 +13,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from ..errors import VMGone
 from .fields import parent_of
+from ..counting.durations import Durations
 from ..providers.base import Histograms, Provider, Totals
 
 __all__ = ["Sample", "Sampler", "FieldValues", "vm_exited_message"]
@@ -41,6 +42,9 @@ class Sample:
     interval to their last field values (the counts up to the exit), when
     the sampler follows VMs (a per-VM breakdown, or one VM watched with
     ``pid=``: then :attr:`Sampler.done` is True from this sample on).
+    ``durations`` holds the exit durations
+    (:class:`~kvmstat.counting.durations.Durations`) when the sampler was opened
+    with a durations source (None otherwise).
     """
 
     time: float
@@ -52,6 +56,7 @@ class Sample:
     histograms: Optional[Histograms] = None
     vm_histograms: Optional[Dict[int, Histograms]] = None
     ended: Dict[int, FieldValues] = field(default_factory=dict)
+    durations: Optional["Durations"] = None
 
     def rate(self, name: str) -> float:
         """Per-second rate of *name* over this sample's interval."""
@@ -82,19 +87,24 @@ class Sampler:
     breakdown too.  *names* is an optional callable mapping a VM pid to its
     guest name.  *histograms*, a predicate on histogram names, asks for the
     providers' histogram statistics whose names it accepts (``lambda name:
-    True`` for all).  The sampler owns the providers: :meth:`close` closes
-    them.
+    True`` for all).  *durations*, a source of exit durations (see
+    :class:`~kvmstat.sampling.duration_source.DurationSource`: anything with
+    ``sample()``, ``reset()`` and ``close()``), fills ``Sample.durations``.
+    The sampler owns the providers and the durations source: :meth:`close`
+    closes them.
     """
 
     def __init__(self, providers: Sequence[Provider], *, by_vm: bool = False,
                  names: Optional[Callable[[int], Optional[str]]] = None,
                  histograms: Optional[Callable[[str], bool]] = None,
+                 durations=None,
                  clock: Callable[[], float] = time.monotonic,
                  wallclock: Callable[[], float] = time.time):
         self.providers = list(providers)
         self.by_vm = by_vm
         self._names = names
         self._histogram_filter = histograms
+        self.durations = durations
         self._clock = clock
         self._wallclock = wallclock
         self._previous: Totals = {}
@@ -185,6 +195,7 @@ class Sampler:
             if self._names is not None:
                 vm_names = {pid: self._names(pid) for pid in per_vm}
             self._previous_vm = per_vm
+        durations = self.durations.sample() if self.durations is not None else None
         interval = 0.0 if self._previous_time is None else now - self._previous_time
         values = _with_deltas(totals, self._previous)
         ended: Dict[int, FieldValues] = {}
@@ -203,20 +214,24 @@ class Sampler:
         self._previous = totals
         self._previous_time = now
         return Sample(self._wallclock(), interval, values, by_vm, vm_names, self.engine,
-                      histograms, vm_histograms, ended)
+                      histograms, vm_histograms, ended, durations)
 
     def reset(self) -> None:
         """Zero every counter; the next sample starts a new interval."""
         for provider in self.providers:
             provider.reset()
+        if self.durations is not None:
+            self.durations.reset()
         self._previous = {}
         self._previous_vm = {}
         self._previous_time = None
 
     def close(self) -> None:
-        """Close every provider."""
+        """Close every provider (and the durations source)."""
         for provider in self.providers:
             provider.close()
+        if self.durations is not None:
+            self.durations.close()
 
     def __enter__(self) -> "Sampler":
         return self

@@ -158,10 +158,24 @@ def providers_for(options: SamplerOptions, notify: Notify = None) -> List[Provid
 
 
 def sampler_for(options: SamplerOptions, notify: Notify = None) -> Sampler:
-    """Open the providers of *options* (:func:`providers_for`) in a :class:`Sampler`."""
-    opened = providers_for(options, notify)
+    """Open the providers of *options* (:func:`providers_for`) in a :class:`Sampler`,
+    with the exit durations source when ``options.durations`` asks for it."""
+    source = None
+    if options.durations:
+        from .duration_source import open_durations
+
+        source = open_durations(options.paths, engine=options.engine, backend=options.backend,
+                                notify=notify, wanted=options.field_filter.matches,
+                                pid=options.pid, by_vm=options.by_vm)
+    try:
+        opened = providers_for(options, notify)
+    except BaseException:
+        if source is not None:
+            source.close()
+        raise
     return Sampler(opened, by_vm=options.by_vm, names=GuestNames(options.paths.proc),
-                   histograms=options.field_filter.matches if options.histograms else None)
+                   histograms=options.field_filter.matches if options.histograms else None,
+                   durations=source)
 
 
 def open_providers(providers: Sequence[str] = ("tracepoints",), *,
@@ -192,18 +206,21 @@ def open_sampler(providers: Sequence[str] = ("tracepoints",), *,
                  by_vm: bool = False, paths: Optional[Paths] = None,
                  backend: Optional[str] = None, include_past: bool = False,
                  notify: Notify = None, engine: str = "auto",
-                 histograms: bool = False) -> Sampler:
+                 histograms: bool = False, durations: bool = False) -> Sampler:
     """Open providers (see :func:`open_providers`) and return a :class:`Sampler`.
 
     With *by_vm*, samples carry ``by_vm`` (pid -> field values) and
     ``vm_names`` (pid -> guest name) too.  With *histograms*, samples carry
     the providers' histogram statistics (``histograms``, and
-    ``vm_histograms`` with *by_vm*) whose names *fields* matches.  The
+    ``vm_histograms`` with *by_vm*) whose names *fields* matches.  With
+    *durations*, samples carry the exit durations of the fields *fields*
+    matches (``Sample.durations``, see :mod:`kvmstat.sampling.duration_source`);
+    :class:`NotAvailable` says why where they cannot be measured.  The
     arguments make one :class:`~kvmstat.sampling.options.SamplerOptions`
     (see :func:`sampler_for`).
     """
     return sampler_for(SamplerOptions(providers=tuple(providers), fields=fields, pid=pid,
                                       by_vm=by_vm, engine=engine, backend=backend,
                                       include_past=include_past, histograms=histograms,
-                                      paths=paths or Paths()),
+                                      durations=durations, paths=paths or Paths()),
                        notify)

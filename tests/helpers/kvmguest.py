@@ -34,20 +34,22 @@ Process form (for tests that watch a VM process from outside)::
 prints ``ready <pid>`` and then reads one command per line on stdin, answering
 one line on stdout: ``ok [value]`` or ``error <message>``.  Commands:
 
-=================  ==========================================================
-``run N [VCPU]``   N checked KVM_RUN calls on VCPU (default 0); ``ok``
-``thread N``       :meth:`Guest.run_in_new_thread`; ``ok <tid of the thread>``
-``vcpu``           :meth:`Guest.add_vcpu`; ``ok <vcpu index>``
-``stats``          :meth:`Guest.stats_fds`; ``ok <number of fds>``
-``idle N [VCPU]``  :meth:`Guest.halt_waits` (idle only); ``ok``
-``churn SECONDS``  the main thread starts and joins short threads for that long;
-                   ``ok <number of threads>``
-``loop [VCPU]``    :meth:`Guest.start_loop` (cpuid-loop only); ``ok <tid>``
-``stop``           :meth:`Guest.stop_loop`; ``ok <iterations>``
-``count [VCPU]``   :meth:`Guest.loop_iterations`; ``ok <counter>`` (while it runs)
-``tids``           ``ok <tid> <tid> ...`` of the threads of this process
-``quit``           ``ok``, then exit 0
-=================  ==========================================================
+=====================  ==========================================================
+``run N [VCPU]``       N checked KVM_RUN calls on VCPU (default 0); ``ok``
+``hold N MS [VCPU]``   the same, each exit held MS milliseconds (busy-wait) in
+                       user space before the next KVM_RUN (``Guest.run(hold=)``)
+``thread N``           :meth:`Guest.run_in_new_thread`; ``ok <tid of the thread>``
+``vcpu``               :meth:`Guest.add_vcpu`; ``ok <vcpu index>``
+``stats``              :meth:`Guest.stats_fds`; ``ok <number of fds>``
+``idle N [VCPU]``      :meth:`Guest.halt_waits` (idle only); ``ok``
+``churn SECONDS``      the main thread starts and joins short threads for that long;
+                       ``ok <number of threads>``
+``loop [VCPU]``        :meth:`Guest.start_loop` (cpuid-loop only); ``ok <tid>``
+``stop``               :meth:`Guest.stop_loop`; ``ok <iterations>``
+``count [VCPU]``       :meth:`Guest.loop_iterations`; ``ok <counter>`` (while it runs)
+``tids``               ``ok <tid> <tid> ...`` of the threads of this process
+``quit``               ``ok``, then exit 0
+=====================  ==========================================================
 
 :class:`GuestProcess` spawns and drives that process.
 
@@ -313,8 +315,13 @@ class Guest:
         except IndexError:
             raise GuestError(f"no vCPU {vcpu} (guest has {len(self._vcpus)})") from None
 
-    def run(self, n: int, vcpu: int = 0) -> None:
-        """Call KVM_RUN n times on ``vcpu``, checking every exit (pio/hlt only)."""
+    def run(self, n: int, vcpu: int = 0, hold: float = 0.0) -> None:
+        """Call KVM_RUN n times on ``vcpu``, checking every exit (pio/hlt only).
+
+        With ``hold`` (seconds), each exit is held that long in user space
+        before the next KVM_RUN (also after the last one), busy-waiting on
+        the monotonic clock so that the thread stays on its CPU: the exact
+        VMM time the durations tests measure."""
         expected = EXPECTED_EXIT[self.program]
         if expected is None:
             raise GuestError(f"program {self.program!r} never exits; use start_loop()")
@@ -330,6 +337,8 @@ class Guest:
                         f"{_exit_name(self._exit_reason(v))}") from e
                 self._check_exit(v, expected)
                 v.runs += 1
+                if hold > 0:
+                    _busy_wait(hold)
 
     @staticmethod
     def _exit_reason(v: _Vcpu) -> int:
@@ -561,6 +570,13 @@ class Guest:
             pass
 
 
+def _busy_wait(seconds: float) -> None:
+    """Spin on the monotonic clock for at least ``seconds`` (no sleeping)."""
+    end = time.monotonic_ns() + int(seconds * 1e9)
+    while time.monotonic_ns() < end:
+        pass
+
+
 def _churn_threads(seconds: float) -> int:
     """Start and join short-lived threads from the calling thread for *seconds*."""
     deadline = time.monotonic() + seconds
@@ -612,6 +628,10 @@ def _serve(guest: Guest, stdin, stdout) -> int:
         try:
             if cmd == "run" and len(args) in (1, 2):
                 guest.run(int(args[0]), int(args[1]) if len(args) == 2 else 0)
+                reply("ok")
+            elif cmd == "hold" and len(args) in (2, 3):
+                guest.run(int(args[0]), int(args[2]) if len(args) == 3 else 0,
+                          hold=float(args[1]) / 1000)
                 reply("ok")
             elif cmd == "thread" and len(args) == 1:
                 reply(f"ok {guest.run_in_new_thread(int(args[0]))}")
@@ -737,8 +757,11 @@ class GuestProcess:
                          + self._stderr_text())
 
     # -- API mirroring Guest -------------------------------------------------
-    def run(self, n: int, vcpu: int = 0) -> None:
-        self.command(f"run {n} {vcpu}")
+    def run(self, n: int, vcpu: int = 0, hold: float = 0.0) -> None:
+        if hold > 0:
+            self.command(f"hold {n} {hold * 1000!r} {vcpu}")
+        else:
+            self.command(f"run {n} {vcpu}")
 
     def thread(self, n: int) -> int:
         """run_in_new_thread in the child; returns the (ended) thread's tid."""

@@ -11,7 +11,9 @@ The boot sector loops forever on::
     7c0b: jmp 7c00        EB F3
 
 so every timer tick (the in-kernel PIT, run by the ``kvm-pit/<pid>`` kernel
-thread) makes one port write, one cpuid and one halt.  The debugcon output
+thread) makes one port write, one cpuid and one halt.  ``pit_hz`` puts
+:func:`pit_program` before the loop: the PIT then ticks at that rate (the
+BIOS leaves it at 18.2 Hz), e.g. 1000 for a halt of about 1 ms per tick.  The debugcon output
 (a file) shows when the BIOS has handed over to the boot sector, which takes
 seconds where the BIOS runs emulated.  No kvmstat code here.
 """
@@ -27,24 +29,45 @@ import subprocess
 import tempfile
 import time
 
-__all__ = ["BOOT_SECTOR", "QemuGuest"]
+__all__ = ["BOOT_SECTOR", "PIT_HZ", "QemuGuest", "boot_sector", "pit_program"]
 
 _MARK = 0xA5
 _CODE = bytes([0xB0, _MARK, 0xE6, 0xE9, 0x66, 0x31, 0xC0, 0x0F, 0xA2, 0xFB, 0xF4, 0xEB, 0xF3])
 BOOT_SECTOR = _CODE + bytes(510 - len(_CODE)) + b"\x55\xAA"
 
+#: the PIT's input clock
+PIT_HZ = 1193182
+
+
+def pit_program(hz: int) -> bytes:
+    """Real-mode code setting PIT channel 0 to a rate generator of *hz*:
+    ``mov al,0x34; out 0x43,al; mov al,lo; out 0x40,al; mov al,hi; out 0x40,al``."""
+    divisor = round(PIT_HZ / hz)
+    if not 1 < divisor < 0x10000:
+        raise ValueError(f"the PIT cannot tick at {hz} Hz")
+    return bytes([0xB0, 0x34, 0xE6, 0x43, 0xB0, divisor & 0xFF, 0xE6, 0x40,
+                  0xB0, divisor >> 8, 0xE6, 0x40])
+
+
+def boot_sector(pit_hz: "int | None" = None) -> bytes:
+    """:data:`BOOT_SECTOR`, with the PIT set to *pit_hz* first when given
+    (the loop's jump is relative, so it still loops on itself)."""
+    code = (pit_program(pit_hz) if pit_hz else b"") + _CODE
+    return code + bytes(510 - len(code)) + b"\x55\xAA"
+
 
 class QemuGuest:
     """``qemu-system-x86_64 -accel kvm -name guest=NAME,debug-threads=on -smp VCPUS ...``
 
-    booting :data:`BOOT_SECTOR`; *qemu* is the binary and its own options
+    booting :func:`boot_sector` (*pit_hz*); *qemu* is the binary and its own options
     (``helpers.qemu10.QemuBinary.argv``).  :attr:`pid` is QEMU's process id; the
     constructor returns once its vCPU threads (``CPU <n>/KVM``) and the
     ``kvm-pit/<pid>`` kernel thread exist and the boot sector runs.
     """
 
     def __init__(self, name: str, vcpus: int = 2, timeout: float = 120.0,
-                 qemu: "tuple[str, ...]" = ("qemu-system-x86_64",)):
+                 qemu: "tuple[str, ...]" = ("qemu-system-x86_64",),
+                 pit_hz: "int | None" = None):
         self.name = name
         self.vcpus = vcpus
         self._dir = tempfile.mkdtemp(prefix="kvmstat-qemu-")
@@ -53,7 +76,7 @@ class QemuGuest:
         self._qmp_path = os.path.join(self._dir, "qmp.sock")
         self._qmp: "socket.socket | None" = None
         with open(image, "wb") as f:
-            f.write(BOOT_SECTOR)
+            f.write(boot_sector(pit_hz))
         self.args = [*qemu, "-accel", "kvm",
                      "-name", f"guest={name},debug-threads=on", "-smp", str(vcpus),
                      "-m", "64", "-display", "none", "-nodefaults", "-no-reboot",

@@ -348,3 +348,30 @@ def test_a_hang_up_ends_it_quietly(app):
     term.wait_for(has_total)
     os.close(term.master)                           # the terminal goes away: SIGHUP
     assert term.proc.wait(5) == 0
+
+
+def test_t_shows_the_durations_view_sorted_by_time_and_back(app):
+    term, opens = app("--delay", "25")
+    term.wait_for(has_total)
+    term.send("t")
+    term.wait_for("kvm_userspace_exit(MMIO)")
+    lines = screen_text(term).splitlines()
+    assert lines[1].startswith("Durations since start, sorted by time (t: counts)")
+    assert lines[2].split() == ["Event", "count", "time%", "avg(us)", "p50(us)", "p99(us)",
+                                "max(us)"]
+    assert [line.split() for line in lines[3:6]] == [
+        # p50 and p99 fall in the bucket [2.1 ms, 4.2 ms): capped at the 3 ms maximum
+        ["kvm_userspace_exit", "5", "100.0", "2408.0", "3000.0", "3000.0", "3000.0"],
+        ["kvm_userspace_exit(IO)", "4", "99.7", "3000.0", "3000.0", "3000.0", "3000.0"],
+        ["kvm_userspace_exit(MMIO)", "1", "0.3", "40.0", "40.0", "40.0", "40.0"]]
+    assert lines[6] == "no durations for kvm_exit: it never fires here"
+    assert term.row_style(2, 0) == (False, True)
+    assert opens()[-1]["durations"] is True
+    term.send("t")
+    term.wait_for(has_total)
+    assert opens()[-1]["durations"] is False
+    term.send("h")
+    term.wait_for("show exit durations")
+    term.send(" ")
+    term.send("q")
+    assert term.wait_exit(5) == 0

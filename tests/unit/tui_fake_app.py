@@ -20,6 +20,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # the worktree's kvmstat
 
+from kvmstat.counting.durations import BUCKETS, DurationHistogram, Durations  # noqa: E402
 from kvmstat.errors import InvalidArgument  # noqa: E402
 from kvmstat.providers.base import Provider, Reading  # noqa: E402
 from kvmstat.sampling.sampler import Sampler  # noqa: E402
@@ -89,6 +90,32 @@ class FakeProvider(Provider):
         pass
 
 
+class FakeDurations:
+    """Durations of known histograms (the ``t`` view): 4 port exits of 3 ms
+    and one MMIO exit of 40 us for VM 1001, kvm_exit unavailable."""
+
+    def __init__(self, by_vm):
+        self._by_vm = by_vm
+
+    def sample(self):
+        io = DurationHistogram(4, 12_000_000, 3_000_000, _buckets({21: 4}))
+        mmio = DurationHistogram(1, 40_000, 40_000, _buckets({15: 1}))
+        total = {"kvm_userspace_exit": io + mmio, "kvm_userspace_exit(IO)": io,
+                 "kvm_userspace_exit(MMIO)": mmio}
+        vms = {1001: total} if self._by_vm else None
+        return Durations(total, total, vms, vms, {"kvm_exit": "it never fires here"})
+
+    def reset(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def _buckets(filled):
+    return tuple(filled.get(i, 0) for i in range(BUCKETS))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--pid", type=int)
@@ -102,16 +129,18 @@ def main(argv=None) -> int:
         VMS[1001] = (args.vm_name, VMS[1001][1])
     log_path = os.environ.get("FAKE_APP_LOG")
 
-    def opener(selection, pid, by_vm):
+    def opener(selection, pid, by_vm, durations=False):
         fields = selection.select(STEPS)
         if not fields:  # as sources.open_sampler does
             raise InvalidArgument(f"no field matches '{selection.regex}'")
         if log_path:
             with open(log_path, "a") as log:
-                log.write(json.dumps({"fields": fields, "pid": pid, "by_vm": by_vm}) + "\n")
+                log.write(json.dumps({"fields": fields, "pid": pid, "by_vm": by_vm,
+                                      "durations": durations}) + "\n")
         ticks = itertools.count()
         return Sampler([FakeProvider(fields, args.die_after, pid)], by_vm=by_vm,
                        names=lambda vm: VMS[vm][0],
+                       durations=FakeDurations(by_vm) if durations else None,
                        clock=lambda: next(ticks) * SECONDS_PER_SAMPLE)
 
     display = Display(opener, delay=args.delay,

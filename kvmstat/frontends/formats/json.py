@@ -28,6 +28,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 from ...providers.base import Histograms
 from ...sampling.sampler import Sample
 from ...textsafe import safe_name, safe_text
+from .durations import durations_object
 from .log import all_zero
 
 __all__ = ["sample_object", "sample_json", "json_rows"]
@@ -69,7 +70,9 @@ def sample_object(sample: Sample, fields: Optional[Sequence[str]] = None,
     sample, sorted).  ``"engine"`` is there when the sample says how
     tracepoints were counted.  With *by_guest*, ``"guests"`` holds every VM of
     ``sample.by_vm`` keyed by pid (as text, JSON keys are strings).
-    ``"histograms"`` is there only when the sample carries any.
+    ``"histograms"`` is there only when the sample carries any, and
+    ``"durations"`` (over the interval, also per guest) when it carries
+    durations (see :func:`~kvmstat.frontends.formats.durations.durations_object`).
     """
     names = sorted(sample.values) if fields is None else list(fields)
     obj = {
@@ -81,6 +84,9 @@ def sample_object(sample: Sample, fields: Optional[Sequence[str]] = None,
     obj["fields"] = _fields_object(sample.values, names)
     if sample.histograms:
         obj["histograms"] = _histograms_object(sample.histograms)
+    durations = sample.durations
+    if durations is not None:
+        obj["durations"] = durations_object(durations.delta)
     if by_guest:
         by_vm = sample.by_vm or {}
         vm_histograms = sample.vm_histograms or {}
@@ -90,6 +96,8 @@ def sample_object(sample: Sample, fields: Optional[Sequence[str]] = None,
                                         "fields": _fields_object(by_vm[pid], names)}
             if vm_histograms.get(pid):
                 guest["histograms"] = _histograms_object(vm_histograms[pid])
+            if durations is not None and durations.by_vm_delta is not None:
+                guest["durations"] = durations_object(durations.by_vm_delta.get(pid, {}))
     return obj
 
 
