@@ -158,7 +158,10 @@ def test_library_by_vm_guest_exits_is_reported_once_more(guest_process):
         leaving.run(22)
         leaving.close()
         after_exit = sampler.sample()
-        assert after_exit.ended == {leaving.pid: after_exit.by_vm[leaving.pid]}
+        # Only our own VMs: other processes on the host may end theirs meanwhile.
+        ours = {pid: values for pid, values in after_exit.ended.items()
+                if pid in (leaving.pid, staying.pid)}
+        assert ours == {leaving.pid: after_exit.by_vm[leaving.pid]}
         assert not sampler.done  # no one VM watched: nothing is over
         assert after_exit.by_vm[leaving.pid]["kvm_pio"] == (22, 22)
         assert after_exit.vm_names[leaving.pid] == leaving.name
