@@ -278,12 +278,12 @@ def test_the_exporter_units_command_line_works_with_only_its_capabilities(guest_
         def scraped():
             with urllib.request.urlopen(url[0], timeout=30) as response:
                 body = response.read().decode()
-            # sum(): the series of the VMs and pid="none" add up to the host.
-            host = sum(float(v) for v in re.findall(
-                r"^kvm_tracepoint_pio_total(?:\{.*\})? (\S+)$", body, re.M))
-            return host >= 200
+            # The guest's own series: exactly its port writes.
+            found = re.search(rf'^kvm_tracepoint_pio_total\{{pid="{guest.pid}",[^}}]*\}} (\S+)$',
+                              body, re.M)
+            return found and float(found.group(1)) == 200
 
-        wait_for(scraped, "200 port writes in sum(kvm_tracepoint_pio_total)", proc=proc)
+        wait_for(scraped, "the guest's 200 port writes in a scrape", proc=proc)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
