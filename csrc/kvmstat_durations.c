@@ -816,6 +816,14 @@ int kvmstat_dur_fds(const struct kvmstat_dur *d)
     return n;
 }
 
+int kvmstat_dur_force_iteration(struct kvmstat_dur *d)
+{
+    if (!d)
+        return -EINVAL;
+    d->use_iteration = 1;
+    return 0;
+}
+
 int kvmstat_dur_attached(const struct kvmstat_dur *d, unsigned int tp)
 {
     if (!d || tp >= NTRACEPOINTS)

@@ -128,6 +128,10 @@ int kvmstat_dur_read(struct kvmstat_dur *d, uint64_t *dropped);
 int kvmstat_dur_copy(const struct kvmstat_dur *d, struct kvmstat_dur_entry *out,
                      unsigned int cap);
 
+/* Read by key iteration from now on, as on kernels without batch lookups
+ * (for tests of that path). */
+int kvmstat_dur_force_iteration(struct kvmstat_dur *d);
+
 /* Start again from zero (histograms, pending timestamps, drops). */
 int kvmstat_dur_reset(struct kvmstat_dur *d);
 

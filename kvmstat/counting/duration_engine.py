@@ -238,6 +238,11 @@ class DurationCounter:
         """Start again from zero."""
         self._check(self._lib.kvmstat_dur_reset(self._eng), "resetting")
 
+    def use_key_iteration(self) -> None:
+        """Read by key iteration from now on instead of batch lookups (what
+        kernels before 5.6 get; for tests)."""
+        self._check(self._lib.kvmstat_dur_force_iteration(self._eng), "switching reads")
+
     @property
     def attachments(self) -> Dict[str, str]:
         """How each tracepoint's program is attached: ``"raw"`` (a raw
