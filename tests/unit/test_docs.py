@@ -26,7 +26,8 @@ _OUTSIDE = [
     (re.compile(r"\b" + "SP" + r"EC\b"), "cites a specification that is not in the repository"),
     (re.compile(re.escape("../" + "shared")), "points at a shared folder outside the repository"),
 ]
-_PARENT_PATH = re.compile(r"(?:\.\./)+[^\s)\]\"'`<>,;]*")
+# A path that starts by going up (not one like bin/../share inside another path).
+_PARENT_PATH = re.compile(r"(?<![\w./-])(?:\.\./)+[^\s)\]\"'`<>,;]*")
 _MD_LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
 _CITATION = re.compile(r"docs/design\.md((?:(?:,| and)?\s*§\d+(?:\.\d+)*)+)")
 _SECTION = re.compile(r"§(\d+(?:\.\d+)*)")
@@ -160,6 +161,7 @@ def test_the_checks_catch_what_they_forbid(tmp_path):
     forbidden = "see " + "SP" + "EC §3.4 and ../" + "shared/notes.md"
     assert all(p.search(forbidden) for p, _ in _OUTSIDE)
     escaping = [m.group(0) for m in _PARENT_PATH.finditer("open " + "../" * 3 + "etc/passwd")]
+    assert not _PARENT_PATH.search("man searches bin/" + "../share/man")
     target = os.path.normpath(os.path.join(ROOT, "docs", escaping[0]))
     assert os.path.commonpath([ROOT, target]) != ROOT
     cited = _CITATION.search("rule (docs/design.md §6.5, §6.9)")
