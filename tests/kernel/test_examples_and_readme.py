@@ -14,7 +14,7 @@ ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(
     p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p))
 
 
-#: where the library's runnable example lives (the README links to it)
+#: where the library's runnable example lives (the README points to it)
 LIBRARY_DOC = os.path.join(REPO_ROOT, "docs", "library.md")
 
 
