@@ -9,7 +9,7 @@
  * d with 2^i <= d < 2^(i+1) nanoseconds (bucket 0 also holds 0 and 1 ns,
  * the last bucket everything from 2^(KVMSTAT_DUR_BUCKETS-1) ns up).
  *
- * The kinds (README.md, "Exit durations"):
+ * The kinds (docs/durations.md, docs/design.md §3.4):
  *   VMM     kvm_userspace_exit(REASON) until the thread enters KVM_RUN
  *           again (the marker: kvm_fpu with load = 1, which KVM fires at
  *           the start of every KVM_RUN on x86, or syscalls:sys_enter_ioctl

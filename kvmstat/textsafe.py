@@ -19,8 +19,8 @@ regular expressions in error messages stay readable.
 Everything else (letters of any script, spaces, punctuation) is kept.  Text
 made of kvmstat's own words needs no escaping; the rule is applied where the
 outside text is placed into output (the formats, the display, the error
-line, the exporter's labels); README.md, "Names from outside, errors and faulty
-outputs", says it for users.
+line, the exporter's labels); docs/design.md §6.14 states the rule, and
+docs/output.md says it for users.
 """
 
 from __future__ import annotations

@@ -50,15 +50,57 @@ _SECTIONS = [
         "attribution): available or not, the reason, and the fix; then notes on the host.",
     ]),
     ("PROVIDERS", [
-        "\ttracepoints (\\fB-t\\fR, the default)\tperf counting of every kvm tracepoint, "
-        "one counter per reason for events that carry one; per CPU host-wide, per thread "
-        "for one VM or by guest.",
+        "\ttracepoints (\\fB-t\\fR, the default)\tCounting of every kvm tracepoint, "
+        "one counter per reason for events that carry one, with perf groups or BPF "
+        "programs (see ENGINES).",
         "\tdebugfs (\\fB-d\\fR)\tKVM's statistics files, host-wide and per VM directory; "
         "under kernel lockdown only the files that can be read are shown, the others are "
         "named once on standard error.",
         "\tbinary statistics (\\fB--binstats\\fR)\tKVM's own statistics, read from the "
         "statistics descriptors VM processes hold (QEMU 8.1 and newer keep them open); "
         "free for the guests and readable under lockdown.",
+    ]),
+    ("INTERACTIVE DISPLAY", [
+        "Each event's total, its share of all events (a child's share of its parent) and "
+        "its rate over the last refresh interval, sorted by rate or by total; a Total row "
+        "follows. The title names what is watched and the tracepoint engine, e.g. "
+        "\\fBkvm statistics - summary (bpf)\\fR.",
+        "\tb\tOne row per VM (by-guest view) on or off.",
+        "\tc\tClear the regex and guest filters.",
+        "\tf\tFilter events by a regular expression.",
+        "\tg, p\tWatch one VM, by guest name or by pid (the prompt lists running VMs).",
+        "\th\tHelp.",
+        "\to\tSort by current rate or by total.",
+        "\tq\tQuit at once; the perf events are closed afterwards by a detached process "
+        "named \\fBkvmstat-release\\fR.",
+        "\tr\tReset the counters.",
+        "\ts\tSet the refresh interval.",
+        "\tx\tChild events (one per reason) on or off.",
+        "Any other key refreshes. In prompts ESC cancels and an empty answer keeps the "
+        "current value. When the watched VM exits the title says \\fBGuest is DEAD\\fR and "
+        "its totals up to the exit stay on the screen.",
+    ]),
+    ("VMS", [
+        "A VM is a process holding a KVM VM file descriptor (\\fBanon_inode:kvm-vm\\fR). "
+        "Its guest name is read from its command line the way QEMU parses \\fB-name\\fR "
+        "(\\fB-name web1\\fR, \\fB-name guest=web1,...\\fR; the last guest given wins).",
+        "With \\fB-p\\fR or \\fB-g\\fR every thread of the VM process is counted, also "
+        "threads it starts later, and the kernel threads named after it "
+        "(\\fBkvm-pit/\\fR\\fIPID\\fR). With \\fB--by-guest\\fR every VM is counted "
+        "separately, and VMs that start later are found at the next refresh.",
+        "When the watched VM exits, every mode keeps its counts up to the exit: batch mode "
+        "prints them, log mode writes them as its last row, both exit 0; the exporter "
+        "drops the VM and keeps serving.",
+    ]),
+    ("ENGINES", [
+        "\tperf\tperf counting groups: one event per field per CPU (host-wide) or per "
+        "thread (\\fB-p\\fR, \\fB--by-guest\\fR); a child is a filtered copy of its parent.",
+        "\tbpf\tOne BPF program per tracepoint adds each hit to a table keyed by "
+        "tracepoint, process and reason: the breakdown by reason and VM costs about one "
+        "counting event, and the descriptors do not depend on CPUs or threads.",
+        "\tauto\tBPF where the kernel and the privileges allow it (root, or CAP_BPF with "
+        "CAP_PERFMON), perf groups otherwise, also when loading the programs fails (with a "
+        "note). Inside a PID namespace of its own, per-VM counting uses perf groups.",
     ]),
     ("LOG FORMATS", [
         "\tplain\tA banner of the field names, each followed by one space, then rows of "

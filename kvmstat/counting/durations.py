@@ -19,8 +19,8 @@ field                         what one duration is
 Each field is named after the event that starts the interval; a parent
 (``kvm_userspace_exit``) holds every reason of its event.  This module is the
 pure part: the histogram type, its bucket arithmetic and percentiles, and
-the folding of the engine's raw entries into fields.  README.md, "Exit
-durations", describes what the views show.
+the folding of the engine's raw entries into fields.  docs/durations.md
+describes what the views show.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Log mode as a service (SPEC §3.2, §6): the loop, its outputs and signals.
+"""Log mode as a service (docs/design.md §6.5, §6.9): the loop, its outputs and signals.
 
 - :class:`Logger` writes one row (or one JSON line) per interval; row *k* is
   due at start + k x delay on the monotonic clock, so the schedule does not

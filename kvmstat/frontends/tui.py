@@ -1,4 +1,4 @@
-"""The interactive display (SPEC §4): curses drawing and keys.
+"""The interactive display (docs/design.md §6.8): curses drawing and keys.
 
 :class:`Display` owns one :class:`~kvmstat.sampling.sampler.Sampler` at a time, obtained
 from an *opener*; keys that change what is counted (``b c f g p t x``) open a

@@ -2,7 +2,7 @@
 
 Pure functions, no curses: :func:`screen` turns a :class:`~kvmstat.sampling.sampler.Sample`
 and a :class:`View` into :class:`Line` objects (row, column, text, style) for
-the layout of SPEC §4; the help and prompt screens are built the same way.
+the layout of docs/design.md §6.8; the help and prompt screens are built the same way.
 :mod:`kvmstat.frontends.tui` draws them and handles the keys.
 """
 
@@ -205,7 +205,7 @@ def format_row(row: Row, width: int = 80) -> str:
 
 def screen(sample: Optional[Sample], view: View, width: int, height: int,
            names: Optional[Mapping[int, Optional[str]]] = None) -> List[Line]:
-    """Every line of the main screen (SPEC §4) for a *width* x *height* terminal.
+    """Every line of the main screen (docs/design.md §6.8) for a *width* x *height* terminal.
 
     *sample* is None before the first refresh.  *names* maps VM pids to guest
     names for the by-guest view when the sample itself does not name them.

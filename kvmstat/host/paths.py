@@ -2,7 +2,7 @@
 
 Mount points are looked up by filesystem type (the 3rd column of
 ``/proc/self/mounts``), never by the source column, which any user can set
-(SPEC §1.2).  Nothing is looked up at import time; every path is a parameter.
+(docs/design.md §6.2).  Nothing is looked up at import time; every path is a parameter.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """VM processes: discovery, guest names, threads, and following them over time.
 
 A VM process is one holding a KVM VM file descriptor: a link in
-``/proc/<pid>/fd`` pointing to ``anon_inode:kvm-vm`` (SPEC §5.1).  Guest
+``/proc/<pid>/fd`` pointing to ``anon_inode:kvm-vm`` (docs/design.md §5.1).  Guest
 names are read from the command line the way QEMU parses ``-name``.
 
 The threads that work for a VM are the threads of its process (vCPUs, I/O

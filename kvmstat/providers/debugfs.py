@@ -5,7 +5,7 @@ kernel sums it over every VM) and ``<debugfs>/kvm/<pid>-<fd>/<stat>`` the
 value of one VM, created by process ``pid`` as file descriptor ``fd``.  The
 VM directories also hold ``vcpuN/`` subdirectories; they are not VMs.
 
-Statistic kinds (decided by :func:`stat_kind`, explained in the README):
+Statistic kinds (decided by :func:`stat_kind`, explained in docs/design.md §6.10):
 
 ``counter``
     events counted since the VM was created (``exits``, ``io_exits``...).

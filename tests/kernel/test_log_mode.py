@@ -1,4 +1,4 @@
-"""Log mode on the real kernel, as a real process (SPEC §3.2, §3.3, §6).
+"""Log mode on the real kernel, as a real process (docs/design.md §6.5, §6.6, §6.9).
 
 A test guest process makes exactly N port writes (N kvm_pio events) while
 ``kvm_stat -L FILE -c -s 0.2 -p PID`` logs it; the file is renamed and

@@ -1,4 +1,4 @@
-"""The shipped service files, run for real.
+"""The shipped service files, run for real (docs/design.md §6.9).
 
 - The systemd unit's ExecStart command line runs (with only the file name
   and the interval changed, to keep the test short), logs CSV with a header

@@ -1,4 +1,4 @@
-"""Option parsing and validation (SPEC §2): before anything is opened."""
+"""Option parsing and validation (docs/design.md §6.3): before anything is opened."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""The shipped systemd unit and logrotate snippet (SPEC §6): their command
+"""The shipped systemd unit and logrotate snippet (docs/design.md §6.9): their command
 lines are kvm_stat's own, parsed by kvm_stat's parser, and the tools that
 read them accept them.  (tests/kernel/test_service_files.py runs them.)"""
 

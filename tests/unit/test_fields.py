@@ -1,4 +1,4 @@
-"""The parent/child naming rule and the -f filter (SPEC §2)."""
+"""The parent/child naming rule and the -f filter (docs/design.md §6.3)."""
 
 import pytest
 from hypothesis import given, strategies as st

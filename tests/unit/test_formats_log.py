@@ -1,4 +1,4 @@
-"""Golden outputs of the log formats (plain, CSV, by-guest) and JSON (SPEC §3.2, §3.3)."""
+"""Golden outputs of the log formats (plain, CSV, by-guest) and JSON (docs/design.md §6.5, §6.6)."""
 
 import calendar
 import dataclasses

@@ -1,4 +1,4 @@
-"""The library as a product (SPEC §8): a documented, typed public API."""
+"""The library as a product (docs/design.md §6.12): a documented, typed public API."""
 
 import inspect
 import os

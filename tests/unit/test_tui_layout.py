@@ -1,4 +1,4 @@
-"""The TUI's screen layout (SPEC §4) from fake samples: golden screens."""
+"""The TUI's screen layout (docs/design.md §6.8) from fake samples: golden screens."""
 
 import pytest
 from hypothesis import given, settings, strategies as st

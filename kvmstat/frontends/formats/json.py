@@ -1,4 +1,4 @@
-"""JSON format (SPEC §3.3): one object per sample, one line each.
+"""JSON format (docs/design.md §6.6): one object per sample, one line each.
 
 ``{"time": <unix seconds>, "interval": <seconds>, "fields": {"<name>":
 {"total": N, "delta": N}, ...}}``, plus ``"guests": {"<pid>": {"name":

@@ -1,4 +1,4 @@
-"""Log formats (SPEC §3.2): plain banner and rows, CSV header and rows.
+"""Log formats (docs/design.md §6.5): plain banner and rows, CSV header and rows.
 
 Pure functions from a field list and a :class:`~kvmstat.sampling.sampler.Sample` to
 text; the log loop (:mod:`kvmstat.frontends.logger`) decides when each is written.

@@ -19,7 +19,7 @@ def _rows(values: FieldValues) -> List[str]:
 
 
 def batch_lines(sample: Sample) -> List[str]:
-    """One ``name total delta`` line per field, sorted by name (SPEC §3.1)."""
+    """One ``name total delta`` line per field, sorted by name (docs/design.md §6.4)."""
     return _rows(sample.values)
 
 
