@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
 
 from ..errors import AccessDenied, NoSuchVM
+from .pidfd import exited as _exited_pidfds, pidfd_open
 
 __all__ = ["VM", "VMChanges", "VMWatch", "KernelThreads", "list_vms", "find_vm", "process_of",
            "find_vm_by_name", "thread_ids", "guest_name", "vm_name", "GuestNames", "is_vm_process",
@@ -542,9 +543,14 @@ class VMWatch:
     that VM processes start later are not reported: they belong to the
     process (the tracepoint provider counts them through perf inheritance).
 
-    Cost of :meth:`update`: one read of ``/proc/<pid>/stat`` per watched VM
-    (has it exited?) and one read of kthreadd's children (new helper
-    threads).  Watching every VM, new VMs are looked for by listing
+    Cost of :meth:`update`: one ``poll`` over a pidfd per watched VM (has
+    it exited? a pidfd becomes readable when its process has exited, zombie
+    or not, and a reused pid cannot fool it) and one read of kthreadd's
+    children (new helper threads), so nothing per VM that goes on running.
+    Pidfds are used with the real ``/proc`` only (*pidfds* None: when *proc*
+    is ``/proc``; a pid of another ``/proc`` tree names no process of ours);
+    without them, or for a VM whose pidfd cannot be opened (kernel before
+    5.3, out of descriptors), its ``/proc/<pid>/stat`` is read per update.  Watching every VM, new VMs are looked for by listing
     ``<debugfs>/kvm`` (one directory listing; KVM creates a ``<pid>-<fd>``
     directory per VM): only the processes named by new entries are
     inspected, so VMs coming and going cost in proportion to their number,
@@ -556,8 +562,10 @@ class VMWatch:
 
     def __init__(self, proc: str = "/proc", *, pid: Optional[int] = None,
                  debugfs: Optional[str] = None, rescan_interval: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, pidfds: Optional[bool] = None):
         self._proc = proc
+        self._use_pidfds = (os.path.realpath(proc) == "/proc") if pidfds is None else pidfds
+        self._pidfds: Dict[int, int] = {}                 # VM pid -> its pidfd
         self._pid = pid
         self._kvm_dir = os.path.join(debugfs, "kvm") if debugfs else None
         self._rescan_interval = rescan_interval
@@ -589,8 +597,45 @@ class VMWatch:
         vm = VM(vm.pid, vm.name, vm.vm_fds, vm.tids, tuple(sorted(mine)))
         self.vms[vm.pid] = vm
         self._helpers[vm.pid] = set(mine)
-        self._started.setdefault(vm.pid, start_time(vm.pid, self._proc))
+        if vm.pid not in self._started:
+            self._open_pidfd(vm.pid)
+            # Read after the pidfd is open: if the pid named another process
+            # by then, that pidfd's process has exited (reported next update)
+            # or the start time differs (process_alive says so).
+            self._started[vm.pid] = start_time(vm.pid, self._proc)
         return vm
+
+    def _open_pidfd(self, pid: int) -> None:
+        if not self._use_pidfds:
+            return
+        try:
+            self._pidfds[pid] = pidfd_open(pid)
+        except OSError:
+            pass  # gone already, or no pidfds here: /proc/<pid>/stat tells
+
+    def _forget(self, pid: int) -> None:
+        del self._started[pid]
+        self.vms.pop(pid, None)
+        self._helpers.pop(pid, None)
+        fd = self._pidfds.pop(pid, None)
+        if fd is not None:
+            os.close(fd)
+
+    def _ended(self) -> List[int]:
+        """The watched VMs that have exited: one poll over the pidfds, and
+        a ``/proc`` read for the VMs without one."""
+        pid_of = {fd: pid for pid, fd in self._pidfds.items()}
+        ended = {pid_of[fd] for fd in _exited_pidfds(pid_of)}
+        for pid, started in self._started.items():
+            if pid not in self._pidfds and not process_alive(pid, started, self._proc):
+                ended.add(pid)
+        return sorted(ended)
+
+    def close(self) -> None:
+        """Close the pidfds held; safe to call twice (updates then read /proc)."""
+        pidfds, self._pidfds = self._pidfds, {}
+        for fd in pidfds.values():
+            os.close(fd)
 
     def _debugfs_changed(self) -> bool:
         """True if ``<debugfs>/kvm`` cannot be listed (look everywhere);
@@ -641,12 +686,9 @@ class VMWatch:
     def update(self) -> VMChanges:
         """Find VMs that ended or appeared, and helper threads that came or went."""
         changes = VMChanges()
-        for pid, started in list(self._started.items()):
-            if not process_alive(pid, started, self._proc):
-                changes.ended.append(pid)
-                del self._started[pid]
-                self.vms.pop(pid, None)
-                self._helpers.pop(pid, None)
+        for pid in self._ended():
+            changes.ended.append(pid)
+            self._forget(pid)
         found = self._discover() if self._pid is None else []
         helpers = self._kthreads.scan()
         for vm in found:

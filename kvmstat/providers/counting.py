@@ -52,6 +52,7 @@ class CountingProvider(Provider):
 
     def __init__(self, names: Sequence[str]):
         self._names: List[str] = list(names)
+        self._zero_row: Dict[str, int] = dict.fromkeys(self._names, 0)
         self._counter: Optional[Counter] = None
         self._pid: Optional[int] = None
         self._watch: Optional[VMWatch] = None
@@ -172,9 +173,12 @@ class CountingProvider(Provider):
         if not by_vm or self._watch is None:
             totals, _ = self._counter.read()
             return Reading(dict(zip(names, totals)), ended=ended)
-        totals, flat = self._counter.read(self._nbuckets)
-        n = len(names)
-        per_vm = {pid: dict(zip(names, flat[b * n:(b + 1) * n]))  # type: ignore[index]
+        totals, rows = _read_rows(self._counter, self._nbuckets, len(names))
+        # Rows only for the VMs that counted something; the others (idle VMs,
+        # most of a fleet) get a copy of one all-zero row: same values,
+        # without building a row field by field.
+        zero = self._zero_row
+        per_vm = {pid: dict(zip(names, rows[b])) if b in rows else zero.copy()
                   for pid, b in self._buckets.items()}
         return Reading(dict(zip(names, totals)), per_vm, ended=ended)
 
@@ -188,3 +192,23 @@ class CountingProvider(Provider):
         if self._counter is not None:
             counter, self._counter = self._counter, None
             counter.close()
+        if self._watch is not None:
+            self._watch.close()
+
+
+def _read_rows(counter: Counter, nbuckets: int, nfields: int
+               ) -> Tuple[List[int], Dict[int, Sequence[int]]]:
+    """The totals and the rows of the buckets that counted something
+    (bucket -> row), with the counter's ``read_rows`` where it has one, else
+    from its dense matrix."""
+    read_rows = getattr(counter, "read_rows", None)
+    if read_rows is not None:
+        return read_rows(nbuckets)
+    totals, flat = counter.read(nbuckets)
+    flat = flat or []
+    rows = {}
+    for b in range(nbuckets):
+        row = flat[b * nfields:(b + 1) * nfields]
+        if any(row):
+            rows[b] = row
+    return totals, rows
