@@ -448,17 +448,17 @@ class BpfCounter:
         bucket -> its row; a bucket left out has zero for every field.
 
         The fold is done in C as for :meth:`read`; the rows all zero are
-        told apart by comparing their memory, so a read costs in proportion
-        to the buckets with counts, not to buckets x fields."""
+        told apart by comparing their bytes (a memcmp each), so no Python
+        object is made per field of a bucket without counts."""
         totals = self._read_native(nbuckets)
         if not nbuckets:
             return totals, {}
         ffi, n = self._ffi, len(self.fields)
         width = n * ffi.sizeof("uint64_t")
-        memory = memoryview(ffi.buffer(self._buckets, nbuckets * width))
+        data = ffi.buffer(self._buckets, nbuckets * width)[:]
         zero = bytes(width)
         return totals, {b: ffi.unpack(self._buckets + b * n, n) for b in range(nbuckets)
-                        if memory[b * width:(b + 1) * width] != zero}
+                        if data[b * width:(b + 1) * width] != zero}
 
     def _read_native(self, nbuckets: int) -> list[int]:
         """Fold the count table into the totals (returned) and the first

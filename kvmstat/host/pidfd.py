@@ -18,7 +18,7 @@ from typing import Iterable, List
 
 from . import syscalls
 
-__all__ = ["pidfd_open", "pidfd_getfd", "exited"]
+__all__ = ["pidfd_open", "pidfd_getfd", "exited", "ExitPoll"]
 
 
 def pidfd_open(pid: int) -> int:
@@ -48,3 +48,24 @@ def exited(pidfds: Iterable[int]) -> List[int]:
     for fd in fds:
         poller.register(fd, select.POLLIN)
     return [fd for fd, _ in poller.poll(0)]
+
+
+class ExitPoll:
+    """Pidfds registered once, polled together: :meth:`exited` costs one
+    ``poll`` system call, however many are registered (the same test as
+    :func:`exited`, without registering them all again each time)."""
+
+    def __init__(self) -> None:
+        self._poller = select.poll()
+
+    def add(self, pidfd: int) -> None:
+        """Watch *pidfd* (the caller keeps it open until :meth:`remove`)."""
+        self._poller.register(pidfd, select.POLLIN)
+
+    def remove(self, pidfd: int) -> None:
+        """Stop watching *pidfd* (before the caller closes it)."""
+        self._poller.unregister(pidfd)
+
+    def exited(self) -> List[int]:
+        """The registered pidfds whose process has exited."""
+        return [fd for fd, _ in self._poller.poll(0)]

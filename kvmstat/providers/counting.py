@@ -20,7 +20,8 @@ counts stay readable.
 from __future__ import annotations
 
 import heapq
-from typing import Dict, FrozenSet, List, Optional, Protocol, Sequence, Tuple
+from types import MappingProxyType
+from typing import Dict, FrozenSet, List, Mapping, Optional, Protocol, Sequence, Tuple
 
 from ..host.vms import VM, VMChanges, VMWatch
 from .base import Provider, Reading
@@ -52,7 +53,7 @@ class CountingProvider(Provider):
 
     def __init__(self, names: Sequence[str]):
         self._names: List[str] = list(names)
-        self._zero_row: Dict[str, int] = dict.fromkeys(self._names, 0)
+        self._zero_row: Mapping[str, int] = MappingProxyType(dict.fromkeys(self._names, 0))
         self._counter: Optional[Counter] = None
         self._pid: Optional[int] = None
         self._watch: Optional[VMWatch] = None
@@ -175,10 +176,10 @@ class CountingProvider(Provider):
             return Reading(dict(zip(names, totals)), ended=ended)
         totals, rows = _read_rows(self._counter, self._nbuckets, len(names))
         # Rows only for the VMs that counted something; the others (idle VMs,
-        # most of a fleet) get a copy of one all-zero row: same values,
-        # without building a row field by field.
+        # most of a fleet) share one read-only all-zero row: same values,
+        # nothing built per VM and field.
         zero = self._zero_row
-        per_vm = {pid: dict(zip(names, rows[b])) if b in rows else zero.copy()
+        per_vm = {pid: dict(zip(names, rows[b])) if b in rows else zero
                   for pid, b in self._buckets.items()}
         return Reading(dict(zip(names, totals)), per_vm, ended=ended)
 
