@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
@@ -628,6 +629,11 @@ class VMWatch:
             fd = pidfd_open(pid)
         except OSError:
             return  # gone already, or no pidfds here: /proc/<pid>/stat tells
+        if fd >= resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 2:
+            # Leave the upper half of the descriptor limit to the counting
+            # engines (perf events): this VM's liveness is read from /proc.
+            os.close(fd)
+            return
         self._pidfds[pid], self._pid_of[fd] = fd, pid
         self._exit_poll.add(fd)
 
@@ -652,6 +658,11 @@ class VMWatch:
             if pid not in self._pidfds and not process_alive(pid, started, self._proc):
                 ended.add(pid)
         return sorted(ended)
+
+    @property
+    def fds(self) -> int:
+        """Number of file descriptors held (a pidfd per VM followed)."""
+        return len(self._pidfds)
 
     def close(self) -> None:
         """Close the pidfds held; safe to call twice (updates then read /proc)."""

@@ -145,8 +145,14 @@ class CountingProvider(Provider):
 
     @property
     def fds(self) -> int:
-        """Number of file descriptors held."""
+        """Number of file descriptors the counting engine holds (following
+        VMs holds a pidfd per VM besides: :attr:`watch_fds`)."""
         return self._counter.fds if self._counter is not None else 0
+
+    @property
+    def watch_fds(self) -> int:
+        """Number of file descriptors held to follow VMs (pidfds)."""
+        return self._watch.fds if self._watch is not None else 0
 
     @property
     def supports_by_vm(self) -> bool:
