@@ -555,7 +555,7 @@ class VMWatch:
     that VM processes start later are not reported: they belong to the
     process (the tracepoint provider counts them through perf inheritance).
 
-    Cost of :meth:`update`: one ``poll`` over a pidfd per watched VM (has
+    Cost of :meth:`update`: one ``epoll_wait`` over a pidfd per watched VM (has
     it exited? a pidfd becomes readable when its process has exited, zombie
     or not, and a reused pid cannot fool it) and one read of kthreadd's
     children (new helper threads), so nothing per VM that goes on running.
@@ -654,21 +654,24 @@ class VMWatch:
         """The watched VMs that have exited: one poll over the pidfds, and
         a ``/proc`` read for the VMs without one."""
         ended = {self._pid_of[fd] for fd in self._exit_poll.exited()}
-        for pid, started in self._started.items():
-            if pid not in self._pidfds and not process_alive(pid, started, self._proc):
-                ended.add(pid)
+        if len(self._pidfds) < len(self._started):
+            for pid, started in self._started.items():
+                if pid not in self._pidfds and not process_alive(pid, started, self._proc):
+                    ended.add(pid)
         return sorted(ended)
 
     @property
     def fds(self) -> int:
-        """Number of file descriptors held (a pidfd per VM followed)."""
-        return len(self._pidfds)
+        """Number of file descriptors held (a pidfd per VM followed, and an
+        epoll instance polling them)."""
+        return len(self._pidfds) + self._exit_poll.fds
 
     def close(self) -> None:
         """Close the pidfds held; safe to call twice (updates then read /proc)."""
         pidfds, self._pidfds = self._pidfds, {}
         for fd in pidfds.values():
             self._close_pidfd(fd)
+        self._exit_poll.close()
 
     def _debugfs_changed(self) -> bool:
         """True if ``<debugfs>/kvm`` cannot be listed (look everywhere);
