@@ -278,13 +278,16 @@ def fleet(idle_counts: Sequence[int], busy: int, scrapes: int, rounds: int,
             return statistics.median(r[key] for r in mine[idle])
         series_ratio = med_of(100, "series") / med_of(10, "series")
         latency_ratio = med_of(100, "median") / med_of(10, "median")
+        quiet_ratio = med_of(100, "p10") / med_of(10, "p10")
         out.append(support.targets_table([
             support.Target(f"series, 100 idle + {busy} busy <= 1.5x 10 idle + {busy} busy",
                            f"{series_ratio:.2f}x", series_ratio <= 1.5),
             support.Target(f"latency, 100 idle + {busy} busy <= 2x 10 idle + {busy} busy",
-                           f"{latency_ratio:.2f}x (medians)", latency_ratio <= 2.0,
-                           "the providers' reading grows with the VMs: a /proc/PID/stat "
-                           "read per VM per refresh, per-VM rows of every field")]))
+                           f"{latency_ratio:.2f}x (medians), {quiet_ratio:.2f}x (p10)",
+                           latency_ratio <= 2.0,
+                           "" if latency_ratio <= 2.0 else
+                           "what still grows with the VMs: one poll over their pidfds, one "
+                           "memcmp per VM row, the VM labels; the host is shared, so noise")]))
     return "\n".join(out) + "\n"
 
 

@@ -439,6 +439,30 @@ class BpfCounter:
         None when nbuckets is 0).  Processes without a bucket < nbuckets
         count only in the totals.  Raises :class:`BpfTableFull` once hits
         were lost to a full table (until :meth:`reset`)."""
+        totals = self._read_native(nbuckets)
+        n = len(self.fields)
+        return totals, (self._ffi.unpack(self._buckets, nbuckets * n) if nbuckets else None)
+
+    def read_rows(self, nbuckets: int) -> tuple[list[int], dict[int, list[int]]]:
+        """Like :meth:`read`, with only the buckets that counted something:
+        bucket -> its row; a bucket left out has zero for every field.
+
+        The fold is done in C as for :meth:`read`; the rows all zero are
+        told apart by comparing their bytes (a memcmp each), so no Python
+        object is made per field of a bucket without counts."""
+        totals = self._read_native(nbuckets)
+        if not nbuckets:
+            return totals, {}
+        ffi, n = self._ffi, len(self.fields)
+        width = n * ffi.sizeof("uint64_t")
+        data = ffi.buffer(self._buckets, nbuckets * width)[:]
+        zero = bytes(width)
+        return totals, {b: ffi.unpack(self._buckets + b * n, n) for b in range(nbuckets)
+                        if data[b * width:(b + 1) * width] != zero}
+
+    def _read_native(self, nbuckets: int) -> list[int]:
+        """Fold the count table into the totals (returned) and the first
+        *nbuckets* rows of the bucket matrix (left in ``self._buckets``)."""
         self._check_open()
         if not _is_int(nbuckets) or not 0 <= nbuckets <= _INT32_MAX:
             raise InvalidArgument(f"bad nbuckets {nbuckets!r}: need an integer >= 0")
@@ -455,8 +479,7 @@ class BpfCounter:
                 f"the BPF count table is full ({self.max_entries} entries): "
                 f"{self._dropped[0]} hits were not counted; count fewer events "
                 "or use the perf engine", self._dropped[0])
-        return (ffi.unpack(self._totals, n),
-                ffi.unpack(self._buckets, nbuckets * n) if nbuckets else None)
+        return ffi.unpack(self._totals, n)
 
     def dump(self) -> list[BpfEntry]:
         """Every table entry (event index, process id, reason, count summed

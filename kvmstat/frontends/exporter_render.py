@@ -86,6 +86,16 @@ def _write(lines: Lines, sample_name: str, scope: str, entries: Iterable[Tuple[s
     return written
 
 
+def _has_counts(values: Totals, verdicts: Dict[int, bool]) -> bool:
+    """True if any of *values* is not zero.  Providers share one all-zero row
+    between idle VMs: it is looked at once per scrape (*verdicts*, by object
+    identity, only valid while the rows are alive)."""
+    verdict = verdicts.get(id(values))
+    if verdict is None:
+        verdict = verdicts[id(values)] = any(values.values())
+    return verdict
+
+
 def render_families(lines: Lines, families: Sequence[FamilySpec], values: Totals,
                     scope: str, by_vm: Optional[Dict[int, Totals]],
                     vm_labels: Dict[int, str], gauges_seen: Dict[int, set],
@@ -98,6 +108,13 @@ def render_families(lines: Lines, families: Sequence[FamilySpec], values: Totals
     in *gauges_seen*), and counters a ``pid="none"`` series for the rest.
     """
     written = 0
+    verdicts: Dict[int, bool] = {}
+    # Counter families write nothing for a VM whose counts are all zero (an
+    # idle VM, most of a fleet): they look only at the others, told apart once
+    # per scrape (a C-speed pass over each row), so that writing them costs in
+    # proportion to the VMs with events, not to VMs x families.
+    counted = {pid: labels for pid, labels in vm_labels.items()
+               if _has_counts((by_vm or {}).get(pid, {}), verdicts)} if by_vm else {}
     for family in families:
         lines.append(family.header(openmetrics))
         name, scale = family.sample_name, family.scale
@@ -106,7 +123,7 @@ def render_families(lines: Lines, families: Sequence[FamilySpec], values: Totals
             continue
         gauge = family.type == "gauge"
         active: List[Totals] = []
-        for pid, labels in vm_labels.items():
+        for pid, labels in (vm_labels if gauge else counted).items():
             vm_values = by_vm.get(pid)
             if vm_values is None:
                 continue

@@ -14,11 +14,11 @@ them into kvmstat errors.
 from __future__ import annotations
 
 import select
-from typing import Iterable, List
+from typing import Iterable, List, Optional
 
 from . import syscalls
 
-__all__ = ["pidfd_open", "pidfd_getfd", "exited"]
+__all__ = ["pidfd_open", "pidfd_getfd", "exited", "ExitPoll"]
 
 
 def pidfd_open(pid: int) -> int:
@@ -48,3 +48,43 @@ def exited(pidfds: Iterable[int]) -> List[int]:
     for fd in fds:
         poller.register(fd, select.POLLIN)
     return [fd for fd, _ in poller.poll(0)]
+
+
+class ExitPoll:
+    """Pidfds registered once and waited on together with epoll: :meth:`exited`
+    is one system call whose cost grows with the processes that exited, not
+    with those registered (:func:`exited` registers them all at every call).
+    Holds one descriptor (the epoll instance) from the first :meth:`add` to
+    :meth:`close`."""
+
+    def __init__(self) -> None:
+        self._epoll: Optional[select.epoll] = None
+
+    @property
+    def fds(self) -> int:
+        """Descriptors held: 1 with the epoll instance open, else 0."""
+        return 0 if self._epoll is None else 1
+
+    def add(self, pidfd: int) -> None:
+        """Watch *pidfd* (the caller keeps it open until :meth:`remove`)."""
+        if self._epoll is None:
+            self._epoll = select.epoll()
+        self._epoll.register(pidfd, select.EPOLLIN)
+
+    def remove(self, pidfd: int) -> None:
+        """Stop watching *pidfd* (before the caller closes it)."""
+        if self._epoll is not None:
+            self._epoll.unregister(pidfd)
+
+    def exited(self) -> List[int]:
+        """The registered pidfds whose process has exited."""
+        if self._epoll is None:
+            return []
+        # Level-triggered: a pidfd stays ready until it is removed.
+        return [fd for fd, _ in self._epoll.poll(0, maxevents=-1)]
+
+    def close(self) -> None:
+        """Close the epoll instance (the pidfds stay the caller's); safe twice."""
+        if self._epoll is not None:
+            epoll, self._epoll = self._epoll, None
+            epoll.close()

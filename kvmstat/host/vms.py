@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
 
 from ..errors import AccessDenied, NoSuchVM
+from .pidfd import ExitPoll, pidfd_open
 
 __all__ = ["VM", "VMChanges", "VMWatch", "KernelThreads", "list_vms", "find_vm", "process_of",
            "find_vm_by_name", "thread_ids", "guest_name", "vm_name", "GuestNames", "is_vm_process",
@@ -43,6 +45,9 @@ _HELPER_NAME = re.compile(r"(?:kvm-pit/|vhost-|kvm-nx-lpage-recovery-)([0-9]+)\Z
 #: a prefix of those names at most 15 characters long, as comm may show them
 _HELPER_COMM = ("kvm-pit/", "vhost-", "kvm-nx-lpage-re")
 _COMM_LEN = 15  # TASK_COMM_LEN - 1: longer kernel thread names are cut in comm
+#: how old the mtime of ``<debugfs>/kvm`` must be to be trusted as unchanged
+#: (file times are coarse: a later change may keep the same value a moment)
+_SETTLED_NS = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -392,11 +397,19 @@ class KernelThreads:
 
     def scan(self) -> Dict[int, Set[int]]:
         """VM process id -> ids of the kernel threads working for it now."""
+        found, _ = self.scan_changes()
+        return {pid: set(tids) for pid, tids in found.items()}
+
+    def scan_changes(self) -> Tuple[Dict[int, Set[int]], bool]:
+        """Like :meth:`scan` (the answer is shared: do not change it), and
+        whether it may differ from the previous one (False when kthreadd's
+        children are the same as last time)."""
         children = self._read_children()
         if children is None or children != self._children:
             self._found = self._scan(self._kernel_thread_ids(children))
             self._children = children
-        return {pid: set(tids) for pid, tids in self._found.items()}
+            return self._found, True
+        return self._found, False
 
     def _scan(self, current: Set[int]) -> Dict[int, Set[int]]:
         owner = self._owner
@@ -542,11 +555,18 @@ class VMWatch:
     that VM processes start later are not reported: they belong to the
     process (the tracepoint provider counts them through perf inheritance).
 
-    Cost of :meth:`update`: one read of ``/proc/<pid>/stat`` per watched VM
-    (has it exited?) and one read of kthreadd's children (new helper
-    threads).  Watching every VM, new VMs are looked for by listing
-    ``<debugfs>/kvm`` (one directory listing; KVM creates a ``<pid>-<fd>``
-    directory per VM): only the processes named by new entries are
+    Cost of :meth:`update`: one ``epoll_wait`` over a pidfd per watched VM (has
+    it exited? a pidfd becomes readable when its process has exited, zombie
+    or not, and a reused pid cannot fool it) and one read of kthreadd's
+    children (new helper threads), so nothing per VM that goes on running.
+    Pidfds are used with the real ``/proc`` only (*pidfds* None: when *proc*
+    is ``/proc``; a pid of another ``/proc`` tree names no process of ours);
+    without them, or for a VM whose pidfd cannot be opened (kernel before
+    5.3, out of descriptors), its ``/proc/<pid>/stat`` is read per update.
+
+    Watching every VM, new VMs are looked for in ``<debugfs>/kvm`` (KVM
+    creates a ``<pid>-<fd>`` directory per VM), listed again only when its
+    link count or mtime changed (one ``stat`` otherwise): only the processes named by new entries are
     inspected, so VMs coming and going cost in proportion to their number,
     not to the host's processes.  ``/proc/*/fd`` is scanned in full at
     least every *rescan_interval* seconds, in case a VM has no debugfs
@@ -556,8 +576,12 @@ class VMWatch:
 
     def __init__(self, proc: str = "/proc", *, pid: Optional[int] = None,
                  debugfs: Optional[str] = None, rescan_interval: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, pidfds: Optional[bool] = None):
         self._proc = proc
+        self._use_pidfds = (os.path.realpath(proc) == "/proc") if pidfds is None else pidfds
+        self._pidfds: Dict[int, int] = {}                 # VM pid -> its pidfd
+        self._pid_of: Dict[int, int] = {}                 # pidfd -> VM pid
+        self._exit_poll = ExitPoll()
         self._pid = pid
         self._kvm_dir = os.path.join(debugfs, "kvm") if debugfs else None
         self._rescan_interval = rescan_interval
@@ -566,6 +590,7 @@ class VMWatch:
         self._started: Dict[int, Optional[int]] = {}   # VM pid -> start time
         self._helpers: Dict[int, Set[int]] = {}         # VM pid -> helper tids
         self._debugfs_names: Optional[FrozenSet[str]] = None
+        self._debugfs_signature: Optional[Tuple[int, int]] = None  # its (links, mtime)
         self._candidates: Set[int] = set()   # pids of new debugfs entries
         self._look_again: Set[int] = set()   # ... whose kvm-vm fd was not seen yet
         self._next_scan = 0.0
@@ -589,8 +614,64 @@ class VMWatch:
         vm = VM(vm.pid, vm.name, vm.vm_fds, vm.tids, tuple(sorted(mine)))
         self.vms[vm.pid] = vm
         self._helpers[vm.pid] = set(mine)
-        self._started.setdefault(vm.pid, start_time(vm.pid, self._proc))
+        if vm.pid not in self._started:
+            self._open_pidfd(vm.pid)
+            # Read after the pidfd is open: if the pid named another process
+            # by then, that pidfd's process has exited (reported next update)
+            # or the start time differs (process_alive says so).
+            self._started[vm.pid] = start_time(vm.pid, self._proc)
         return vm
+
+    def _open_pidfd(self, pid: int) -> None:
+        if not self._use_pidfds:
+            return
+        try:
+            fd = pidfd_open(pid)
+        except OSError:
+            return  # gone already, or no pidfds here: /proc/<pid>/stat tells
+        if fd >= resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 2:
+            # Leave the upper half of the descriptor limit to the counting
+            # engines (perf events): this VM's liveness is read from /proc.
+            os.close(fd)
+            return
+        self._pidfds[pid], self._pid_of[fd] = fd, pid
+        self._exit_poll.add(fd)
+
+    def _forget(self, pid: int) -> None:
+        del self._started[pid]
+        self.vms.pop(pid, None)
+        self._helpers.pop(pid, None)
+        fd = self._pidfds.pop(pid, None)
+        if fd is not None:
+            self._close_pidfd(fd)
+
+    def _close_pidfd(self, fd: int) -> None:
+        del self._pid_of[fd]
+        self._exit_poll.remove(fd)
+        os.close(fd)
+
+    def _ended(self) -> List[int]:
+        """The watched VMs that have exited: one poll over the pidfds, and
+        a ``/proc`` read for the VMs without one."""
+        ended = {self._pid_of[fd] for fd in self._exit_poll.exited()}
+        if len(self._pidfds) < len(self._started):
+            for pid, started in self._started.items():
+                if pid not in self._pidfds and not process_alive(pid, started, self._proc):
+                    ended.add(pid)
+        return sorted(ended)
+
+    @property
+    def fds(self) -> int:
+        """Number of file descriptors held (a pidfd per VM followed, and an
+        epoll instance polling them)."""
+        return len(self._pidfds) + self._exit_poll.fds
+
+    def close(self) -> None:
+        """Close the pidfds held; safe to call twice (updates then read /proc)."""
+        pidfds, self._pidfds = self._pidfds, {}
+        for fd in pidfds.values():
+            self._close_pidfd(fd)
+        self._exit_poll.close()
 
     def _debugfs_changed(self) -> bool:
         """True if ``<debugfs>/kvm`` cannot be listed (look everywhere);
@@ -599,9 +680,22 @@ class VMWatch:
         if self._kvm_dir is None:
             return True
         try:
+            state = os.stat(self._kvm_dir)
+        except OSError:
+            return True
+        # KVM's entries are directories: one created raises the listing's
+        # link count, one removed sets its mtime.  Both as last time (and the
+        # mtime not so recent that a removal in the same clock tick could
+        # hide): no entry came or went, the listing is not read again.
+        signature = (state.st_nlink, state.st_mtime_ns)
+        if signature == self._debugfs_signature and self._debugfs_names is not None:
+            return False
+        settled = time.time_ns() - state.st_mtime_ns > _SETTLED_NS
+        try:
             names = frozenset(os.listdir(self._kvm_dir))
         except OSError:
             return True
+        self._debugfs_signature = signature if settled else None
         for name in names - (self._debugfs_names or frozenset()):
             pid, _, fd = name.partition("-")
             if pid.isdigit() and fd.isdigit():
@@ -641,16 +735,15 @@ class VMWatch:
     def update(self) -> VMChanges:
         """Find VMs that ended or appeared, and helper threads that came or went."""
         changes = VMChanges()
-        for pid, started in list(self._started.items()):
-            if not process_alive(pid, started, self._proc):
-                changes.ended.append(pid)
-                del self._started[pid]
-                self.vms.pop(pid, None)
-                self._helpers.pop(pid, None)
+        for pid in self._ended():
+            changes.ended.append(pid)
+            self._forget(pid)
         found = self._discover() if self._pid is None else []
-        helpers = self._kthreads.scan()
+        helpers, helpers_changed = self._kthreads.scan_changes()
         for vm in found:
             changes.started.append(self._add(vm, helpers))
+        if not helpers_changed:
+            return changes  # no kernel thread came or went: the helpers are as before
         new_pids = {vm.pid for vm in changes.started}
         for pid, mine in self._helpers.items():
             if pid in new_pids:

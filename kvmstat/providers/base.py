@@ -61,7 +61,9 @@ class Reading:
     not have it.  ``ended`` lists the VMs the provider found exited since
     its previous snapshot (reported once): their ``by_vm`` entries, where
     the provider still has them, hold their final counts, and for the one
-    VM watched with ``pid=`` the totals are its final counts.
+    VM watched with ``pid=`` the totals are its final counts.  A VM's
+    ``by_vm`` entry may be read-only (providers share one all-zero row
+    between the VMs that counted nothing): copy it before changing it.
     """
 
     totals: Totals

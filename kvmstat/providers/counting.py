@@ -20,7 +20,8 @@ counts stay readable.
 from __future__ import annotations
 
 import heapq
-from typing import Dict, FrozenSet, List, Optional, Protocol, Sequence, Tuple
+from types import MappingProxyType
+from typing import Dict, FrozenSet, List, Mapping, Optional, Protocol, Sequence, Tuple
 
 from ..host.vms import VM, VMChanges, VMWatch
 from .base import Provider, Reading
@@ -52,6 +53,7 @@ class CountingProvider(Provider):
 
     def __init__(self, names: Sequence[str]):
         self._names: List[str] = list(names)
+        self._zero_row: Mapping[str, int] = MappingProxyType(dict.fromkeys(self._names, 0))
         self._counter: Optional[Counter] = None
         self._pid: Optional[int] = None
         self._watch: Optional[VMWatch] = None
@@ -143,8 +145,14 @@ class CountingProvider(Provider):
 
     @property
     def fds(self) -> int:
-        """Number of file descriptors held."""
+        """Number of file descriptors the counting engine holds (following
+        VMs holds a pidfd per VM besides: :attr:`watch_fds`)."""
         return self._counter.fds if self._counter is not None else 0
+
+    @property
+    def watch_fds(self) -> int:
+        """Number of file descriptors held to follow VMs (pidfds)."""
+        return self._watch.fds if self._watch is not None else 0
 
     @property
     def supports_by_vm(self) -> bool:
@@ -172,9 +180,12 @@ class CountingProvider(Provider):
         if not by_vm or self._watch is None:
             totals, _ = self._counter.read()
             return Reading(dict(zip(names, totals)), ended=ended)
-        totals, flat = self._counter.read(self._nbuckets)
-        n = len(names)
-        per_vm = {pid: dict(zip(names, flat[b * n:(b + 1) * n]))  # type: ignore[index]
+        totals, rows = _read_rows(self._counter, self._nbuckets, len(names))
+        # Rows only for the VMs that counted something; the others (idle VMs,
+        # most of a fleet) share one read-only all-zero row: same values,
+        # nothing built per VM and field.
+        zero = self._zero_row
+        per_vm = {pid: dict(zip(names, rows[b])) if b in rows else zero
                   for pid, b in self._buckets.items()}
         return Reading(dict(zip(names, totals)), per_vm, ended=ended)
 
@@ -188,3 +199,23 @@ class CountingProvider(Provider):
         if self._counter is not None:
             counter, self._counter = self._counter, None
             counter.close()
+        if self._watch is not None:
+            self._watch.close()
+
+
+def _read_rows(counter: Counter, nbuckets: int, nfields: int
+               ) -> Tuple[List[int], Dict[int, Sequence[int]]]:
+    """The totals and the rows of the buckets that counted something
+    (bucket -> row), with the counter's ``read_rows`` where it has one, else
+    from its dense matrix."""
+    read_rows = getattr(counter, "read_rows", None)
+    if read_rows is not None:
+        return read_rows(nbuckets)
+    totals, flat = counter.read(nbuckets)
+    flat = flat or []
+    rows = {}
+    for b in range(nbuckets):
+        row = flat[b * nfields:(b + 1) * nfields]
+        if any(row):
+            rows[b] = row
+    return totals, rows

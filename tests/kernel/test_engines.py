@@ -134,7 +134,12 @@ def test_bpf_descriptors_do_not_grow_with_cpus_or_threads(guest_process):
         # One program and one perf event per tracepoint, two maps: no CPU factor.
         for sampler in (host, per_vm):
             assert sampler.providers[0].fds == 2 * events + 2
-        assert len(os.listdir("/proc/self/fd")) - before == 2 * (2 * events + 2)
+        # Following VMs: a pidfd per VM and one epoll instance waiting on them
+        # (their exits are polled, not read from /proc).
+        assert per_vm.providers[0].watch_fds == len(per_vm.providers[0].vms) + 1 >= 2
+        assert host.providers[0].watch_fds == 0
+        assert len(os.listdir("/proc/self/fd")) - before == \
+            2 * (2 * events + 2) + per_vm.providers[0].watch_fds
         for _ in range(8):
             guest.thread(5)
         guest.add_vcpu()

@@ -45,8 +45,9 @@ class FakeLib:
     KVMSTAT_BPF_ATTACH_AUTO, KVMSTAT_BPF_ATTACH_PERF, KVMSTAT_BPF_ATTACH_RAW = 0, 1, 2
     KVMSTAT_BPF_ATTACHED_PERF, KVMSTAT_BPF_ATTACHED_RAW = 1, 2
 
-    def __init__(self, ffi, fail=None, log="", totals=(), dropped=0, entries=()):
+    def __init__(self, ffi, fail=None, log="", totals=(), dropped=0, entries=(), flat=None):
         self.ffi = ffi
+        self.flat = flat          # the bucket matrix read() folds (default: 100, 101...)
         self.fail = fail          # (stage, event_index, errno) for _new/_probe
         self.log = log
         self.totals = list(totals)
@@ -91,7 +92,7 @@ class FakeLib:
         for i, v in enumerate(self.totals):
             totals[i] = v
         for i in range(nbuckets * len(self.totals)):
-            buckets[i] = 100 + i
+            buckets[i] = 100 + i if self.flat is None else self.flat[i]
         dropped[0] = self.dropped
         return 7
 
@@ -461,3 +462,15 @@ def test_spec_with_a_reason_argument():
     # Without a record field there is no size to read the argument with.
     assert BpfEventSpec.for_field("kvm_pio", 110, None, tracepoint="kvm_pio",
                                   reason_arg=0).reason_arg is None
+
+
+def test_read_rows_leaves_out_the_buckets_without_counts(fake):
+    """Only the rows with a count come back (idle VMs cost no per-field work);
+    their values are those of the dense read."""
+    flat = [0, 0, 0,  3, 0, 1,  0, 0, 0,  0, 0, 2**64 - 1]
+    fake(totals=[3, 0, 1], flat=flat)
+    with BpfCounter([UEXIT, PIO], [(0, None), (0, [2]), BpfField(1)]) as c:
+        assert c.read_rows(4) == ([3, 0, 1], {1: [3, 0, 1], 3: [0, 0, 2**64 - 1]})
+        assert c.read(4) == ([3, 0, 1], flat)
+        assert c.read_rows(1) == ([3, 0, 1], {})
+        assert c.read_rows(0) == ([3, 0, 1], {})

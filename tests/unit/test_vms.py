@@ -1,6 +1,7 @@
 """VM discovery, helper threads, liveness and following VMs, on fake /proc trees."""
 
 import os
+import time
 
 import pytest
 
@@ -293,3 +294,65 @@ def test_watch_does_not_report_a_reused_pid_as_the_same_vm(proc):
     changes = watch.update()
     assert changes.ended == [300]
     assert [vm.name for vm in changes.started] == ["other"]
+
+
+def test_watch_with_pidfds_finds_exits_by_poll_not_by_proc(proc, monkeypatch):
+    """With pidfds, an update reads no ``/proc/<pid>/stat`` of a VM that goes on
+    running: the exit of the real process behind the (fake) VM entry shows on its
+    pidfd, once, zombie or reaped."""
+    import subprocess
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        proc.add_vm(child.pid, "real")
+        watch = VMWatch(proc.path, pidfds=True)
+        assert watch.pids == [child.pid]
+        reads = []
+        real_stat_fields = vms._stat_fields
+        monkeypatch.setattr("kvmstat.host.vms._stat_fields",
+                            lambda pid, p: reads.append(pid) or real_stat_fields(pid, p))
+        assert not watch.update() and not watch.update()
+        assert child.pid not in reads
+        child.kill()  # a zombie until reaped below: it has exited all the same
+        proc.remove(child.pid)  # (an exited process holds no kvm-vm descriptor)
+        for _ in range(200):
+            changes = watch.update()
+            if changes.ended:
+                break
+            time.sleep(0.01)
+        assert changes.ended == [child.pid] and watch.pids == [] and child.pid not in reads
+        assert not watch.update()
+        watch.close()
+        watch.close()
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_watch_lists_debugfs_only_when_an_entry_came_or_went(proc, tmp_path, monkeypatch):
+    """Between changes, an update stats ``<debugfs>/kvm`` and does not list it:
+    an entry created raises its link count, one removed sets its mtime."""
+    debugfs = tmp_path / "debug"
+    kvm = debugfs / "kvm"
+    kvm.mkdir(parents=True)
+    (kvm / "300-11").mkdir()
+    proc.add_vm(300, "web")
+
+    def settle():  # a change long ago, as on a quiet host
+        os.utime(kvm, ns=(1, 10**9))
+
+    settle()
+    watch = VMWatch(proc.path, debugfs=str(debugfs), rescan_interval=1e9, pidfds=False)
+    listed = []
+    real_listdir = os.listdir
+    monkeypatch.setattr("kvmstat.host.vms.os.listdir",
+                        lambda p: (listed.append(p) if p == str(kvm) else None) or real_listdir(p))
+    assert not watch.update() and not watch.update() and listed == []
+    (kvm / "400-11").mkdir()
+    proc.add_vm(400, "db")
+    settle()  # the same mtime as before: the link count tells
+    assert [vm.pid for vm in watch.update().started] == [400] and listed == [str(kvm)]
+    assert not watch.update() and len(listed) == 1
+    (kvm / "400-11").rmdir()
+    (kvm / "500-11").mkdir()  # one gone, one come: same link count, a new mtime
+    proc.add_vm(500, "new")
+    assert [vm.pid for vm in watch.update().started] == [500] and len(listed) == 2
