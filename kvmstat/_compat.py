@@ -79,7 +79,8 @@ class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 def install() -> None:
     """Make the old module paths importable (idempotent)."""
-    if not any(isinstance(finder, _MovedModules) for finder in sys.meta_path):
+    # type(), not isinstance(): no ABC machinery while the package imports.
+    if not any(type(finder) is _MovedModules for finder in sys.meta_path):
         # First: otherwise the path finder would load a second copy of a moved
         # package's submodule (kvmstat.formats.json) under the old name.
         sys.meta_path.insert(0, _MovedModules())
