@@ -20,7 +20,8 @@ PUBLIC_HEADERS = ("kvmstat_native.h", "kvmstat_bpf.h", "kvmstat_durations.h")
 SOURCES = ("kvmstat_sys.c", "kvmstat_native.c", "kvmstat_bpf_asm.c", "kvmstat_bpf.c",
            "kvmstat_bpf_slots.c",
            "kvmstat_bpf_prog.c", "kvmstat_bpf_read.c", "kvmstat_durations.c")
-PRIVATE_HEADERS = ("kvmstat_sys.h", "kvmstat_bpf_asm.h", "kvmstat_bpf_engine.h")
+PRIVATE_HEADERS = ("kvmstat_sys.h", "kvmstat_bpf_asm.h", "kvmstat_bpf_engine.h",
+                   "kvmstat_array.h")
 
 BEGIN = re.compile(r"^/\* cdef: begin\b.*\*/$", re.M)
 END = re.compile(r"^/\* cdef: end \*/$", re.M)

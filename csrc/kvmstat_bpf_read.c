@@ -3,6 +3,7 @@
  * iteration on kernels without batch lookups), folding its entries into
  * the caller's fields and buckets, reset and forget.
  */
+#include "kvmstat_array.h"
 #include "kvmstat_bpf_engine.h"
 #include "kvmstat_sys.h"
 
@@ -20,19 +21,11 @@
 
 int kbpf_reserve_entries(struct kvmstat_bpf *eng, unsigned int more)
 {
-    if (eng->nentries + (size_t)more <= eng->entries_cap)
-        return 0;
-    size_t cap = eng->entries_cap ? eng->entries_cap : 64;
-    while (cap < eng->nentries + (size_t)more)
-        cap *= 2;
-    if (cap > UINT32_MAX)
-        return -ENOMEM;
-    struct kvmstat_bpf_entry *e = realloc(eng->entries, cap * sizeof(*e));
-    if (!e)
-        return -ENOMEM;
-    eng->entries = e;
-    eng->entries_cap = (unsigned int)cap;
-    return 0;
+    void *entries = eng->entries;
+    int rc = kvmstat_array_reserve(&entries, &eng->entries_cap, eng->nentries, more,
+                                   sizeof(*eng->entries), 64, UINT32_MAX);
+    eng->entries = entries;
+    return rc;
 }
 
 int kbpf_grow_batch(struct kvmstat_bpf *eng, unsigned int cap)

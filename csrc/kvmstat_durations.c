@@ -14,6 +14,7 @@
  * record, fields at the offsets of the tracepoint's format file).
  */
 #define _GNU_SOURCE
+#include "kvmstat_array.h"
 #include "kvmstat_durations.h"
 
 #include <errno.h>
@@ -619,19 +620,11 @@ fail:
 
 static int reserve(struct kvmstat_dur *d, unsigned int more)
 {
-    if (d->nentries + (size_t)more <= d->entries_cap)
-        return 0;
-    size_t cap = d->entries_cap ? d->entries_cap : 32;
-    while (cap < d->nentries + (size_t)more)
-        cap *= 2;
-    if (cap > UINT32_MAX / 2)
-        return -ENOMEM;
-    struct kvmstat_dur_entry *e = realloc(d->entries, cap * sizeof(*e));
-    if (!e)
-        return -ENOMEM;
-    d->entries = e;
-    d->entries_cap = (unsigned int)cap;
-    return 0;
+    void *entries = d->entries;
+    int rc = kvmstat_array_reserve(&entries, &d->entries_cap, d->nentries, more,
+                                   sizeof(*d->entries), 32, UINT32_MAX / 2);
+    d->entries = entries;
+    return rc;
 }
 
 /* Fold n fetched keys with their per-CPU values into entries; max_ns only
