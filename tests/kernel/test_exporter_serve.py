@@ -10,12 +10,16 @@ import socket
 import threading
 import uuid
 
+from kvmstat.host.vms import list_vms
+
 from helpers.commands import wait_for
 from helpers.exporter import ExporterProcess, series, total, value, value_or_zero
 
 FIELDS = r"kvm_(pio|userspace_exit)"
 DEBUGFS_KVM = "/sys/kernel/debug/kvm"
 PERF_EVENT = "anon_inode:[perf_event]"
+#: one per VM of the host the exporter follows (their exits are polled)
+PIDFD = "anon_inode:[pidfd]"
 
 
 def vm_pids(families):
@@ -106,7 +110,7 @@ def test_scrapes_while_guests_start_and_stop_keep_fds_stable(guest_process):
     """Every kvm event host-wide; a scraper runs all the time while guests come and go."""
     with ExporterProcess() as exporter:
         baseline_vms = vm_pids(exporter.scrape())
-        baseline = sorted(fd for fd in exporter.fds() if fd != PERF_EVENT)
+        baseline = sorted(fd for fd in exporter.fds() if fd not in (PERF_EVENT, PIDFD))
         baseline_perf = exporter.perf_fds()
         failures, scraped, churned = [], [], set()
         done = threading.Event()
@@ -139,9 +143,13 @@ def test_scrapes_while_guests_start_and_stop_keep_fds_stable(guest_process):
             thread.join()
         assert not failures, failures[:5]
         assert len(scraped) >= 4
-        # Sockets of finished scrapes are closed; the exited VMs are dropped.
-        wait_for(lambda: sorted(fd for fd in exporter.fds() if fd != PERF_EVENT) == baseline
-                 and not churned & vm_pids(exporter.scrape()),
+        # Sockets of finished scrapes are closed; the exited VMs are dropped, and
+        # their pidfds closed (the host's other VMs may come and go meanwhile:
+        # at most one pidfd per VM running now).
+        wait_for(lambda: sorted(fd for fd in exporter.fds()
+                                if fd not in (PERF_EVENT, PIDFD)) == baseline
+                 and not churned & vm_pids(exporter.scrape())
+                 and exporter.fds().count(PIDFD) <= len(list_vms()),
                  "the exporter's sockets and VMs to return to their baseline", 60, interval=0.1)
         # Their perf events are released.  Host-wide, the exporter counts every
         # VM of the host per thread: when other VMs came or went meanwhile
