@@ -16,12 +16,10 @@ which Prometheus' ``rate()`` handles as a reset).
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import gzip
 import ipaddress
 import re
-import signal
 import socket
 import socketserver
 import ssl
@@ -29,7 +27,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from ..errors import Error, InvalidArgument, NotAvailable, error_from_errno
@@ -45,7 +43,6 @@ from ..host.vms import VM
 __all__ = [
     "DEFAULT_HOST", "DEFAULT_VM_SERIES", "ServeAddress", "parse_serve_address",
     "compile_series_regex", "KvmCollector", "MetricsServer",
-    "stop_on_signals", "serve_until_stopped",
 ]
 
 #: Where ``--serve PORT`` listens when no host is given: loopback only.
@@ -606,35 +603,3 @@ class MetricsServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-@contextlib.contextmanager
-def stop_on_signals(signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)
-                    ) -> Iterator[threading.Event]:
-    """Within the block, *signals* set the yielded event instead of killing the process.
-
-    Handlers are installed only in the main thread (elsewhere the event is
-    just returned) and the previous ones are restored on exit.
-    """
-    stop = threading.Event()
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for signum in signals:
-            previous[signum] = signal.signal(signum, lambda *_: stop.set())
-    try:
-        yield stop
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
-def serve_until_stopped(server: MetricsServer, stop: threading.Event) -> None:
-    """Serve in the background until *stop* is set, then close *server*."""
-    try:
-        server.start()
-        # A timeout, so that signal handlers (which only run in the main
-        # thread, between waits) get their turn promptly.
-        while not stop.wait(0.5):
-            pass
-    finally:
-        server.close()

@@ -22,8 +22,7 @@ from helpers.promtool import check_metrics
 from kvmstat.errors import AccessDenied, InvalidArgument, NotAvailable
 from kvmstat.frontends import cli
 from kvmstat.frontends.exporter import (DEFAULT_VM_SERIES, KvmCollector, MetricsServer,
-                                        ServeAddress, compile_series_regex, parse_serve_address,
-                                        serve_until_stopped, stop_on_signals)
+                                        ServeAddress, compile_series_regex, parse_serve_address)
 from kvmstat.frontends.exporter_names import family_name
 from kvmstat.frontends.exporter_web import load_web_config
 from kvmstat.host.vms import VM
@@ -755,21 +754,6 @@ def test_low_port_without_privilege_is_access_denied(monkeypatch):
     monkeypatch.setattr(exporter._ThreadingServer, "server_bind", refuse)
     with pytest.raises(AccessDenied, match="ports below 1024"):
         MetricsServer(ServeAddress("127.0.0.1", 80))
-
-
-def test_stop_on_signals_sets_the_event_and_restores_handlers(served):
-    server, _ = served(FakeProvider({"kvm_pio": 1}))
-    before = signal.getsignal(signal.SIGTERM)
-    with stop_on_signals() as stop:
-        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
-        started = time.monotonic()
-        serve_until_stopped(server, stop)
-        assert stop.is_set() and time.monotonic() - started < 5
-    assert signal.getsignal(signal.SIGTERM) is before
-    with pytest.raises(urllib.error.URLError):
-        get(server.url)
-
-
 
 
 def test_kvm_stat_serve_end_to_end_with_per_vm_data(monkeypatch):
