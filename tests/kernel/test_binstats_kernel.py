@@ -37,6 +37,27 @@ from helpers.logfiles import complete_lines
 PVM = os.path.isdir("/sys/module/kvm_pvm")
 
 
+#: KVM's ``exits`` counts every exit, also one that a host interrupt causes
+#: when it lands in the microsecond the vCPU runs guest code: the guest did not
+#: ask for it, and which run it hits is chance.  Each exit the guest makes is
+#: counted exactly, so a count is right when it is the guest's, or at most this
+#: many more (``halt_exits`` and the tracepoints stay exact).
+EXTRA_EXITS = 2
+
+
+class Exits:
+    """Equal to a count of exits for *n* exits the guest made (see EXTRA_EXITS)."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __eq__(self, other):
+        return isinstance(other, (int, float)) and self.n <= other <= self.n + EXTRA_EXITS
+
+    def __repr__(self):
+        return f"Exits({self.n}..{self.n + EXTRA_EXITS})"
+
+
 def io_exits_for(port_writes: int) -> int:
     """``io_exits`` the running kernel counts for that many port writes."""
     return 0 if PVM else port_writes
@@ -67,11 +88,11 @@ def test_exact_exits_per_vcpu_for_n_port_writes(guest_process):
         provider.refresh()
         totals = provider.snapshot().totals
         per_vcpu = provider.snapshot(by_vcpu=True).by_vcpu[guest.pid]
-    assert per_vcpu[0]["exits"] == 23
-    assert per_vcpu[1]["exits"] == 9
+    assert per_vcpu[0]["exits"] == Exits(23)
+    assert per_vcpu[1]["exits"] == Exits(9)
     assert per_vcpu[0]["io_exits"] == io_exits_for(23)
     assert per_vcpu[1]["io_exits"] == io_exits_for(9)
-    assert totals["exits"] == 32
+    assert totals["exits"] == Exits(32)
     assert totals["io_exits"] == io_exits_for(32)
     assert totals["halt_exits"] == 0
 
@@ -84,7 +105,7 @@ def test_exact_halt_exits(guest_process):
         sampler.sample()
         guest.run(41)
         sample = sampler.sample()
-    assert sample.values == {"exits": (41, 41), "halt_exits": (41, 41)}
+    assert sample.values == {"exits": (Exits(41), Exits(41)), "halt_exits": (41, 41)}
 
 
 def test_host_wide_totals_and_per_vm_split(guest_process):
@@ -98,8 +119,8 @@ def test_host_wide_totals_and_per_vm_split(guest_process):
         two.run(5, vcpu=0)
         two.run(6, vcpu=1)
         sample = sampler.sample()
-    assert sample.by_vm[one.pid]["exits"] == (11, 11)
-    assert sample.by_vm[two.pid]["exits"] == (11, 11)
+    assert sample.by_vm[one.pid]["exits"] == (Exits(11), Exits(11))
+    assert sample.by_vm[two.pid]["exits"] == (Exits(11), Exits(11))
     # Other VMs on the host may add more, never less.
     assert sample.values["exits"][0] >= 22
 
@@ -115,8 +136,8 @@ def test_vcpu_added_later_is_picked_up(guest_process):
         assert provider.fds == 3
         guest.run(7, vcpu=index)
         per_vcpu = provider.snapshot(by_vcpu=True).by_vcpu[guest.pid]
-    assert per_vcpu[0]["exits"] == 4
-    assert per_vcpu[index]["exits"] == 7
+    assert per_vcpu[0]["exits"] == Exits(4)
+    assert per_vcpu[index]["exits"] == Exits(7)
 
 
 def test_vm_exit_mid_read_closes_the_duplicates(guest_process):
@@ -131,11 +152,11 @@ def test_vm_exit_mid_read_closes_the_duplicates(guest_process):
         guest._proc.kill()  # dies between refresh and read
         guest._proc.wait()
         # The borrowed descriptors still read (they hold the VM), no crash.
-        assert provider.snapshot().totals["exits"] == 5
+        assert provider.snapshot().totals["exits"] == Exits(5)
         provider.refresh()
         assert stats_links() == before
         reading = provider.snapshot()
-        assert reading.ended == {guest.pid} and reading.totals["exits"] == 5
+        assert reading.ended == {guest.pid} and reading.totals["exits"] == Exits(5)
     finally:
         provider.close()
     assert stats_links() == before
@@ -155,13 +176,13 @@ def test_host_wide_provider_lets_exited_vms_go(guest_process):
         assert goes.pid not in provider.pids
         reading = provider.snapshot(by_vm=True)
         assert reading.ended == {goes.pid}  # reported once, with its final counts
-        assert reading.by_vm[goes.pid]["exits"] == 8
+        assert reading.by_vm[goes.pid]["exits"] == Exits(8)
         assert goes.pid not in provider.snapshot(by_vm=True).by_vm
         assert not any(f"kvm-{goes.pid}" in link for link in stats_links())
         assert provider.snapshot().totals["exits"] >= before  # its counts stay in the totals
         stays.run(3)
         provider.refresh()  # a new sample, a new reading
-        assert provider.snapshot(by_vm=True).by_vm[stays.pid]["exits"] == 3
+        assert provider.snapshot(by_vm=True).by_vm[stays.pid]["exits"] == Exits(3)
 
 
 def test_vm_without_statistics_descriptors_is_explained(guest_process):
@@ -190,7 +211,7 @@ def test_kvm_stat_once_binstats_for_a_pid(guest_process):
         assert len(line) == 62, line
         rows[line[:42].rstrip()] = (int(line[42:52]), int(line[52:62]))
     assert list(rows) == sorted(rows)
-    assert rows["exits"][0] == 27
+    assert rows["exits"][0] == Exits(27)
     assert rows["io_exits"][0] == io_exits_for(27)
     assert rows["halt_exits"] == (0, 0)
     assert {"halt_wait_ns", "blocking", "pages_4k"} <= set(rows)
@@ -264,7 +285,7 @@ def test_json_log_by_guest_carries_each_guests_histograms(guest_process, tmp_pat
     check_log2_nanoseconds(mine["halt_wait_hist"])
     assert sum(mine["halt_wait_hist"]["counts"]) == 5
     assert sum(last["guests"][str(busy.pid)]["histograms"]["halt_wait_hist"]["counts"]) == 0
-    assert last["guests"][str(busy.pid)]["fields"]["exits"]["total"] == 10
+    assert last["guests"][str(busy.pid)]["fields"]["exits"]["total"] == Exits(10)
     # Host-wide: the sum over every VM holding descriptors (others may add more).
     assert sum(last["histograms"]["halt_wait_hist"]["counts"]) >= 5
 
@@ -309,12 +330,13 @@ def test_once_by_guest_binstats_exact_exits_per_vm(guest_process, json_output):
         guests = json.loads(out)["guests"]
         for guest, n in ((one, 13), (two, 9)):
             assert guests[str(guest.pid)] == {
-                "name": guest.name, "fields": {"exits": {"total": n, "delta": n}}}
+                "name": guest.name, "fields": {"exits": {"total": Exits(n), "delta": Exits(n)}}}
     else:
         for guest, n in ((one, 13), (two, 9)):
             heading = f"(pid {guest.pid}) {guest.name}\n"
             block = out[out.index(heading) + len(heading):].split("\n", 1)[0]
-            assert block == "%-42s%10d%10d" % ("exits", n, n)
+            assert len(block) == 62 and block[:42].rstrip() == "exits", block
+            assert (int(block[42:52]), int(block[52:62])) == (Exits(n), Exits(n)), block
 
 
 def test_csv_log_by_guest_binstats_exact_exits_per_vm(guest_process, tmp_path):
@@ -338,7 +360,7 @@ def test_csv_log_by_guest_binstats_exact_exits_per_vm(guest_process, tmp_path):
     for guest in (one, two):
         mine = [row for row in rows[1:] if row[1] == str(guest.pid)]
         assert all(row[2] == guest.name for row in mine)
-        assert sum(int(row[3]) for row in mine) == 26
+        assert sum(int(row[3]) for row in mine) == Exits(26)
 
 
 def test_exporter_binstats_exact_exits_for_a_watched_guest_and_per_vm(guest_process):
@@ -353,11 +375,11 @@ def test_exporter_binstats_exact_exits_for_a_watched_guest_and_per_vm(guest_proc
         two.run(30, vcpu=0)
         two.run(3, vcpu=1)
         families = watched.scrape()
-        assert value(families, "kvm_stats_exits_total", **vm_one) == 77
+        assert value(families, "kvm_stats_exits_total", **vm_one) == Exits(77)
         assert value(families, "kvm_stats_halt_exits_total", **vm_one) == 0
         families = host.scrape()
-        assert value(families, "kvm_stats_exits_total", **vm_one) == 77
-        assert value(families, "kvm_stats_exits_total", **vm_two) == 33
+        assert value(families, "kvm_stats_exits_total", **vm_one) == Exits(77)
+        assert value(families, "kvm_stats_exits_total", **vm_two) == Exits(33)
         # sum() is the host count: other VMs may add more
         assert total(families, "kvm_stats_exits_total") - before >= 110
         assert watched.stop() == 0 and host.stop() == 0

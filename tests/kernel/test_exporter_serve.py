@@ -20,6 +20,9 @@ DEBUGFS_KVM = "/sys/kernel/debug/kvm"
 PERF_EVENT = "anon_inode:[perf_event]"
 #: one per VM of the host the exporter follows (their exits are polled)
 PIDFD = "anon_inode:[pidfd]"
+# The one epoll instance that waits on the VMs' pidfds: opened at the first VM
+# watched, kept until the exporter stops.
+EVENTPOLL = "anon_inode:[eventpoll]"
 
 
 def vm_pids(families):
@@ -110,7 +113,7 @@ def test_scrapes_while_guests_start_and_stop_keep_fds_stable(guest_process):
     """Every kvm event host-wide; a scraper runs all the time while guests come and go."""
     with ExporterProcess() as exporter:
         baseline_vms = vm_pids(exporter.scrape())
-        baseline = sorted(fd for fd in exporter.fds() if fd not in (PERF_EVENT, PIDFD))
+        baseline = sorted(fd for fd in exporter.fds() if fd not in (PERF_EVENT, PIDFD, EVENTPOLL))
         baseline_perf = exporter.perf_fds()
         failures, scraped, churned = [], [], set()
         done = threading.Event()
@@ -147,9 +150,10 @@ def test_scrapes_while_guests_start_and_stop_keep_fds_stable(guest_process):
         # their pidfds closed (the host's other VMs may come and go meanwhile:
         # at most one pidfd per VM running now).
         wait_for(lambda: sorted(fd for fd in exporter.fds()
-                                if fd not in (PERF_EVENT, PIDFD)) == baseline
+                                if fd not in (PERF_EVENT, PIDFD, EVENTPOLL)) == baseline
                  and not churned & vm_pids(exporter.scrape())
-                 and exporter.fds().count(PIDFD) <= len(list_vms()),
+                 and exporter.fds().count(PIDFD) <= len(list_vms())
+                 and exporter.fds().count(EVENTPOLL) <= 1,
                  "the exporter's sockets and VMs to return to their baseline", 60, interval=0.1)
         # Their perf events are released.  Host-wide, the exporter counts every
         # VM of the host per thread: when other VMs came or went meanwhile

@@ -122,7 +122,8 @@ def test_a_closed_standard_output_is_one_error_line(args):
 
 @pytest.mark.parametrize("args", [["-1"], ["-1", "--json"], ["-1", "--by-guest"], ["--check"],
                                   ["-f", "help"], ["-l", "-s", "0.2"]])
-def test_a_full_device_is_one_error_line(args):
+def test_a_full_device_is_one_error_line(args, guest_process):
+    guest_process("pio")  # a VM of our own: --by-guest has a VM to write about
     result = shell(f"KVM_STAT {' '.join(args)} >/dev/full")
     status = 1
     if args == ["--check"]:
