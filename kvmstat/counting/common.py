@@ -15,7 +15,7 @@ from typing import Sequence
 
 from .. import errors
 from ..errors import Error, InvalidArgument
-from ..host.privileges import read_perf_event_paranoid
+from ..host.privileges import paranoid_path, read_perf_event_paranoid
 from .checks import INT32_MAX, check_events, is_int
 
 PER_CPU = 0
@@ -24,7 +24,8 @@ PER_THREAD = 1
 #: (perf inherit), even after they ended.  See csrc/kvmstat_native.h.
 PER_THREAD_INHERIT = 2
 MODES = (PER_CPU, PER_THREAD, PER_THREAD_INHERIT)
-PARANOID_PATH = "/proc/sys/kernel/perf_event_paranoid"
+#: the default of the *paranoid_path* parameters (the host's /proc)
+PARANOID_PATH = paranoid_path()
 
 
 
