@@ -22,6 +22,7 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "kvmstat_bpf_asm.h"
 #include "kvmstat_sys.h"
@@ -43,12 +44,21 @@
 #define HIST_MAX 4096u
 #define THREADS_DEFAULT 16384u
 
+/* A vCPU thread: when each open state began (0: not open), and the totals
+ * of the states that ended (read by kvmstat_dur_read_vcpus).  Only the
+ * thread itself runs programs that write its entry, so plain adds suffice. */
 struct thread_state {
     uint64_t user_ts;      /* kvm_userspace_exit, until the marker */
     uint64_t user_reason;
     uint64_t exit_ts;      /* kvm_exit, until kvm_entry or kvm_userspace_exit */
     uint64_t exit_reason;
     uint64_t entry_ts;     /* kvm_entry, until kvm_exit */
+    uint64_t run_ts;       /* the marker (KVM_RUN begins), until kvm_userspace_exit */
+    uint64_t pid_tgid;     /* tgid << 32 | tid */
+    uint64_t run_ns;       /* totals: in KVM_RUN, */
+    uint64_t vmm_ns;       /* in the VMM (user space), */
+    uint64_t guest_ns;     /* in the guest, */
+    uint64_t halt_ns;      /* halted (kvm_vcpu_wakeup's ns) */
 };
 
 struct hist_key {
@@ -66,7 +76,7 @@ struct hist_value {
 };
 
 _Static_assert(sizeof(struct hist_key) == 16, "hist_key must have no padding");
-_Static_assert(sizeof(struct thread_state) == 40, "thread_state layout");
+_Static_assert(sizeof(struct thread_state) == 88, "thread_state layout");
 _Static_assert(sizeof(((struct kvmstat_dur_entry *)0)->buckets) ==
                KVMSTAT_DUR_BUCKETS * sizeof(uint64_t), "entry buckets");
 
@@ -91,6 +101,14 @@ struct maps {
     int threads, hist, gen, drops;
 };
 
+/* The buffers of a table read in batches: room for cap keys and their
+ * values (value_size: one key's values, all CPUs' for a per-CPU map). */
+struct batch {
+    void *keys, *values;
+    unsigned int cap;
+    size_t key_size, value_size;
+};
+
 struct kvmstat_dur {
     struct maps maps;
     int prog_fds[NTRACEPOINTS];
@@ -98,22 +116,35 @@ struct kvmstat_dur {
     int attached[NTRACEPOINTS];  /* KVMSTAT_DUR_ATTACHED_* */
     unsigned int ncpus, max_entries;
     int use_iteration;
-    /* Read buffers: a batch of keys and per-CPU values; the folded result. */
-    struct hist_key *keys;
-    struct hist_value *values;
-    unsigned int batch_cap;
+    /* Read buffers: a batch of keys and values of each table; the folded
+     * results. */
+    struct batch hist_batch, thread_batch;
     struct kvmstat_dur_entry *entries;
     unsigned int nentries, entries_cap;
+    struct kvmstat_dur_vcpu *vcpus;
+    unsigned int nvcpus, vcpus_cap;
 };
 
 /* ------------------------------------------------------------------------
  * Program pieces
  */
 
-static void emit_ids_and_time(struct kasm *a)
+/* R_IDS = tgid << 32 | tid.  With a tgid in the configuration, the
+ * program ends at once in other processes: returns 1 and sets *out then. */
+static int emit_ids(struct kasm *a, const struct kvmstat_dur_config *c, kasm_label *out)
 {
     kasm_call(a, BPF_FUNC_get_current_pid_tgid);
     kasm_mov_reg(a, R_IDS, KASM_R0);
+    if (!c->tgid)
+        return 0;
+    kasm_mov_reg(a, KASM_R1, R_IDS);
+    kasm_alu_imm(a, BPF_RSH, KASM_R1, 32);
+    *out = kasm_jump_if(a, BPF_JNE, KASM_R1, (int32_t)c->tgid);
+    return 1;
+}
+
+static void emit_time(struct kasm *a)
+{
     kasm_call(a, BPF_FUNC_ktime_get_ns);
     kasm_mov_reg(a, R_TIME, KASM_R0);
 }
@@ -282,89 +313,154 @@ static void emit_end(struct kasm *a, kasm_label *out, unsigned int nout)
 
 /* A program where one state of the thread begins and another ends: the
  * state at start_ts begins now (with the record's reason at start_reason,
- * if >= 0); the one at end_ts ends, and its duration is recorded as kind,
- * with the reason kept at end_reason (if >= 0, else 0). */
+ * if >= 0); the one at end_ts ends, its duration is recorded as kind, with
+ * the reason kept at end_reason (if >= 0, else 0), and added to the total
+ * at end_sum (if >= 0).  The state at close_ts (if >= 0) ends too, its
+ * duration only added to the total at close_sum; the one at clear_ts (if
+ * >= 0) is dropped. */
 struct transition {
     int16_t start_ts, start_reason;
-    int16_t end_ts, end_reason;
+    int16_t end_ts, end_reason, end_sum;
+    int16_t close_ts, close_sum;
+    int16_t clear_ts;  /* a state that cannot be open any more (-1: none) */
     uint32_t kind;
+    int in_run;  /* the tracepoint fires inside KVM_RUN (see emit_in_run) */
 };
 
-/* kvm_userspace_exit: the VMM's time starts; a kernel interval (kvm_exit
- * seen) ends.  kvm_exit: the kernel's time starts; the guest's ends.
+/* kvm_userspace_exit: the VMM's time starts; KVM_RUN ends, and a kernel
+ * interval (kvm_exit seen) with it; no guest time can be open (a guest
+ * interval without its kvm_exit is dropped, not counted on in user space).  The marker: KVM_RUN starts; the VMM's
+ * time ends.  kvm_exit: the kernel's time starts; the guest's ends.
  * kvm_entry: the guest's time starts; the kernel's ends. */
 static const struct transition USERSPACE_EXIT = {
     OFF(thread_state, user_ts), OFF(thread_state, user_reason),
-    OFF(thread_state, exit_ts), OFF(thread_state, exit_reason), KVMSTAT_DUR_KERNEL,
+    OFF(thread_state, exit_ts), OFF(thread_state, exit_reason), -1,
+    OFF(thread_state, run_ts), OFF(thread_state, run_ns), OFF(thread_state, entry_ts),
+    KVMSTAT_DUR_KERNEL, 0,
+};
+static const struct transition MARKER = {
+    OFF(thread_state, run_ts), -1,
+    OFF(thread_state, user_ts), OFF(thread_state, user_reason), OFF(thread_state, vmm_ns),
+    -1, -1, -1, KVMSTAT_DUR_VMM, 0,
 };
 static const struct transition EXIT = {
     OFF(thread_state, exit_ts), OFF(thread_state, exit_reason),
-    OFF(thread_state, entry_ts), -1, KVMSTAT_DUR_GUEST,
+    OFF(thread_state, entry_ts), -1, OFF(thread_state, guest_ns),
+    -1, -1, -1, KVMSTAT_DUR_GUEST, 1,
 };
 static const struct transition ENTRY = {
     OFF(thread_state, entry_ts), -1,
-    OFF(thread_state, exit_ts), OFF(thread_state, exit_reason), KVMSTAT_DUR_KERNEL,
+    OFF(thread_state, exit_ts), OFF(thread_state, exit_reason), -1,
+    -1, -1, -1, KVMSTAT_DUR_KERNEL, 1,
 };
 
+/* *(u64 *)(r0 + sum) += R_TIME - r1 (R_TIME: now, r1: when the state
+ * began). */
+static void emit_add_since(struct kasm *a, int16_t sum)
+{
+    kasm_mov_reg(a, KASM_R2, R_TIME);
+    kasm_alu_reg(a, BPF_SUB, KASM_R2, KASM_R1);
+    kasm_load(a, BPF_DW, KASM_R1, KASM_R0, sum);
+    kasm_alu_reg(a, BPF_ADD, KASM_R1, KASM_R2);
+    kasm_store_reg(a, BPF_DW, KASM_R0, sum, KASM_R1);
+}
+
+/* A tracepoint that fires inside KVM_RUN (kvm_exit, kvm_entry,
+ * kvm_vcpu_wakeup) in a thread whose state is not known yet (it was in
+ * KVM_RUN when the engine started): KVM_RUN began at the latest at reg's
+ * time.  r0: the thread's entry; clobbers r1. */
+static void emit_in_run(struct kasm *a, int reg)
+{
+    kasm_load(a, BPF_DW, KASM_R1, KASM_R0, OFF(thread_state, run_ts));
+    kasm_label known = kasm_jump_if(a, BPF_JNE, KASM_R1, 0);
+    kasm_load(a, BPF_DW, KASM_R1, KASM_R0, OFF(thread_state, user_ts));
+    kasm_label in_vmm = kasm_jump_if(a, BPF_JNE, KASM_R1, 0);
+    kasm_store_reg(a, BPF_DW, KASM_R0, OFF(thread_state, run_ts), reg);
+    kasm_land(a, known);
+    kasm_land(a, in_vmm);
+}
+
 /* reason: the tracepoint whose field is the reason of the state that
- * begins (NULL: none). */
+ * begins (NULL: none).  guard: a tracepoint whose field must equal
+ * c->marker_value, else the program ends (NULL: none). */
 static void assemble_transition(struct kasm *a, const struct maps *m,
+                                const struct kvmstat_dur_config *c,
                                 const struct kvmstat_dur_tracepoint *reason,
+                                const struct kvmstat_dur_tracepoint *guard,
                                 const struct transition *t, int raw)
 {
-    kasm_label out[2];
+    kasm_label out[4];
+    unsigned int nout = 0;
 
     kasm_mov_reg(a, R_CTX, KASM_R1);
-    emit_ids_and_time(a);
+    if (guard) {
+        emit_field(a, KASM_R1, guard, raw);
+        out[nout++] = kasm_jump_if(a, BPF_JNE, KASM_R1, (int32_t)c->marker_value);
+    }
+    nout += (unsigned int)emit_ids(a, c, &out[nout]);
+    emit_time(a);
     if (reason)
         emit_field(a, R_REASON, reason, raw);
-    emit_state(a, m, 1, &out[0]);
+    emit_state(a, m, 1, &out[nout++]);
+    kasm_store_reg(a, BPF_DW, KASM_R0, OFF(thread_state, pid_tgid), R_IDS);
+    if (t->in_run)
+        emit_in_run(a, R_TIME);
     kasm_store_reg(a, BPF_DW, KASM_R0, t->start_ts, R_TIME);
     if (t->start_reason >= 0)
         kasm_store_reg(a, BPF_DW, KASM_R0, t->start_reason, R_REASON);
-    out[1] = emit_take(a, t->end_ts);
+    if (t->clear_ts >= 0)
+        kasm_store_imm(a, BPF_DW, KASM_R0, t->clear_ts, 0);
+    if (t->close_ts >= 0) {
+        kasm_load(a, BPF_DW, KASM_R1, KASM_R0, t->close_ts);
+        kasm_store_imm(a, BPF_DW, KASM_R0, t->close_ts, 0);
+        kasm_label was_closed = kasm_jump_if(a, BPF_JEQ, KASM_R1, 0);
+        emit_add_since(a, t->close_sum);
+        kasm_land(a, was_closed);
+    }
+    out[nout++] = emit_take(a, t->end_ts);
+    kasm_alu_reg(a, BPF_SUB, R_TIME, KASM_R1);  /* now the duration */
+    if (t->end_sum >= 0) {
+        kasm_load(a, BPF_DW, KASM_R1, KASM_R0, t->end_sum);
+        kasm_alu_reg(a, BPF_ADD, KASM_R1, R_TIME);
+        kasm_store_reg(a, BPF_DW, KASM_R0, t->end_sum, KASM_R1);
+    }
     if (t->end_reason >= 0)
         kasm_load(a, BPF_DW, R_REASON, KASM_R0, t->end_reason);
     else
         kasm_mov_imm(a, R_REASON, 0);
-    kasm_alu_reg(a, BPF_SUB, R_TIME, KASM_R1);
     emit_record(a, m, t->kind);
-    emit_end(a, out, 2);
+    emit_end(a, out, nout);
 }
 
-/* The marker (KVM_RUN begins): the VMM's time ends. */
-static void assemble_marker(struct kasm *a, const struct maps *m,
-                            const struct kvmstat_dur_config *c, int raw)
-{
-    kasm_label out[3];
-
-    kasm_mov_reg(a, R_CTX, KASM_R1);
-    emit_field(a, KASM_R1, &c->marker, raw);
-    out[0] = kasm_jump_if(a, BPF_JNE, KASM_R1, (int32_t)c->marker_value);
-    emit_ids_and_time(a);
-    emit_state(a, m, 0, &out[1]);
-    out[2] = emit_take(a, OFF(thread_state, user_ts));
-    kasm_load(a, BPF_DW, R_REASON, KASM_R0, OFF(thread_state, user_reason));
-    kasm_alu_reg(a, BPF_SUB, R_TIME, KASM_R1);
-    emit_record(a, m, KVMSTAT_DUR_VMM);
-    emit_end(a, out, 3);
-}
-
-/* kvm_vcpu_wakeup: the halt's length is in the record. */
+/* kvm_vcpu_wakeup: the halt's length is in the record; it is added to the
+ * thread's halted total too (if the thread's entry cannot be made, the
+ * histogram still gets it). */
 static void assemble_wakeup(struct kasm *a, const struct maps *m,
                             const struct kvmstat_dur_config *c, int raw)
 {
     struct kvmstat_dur_tracepoint waited = {
         c->wakeup.id, c->wakeup_waited_offset, 1, c->wakeup.name, c->wakeup_waited_arg,
     };
+    kasm_label out[1], no_state;
+    unsigned int nout = 0;
 
     kasm_mov_reg(a, R_CTX, KASM_R1);
-    kasm_call(a, BPF_FUNC_get_current_pid_tgid);
-    kasm_mov_reg(a, R_IDS, KASM_R0);
+    nout += (unsigned int)emit_ids(a, c, &out[nout]);
     emit_field(a, R_TIME, &c->wakeup, raw);
     emit_field(a, R_REASON, &waited, raw);
+    /* R_CTX (the fields are read) = when the halt began: now - its length. */
+    kasm_call(a, BPF_FUNC_ktime_get_ns);
+    kasm_mov_reg(a, R_CTX, KASM_R0);
+    kasm_alu_reg(a, BPF_SUB, R_CTX, R_TIME);
+    emit_state(a, m, 1, &no_state);
+    kasm_store_reg(a, BPF_DW, KASM_R0, OFF(thread_state, pid_tgid), R_IDS);
+    emit_in_run(a, R_CTX);
+    kasm_load(a, BPF_DW, KASM_R1, KASM_R0, OFF(thread_state, halt_ns));
+    kasm_alu_reg(a, BPF_ADD, KASM_R1, R_TIME);
+    kasm_store_reg(a, BPF_DW, KASM_R0, OFF(thread_state, halt_ns), KASM_R1);
+    kasm_land(a, no_state);
     emit_record(a, m, KVMSTAT_DUR_HALT);
-    emit_end(a, NULL, 0);
+    emit_end(a, out, nout);
 }
 
 /* ------------------------------------------------------------------------
@@ -426,11 +522,13 @@ static void assemble(struct kasm *a, int i, const struct maps *m,
 {
     switch (i) {
     case KVMSTAT_DUR_TP_USERSPACE_EXIT:
-        assemble_transition(a, m, &c->userspace_exit, &USERSPACE_EXIT, raw);
+        assemble_transition(a, m, c, &c->userspace_exit, NULL, &USERSPACE_EXIT, raw);
         break;
-    case KVMSTAT_DUR_TP_MARKER: assemble_marker(a, m, c, raw); break;
-    case KVMSTAT_DUR_TP_EXIT: assemble_transition(a, m, &c->exit, &EXIT, raw); break;
-    case KVMSTAT_DUR_TP_ENTRY: assemble_transition(a, m, NULL, &ENTRY, raw); break;
+    case KVMSTAT_DUR_TP_MARKER:
+        assemble_transition(a, m, c, NULL, &c->marker, &MARKER, raw);
+        break;
+    case KVMSTAT_DUR_TP_EXIT: assemble_transition(a, m, c, &c->exit, NULL, &EXIT, raw); break;
+    case KVMSTAT_DUR_TP_ENTRY: assemble_transition(a, m, c, NULL, NULL, &ENTRY, raw); break;
     default: assemble_wakeup(a, m, c, raw); break;
     }
 }
@@ -515,6 +613,21 @@ static int attach(struct kvmstat_dur *d, int i, const struct kvmstat_dur_config 
     return rc;
 }
 
+/* Room for cap keys and their values in b. */
+static int grow_batch(struct batch *b, unsigned int cap)
+{
+    void *k = realloc(b->keys, cap * b->key_size);
+    if (!k)
+        return -ENOMEM;
+    b->keys = k;
+    void *v = realloc(b->values, cap * b->value_size);
+    if (!v)
+        return -ENOMEM;
+    b->values = v;
+    b->cap = cap;
+    return 0;
+}
+
 static unsigned int default_entries(unsigned int ncpus)
 {
     size_t n = HIST_BUDGET / ((size_t)ncpus * sizeof(struct hist_value));
@@ -585,10 +698,11 @@ int kvmstat_dur_new(const struct kvmstat_dur_config *cfg, char *log,
             set_error(err, KVMSTAT_BPF_STAGE_MAP, -1, rc);
         goto fail;
     }
-    d->batch_cap = 64;
-    d->keys = malloc(d->batch_cap * sizeof(*d->keys));
-    d->values = malloc((size_t)d->batch_cap * d->ncpus * sizeof(*d->values));
-    if (!d->keys || !d->values) {
+    d->hist_batch.key_size = sizeof(struct hist_key);
+    d->hist_batch.value_size = d->ncpus * sizeof(struct hist_value);
+    d->thread_batch.key_size = sizeof(uint32_t);
+    d->thread_batch.value_size = sizeof(struct thread_state);
+    if (grow_batch(&d->hist_batch, 64) < 0 || grow_batch(&d->thread_batch, 256) < 0) {
         rc = -ENOMEM;
         set_error(err, 0, -1, rc);
         goto fail;
@@ -627,25 +741,35 @@ static int reserve(struct kvmstat_dur *d, unsigned int more)
     return rc;
 }
 
-/* Fold n fetched keys with their per-CPU values into entries; max_ns only
+/* A read in progress: what to do with each fetched batch. */
+struct reading {
+    struct kvmstat_dur *d;
+    struct batch *b;
+    int (*fold)(struct reading *r, unsigned int n);
+    uint64_t gen;  /* of max_ns, for histograms */
+};
+
+/* Fold n fetched histograms (per-CPU values) into entries; max_ns only
  * from the slots written in generation gen. */
-static int fold(struct kvmstat_dur *d, unsigned int n, uint64_t gen)
+static int fold_hist(struct reading *r, unsigned int n)
 {
+    struct kvmstat_dur *d = r->d;
+    const struct hist_key *keys = r->b->keys;
     int rc = reserve(d, n);
     if (rc < 0)
         return rc;
     for (unsigned int i = 0; i < n; i++) {
         struct kvmstat_dur_entry *e = &d->entries[d->nentries++];
-        const struct hist_value *v = d->values + (size_t)i * d->ncpus;
+        const struct hist_value *v = (const struct hist_value *)r->b->values + (size_t)i * d->ncpus;
 
         memset(e, 0, sizeof(*e));
-        e->kind = d->keys[i].kind;
-        e->tgid = d->keys[i].tgid;
-        e->reason = d->keys[i].reason;
+        e->kind = keys[i].kind;
+        e->tgid = keys[i].tgid;
+        e->reason = keys[i].reason;
         for (unsigned int c = 0; c < d->ncpus; c++) {
             e->count += v[c].count;
             e->sum_ns += v[c].sum;
-            if (v[c].gen == gen && v[c].max > e->max_ns)
+            if (v[c].gen == r->gen && v[c].max > e->max_ns)
                 e->max_ns = v[c].max;
             for (unsigned int b = 0; b < KVMSTAT_DUR_BUCKETS; b++)
                 e->buckets[b] += v[c].buckets[b];
@@ -654,39 +778,26 @@ static int fold(struct kvmstat_dur *d, unsigned int n, uint64_t gen)
     return 0;
 }
 
-static int grow_batch(struct kvmstat_dur *d, unsigned int cap)
-{
-    struct hist_key *k = realloc(d->keys, cap * sizeof(*k));
-    if (!k)
-        return -ENOMEM;
-    d->keys = k;
-    struct hist_value *v = realloc(d->values, (size_t)cap * d->ncpus * sizeof(*v));
-    if (!v)
-        return -ENOMEM;
-    d->values = v;
-    d->batch_cap = cap;
-    return 0;
-}
-
-static int fetch_batch(struct kvmstat_dur *d, uint64_t gen)
+static int fetch_batch(struct reading *r, int fd)
 {
     uint64_t in_token[2] = { 0, 0 }, out_token[2] = { 0, 0 };
     int first = 1;
 
     for (;;) {
-        uint32_t count = d->batch_cap;
-        int rc = ksys_map_lookup_batch(d->maps.hist, first ? NULL : in_token, out_token,
-                                       d->keys, d->values, &count);
+        uint32_t count = r->b->cap;
+        int rc = ksys_map_lookup_batch(fd, first ? NULL : in_token, out_token,
+                                       r->b->keys, r->b->values, &count);
         if (rc < 0 && rc != -ENOENT) {
-            if (rc == -ENOSPC && count == 0 && d->batch_cap < HIST_MAX * 4) {
-                rc = grow_batch(d, d->batch_cap * 2);
+            /* A hash bucket holds more keys than the buffers: grow them. */
+            if (rc == -ENOSPC && count == 0 && r->b->cap < (1u << 20)) {
+                rc = grow_batch(r->b, r->b->cap * 2);
                 if (rc < 0)
                     return rc;
                 continue;
             }
             return rc;
         }
-        int frc = fold(d, count, gen);
+        int frc = r->fold(r, count);
         if (frc < 0)
             return frc;
         if (rc == -ENOENT)
@@ -696,63 +807,131 @@ static int fetch_batch(struct kvmstat_dur *d, uint64_t gen)
     }
 }
 
-struct walk {
-    struct kvmstat_dur *d;
-    uint64_t gen;
-};
-
-/* One entry of a key iteration: its values are in d->values. */
+/* One entry of a key iteration: its values are in the first slot. */
 static int fold_visited(void *ctx, const void *key)
 {
-    struct walk *w = ctx;
-    memcpy(&w->d->keys[0], key, sizeof(w->d->keys[0]));
-    return fold(w->d, 1, w->gen);
+    struct reading *r = ctx;
+    memcpy(r->b->keys, key, r->b->key_size);
+    return r->fold(r, 1);
 }
 
-static int fetch_iteration(struct kvmstat_dur *d, uint64_t gen)
+/* Fetch table fd in batches, or by key iteration on kernels without batch
+ * lookups (before 5.6); *folded: whether a batch was folded already. */
+static int fetch(struct reading *r, int fd, const unsigned int *folded)
 {
-    struct hist_key key, next;
-    struct walk w = { d, gen };
-    return ksys_map_walk(d->maps.hist, &key, &next, sizeof(key), d->values, fold_visited, &w);
+    struct kvmstat_dur *d = r->d;
+    uint64_t key[2], next[2];  /* room for the largest key */
+
+    if (!d->use_iteration) {
+        int rc = fetch_batch(r, fd);
+        if ((rc == -EINVAL || rc == -ENOTSUPP || rc == -EOPNOTSUPP) && *folded == 0)
+            d->use_iteration = 1;
+        else
+            return rc;
+    }
+    return ksys_map_walk(fd, key, next, r->b->key_size, r->b->values, fold_visited, r);
 }
 
 int kvmstat_dur_read(struct kvmstat_dur *d, uint64_t *dropped)
 {
     uint32_t zero = 0;
-    uint64_t gen;
+    struct reading r = { d, NULL, fold_hist, 0 };
 
     if (!d)
         return -EINVAL;
-    int rc = ksys_map_lookup(d->maps.gen, &zero, &gen);
+    r.b = &d->hist_batch;
+    int rc = ksys_map_lookup(d->maps.gen, &zero, &r.gen);
     if (rc < 0)
         return rc;
     d->nentries = 0;
-    if (!d->use_iteration) {
-        rc = fetch_batch(d, gen);
-        if ((rc == -EINVAL || rc == -ENOTSUPP || rc == -EOPNOTSUPP) && d->nentries == 0) {
-            d->use_iteration = 1;  /* kernels before 5.6 */
-            rc = fetch_iteration(d, gen);
-        }
-    } else {
-        rc = fetch_iteration(d, gen);
-    }
+    rc = fetch(&r, d->maps.hist, &d->nentries);
     if (rc < 0)
         return rc;
     /* A new generation: maxima recorded from now on belong to the next read. */
-    gen++;
+    uint64_t gen = r.gen + 1;
     rc = ksys_map_update(d->maps.gen, &zero, &gen);
     if (rc < 0)
         return rc;
     if (dropped) {
-        rc = ksys_map_lookup(d->maps.drops, &zero, d->values);
+        uint64_t *slots = d->hist_batch.values;  /* ncpus u64 fit in one key's values */
+        rc = ksys_map_lookup(d->maps.drops, &zero, slots);
         if (rc < 0)
             return rc;
-        const uint64_t *slots = (const uint64_t *)d->values;
         *dropped = 0;
         for (unsigned int c = 0; c < d->ncpus; c++)
             *dropped += slots[c];
     }
     return (int)d->nentries;
+}
+
+/* The programs' clock: bpf_ktime_get_ns is CLOCK_MONOTONIC. */
+static uint64_t monotonic_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Fold n fetched thread entries into vCPUs, each open state counted until
+ * now: read after the batch was copied, so no state in it began later.
+ * r->gen keeps the last now. */
+static int fold_vcpus(struct reading *r, unsigned int n)
+{
+    struct kvmstat_dur *d = r->d;
+    const struct thread_state *t = r->b->values;
+    void *vcpus = d->vcpus;
+    int rc = kvmstat_array_reserve(&vcpus, &d->vcpus_cap, d->nvcpus, n, sizeof(*d->vcpus),
+                                   64, UINT32_MAX / 2);
+    d->vcpus = vcpus;
+    if (rc < 0)
+        return rc;
+    uint64_t now = r->gen = monotonic_ns();
+    for (unsigned int i = 0; i < n; i++, t++) {
+        struct kvmstat_dur_vcpu *v = &d->vcpus[d->nvcpus++];
+
+        v->tid = ((const uint32_t *)r->b->keys)[i];
+        v->tgid = (uint32_t)(t->pid_tgid >> 32);
+        v->run_ns = t->run_ns + (t->run_ts && t->run_ts < now ? now - t->run_ts : 0);
+        v->vmm_ns = t->vmm_ns + (t->user_ts && t->user_ts < now ? now - t->user_ts : 0);
+        v->guest_ns = t->guest_ns + (t->entry_ts && t->entry_ts < now ? now - t->entry_ts : 0);
+        v->halt_ns = t->halt_ns;
+    }
+    return 0;
+}
+
+int kvmstat_dur_read_vcpus(struct kvmstat_dur *d, uint64_t *now_ns)
+{
+    struct reading r = { d, NULL, fold_vcpus, 0 };
+
+    if (!d)
+        return -EINVAL;
+    r.b = &d->thread_batch;
+    d->nvcpus = 0;
+    int rc = fetch(&r, d->maps.threads, &d->nvcpus);
+    if (rc < 0)
+        return rc;
+    if (now_ns)
+        *now_ns = d->nvcpus ? r.gen : monotonic_ns();
+    return (int)d->nvcpus;
+}
+
+int kvmstat_dur_copy_vcpus(const struct kvmstat_dur *d, struct kvmstat_dur_vcpu *out,
+                           unsigned int cap)
+{
+    if (!d || (cap && !out))
+        return -EINVAL;
+    unsigned int n = d->nvcpus < cap ? d->nvcpus : cap;
+    if (n)
+        memcpy(out, d->vcpus, n * sizeof(*out));
+    return (int)n;
+}
+
+int kvmstat_dur_forget_vcpu(struct kvmstat_dur *d, uint32_t tid)
+{
+    if (!d)
+        return -EINVAL;
+    int rc = ksys_map_delete(d->maps.threads, &tid);
+    return rc == -ENOENT ? 0 : rc;
 }
 
 int kvmstat_dur_copy(const struct kvmstat_dur *d, struct kvmstat_dur_entry *out,
@@ -793,9 +972,9 @@ int kvmstat_dur_reset(struct kvmstat_dur *d)
         rc = clear_map(d->maps.threads, &tnext);
     if (rc < 0)
         return rc;
-    memset(d->values, 0, d->ncpus * sizeof(uint64_t));
-    rc = ksys_map_update(d->maps.drops, &zero, d->values);
-    d->nentries = 0;
+    memset(d->hist_batch.values, 0, d->ncpus * sizeof(uint64_t));
+    rc = ksys_map_update(d->maps.drops, &zero, d->hist_batch.values);
+    d->nentries = d->nvcpus = 0;
     return rc < 0 ? rc : 0;
 }
 
@@ -846,8 +1025,11 @@ void kvmstat_dur_free(struct kvmstat_dur *d)
     ksys_close(&d->maps.hist);
     ksys_close(&d->maps.gen);
     ksys_close(&d->maps.drops);
-    free(d->keys);
-    free(d->values);
+    free(d->hist_batch.keys);
+    free(d->hist_batch.values);
+    free(d->thread_batch.keys);
+    free(d->thread_batch.values);
     free(d->entries);
+    free(d->vcpus);
     free(d);
 }

@@ -9,6 +9,9 @@
  * d with 2^i <= d < 2^(i+1) nanoseconds (bucket 0 also holds 0 and 1 ns,
  * the last bucket everything from 2^(KVMSTAT_DUR_BUCKETS-1) ns up).
  *
+ * Per thread, the table also keeps the totals of the time spent in KVM_RUN,
+ * in the VMM, in the guest and halted (kvmstat_dur_read_vcpus).
+ *
  * The kinds (docs/durations.md, docs/design.md §3.4):
  *   VMM     kvm_userspace_exit(REASON) until the thread enters KVM_RUN
  *           again (the marker: kvm_fpu with load = 1, which KVM fires at
@@ -91,6 +94,7 @@ struct kvmstat_dur_config {
     uint32_t attach;       /* KVMSTAT_DUR_ATTACH_* */
     uint32_t max_entries;  /* histograms; 0: sized by the possible CPUs */
     uint32_t max_threads;  /* per-thread timestamps (least recently used go); 0: default */
+    uint32_t tgid;         /* only this process (its programs end at once in others); 0: all */
 };
 
 /* One histogram, summed over CPUs. */
@@ -102,6 +106,21 @@ struct kvmstat_dur_entry {
     uint64_t sum_ns;
     uint64_t max_ns;   /* since the previous read */
     uint64_t buckets[40];  /* KVMSTAT_DUR_BUCKETS (cffi wants a number here) */
+};
+
+/* One vCPU thread's time since the engine first saw it (or was reset), by
+ * state, each open state counted until the read: run_ns in KVM_RUN (the
+ * guest's and the kernel's time, from the marker until the next exit to
+ * user space), vmm_ns in the VMM (from there until the marker), guest_ns in
+ * the guest (kvm_entry until kvm_exit: 0 where those do not fire), halt_ns
+ * halted (kvm_vcpu_wakeup's lengths, part of run_ns). */
+struct kvmstat_dur_vcpu {
+    uint32_t tid;
+    uint32_t tgid;
+    uint64_t run_ns;
+    uint64_t vmm_ns;
+    uint64_t guest_ns;
+    uint64_t halt_ns;
 };
 
 struct kvmstat_dur;
@@ -127,6 +146,21 @@ int kvmstat_dur_read(struct kvmstat_dur *d, uint64_t *dropped);
 /* Copy up to cap histograms of the last read; returns how many. */
 int kvmstat_dur_copy(const struct kvmstat_dur *d, struct kvmstat_dur_entry *out,
                      unsigned int cap);
+
+/*
+ * Fetch every vCPU thread's times into the engine (kvmstat_dur_copy_vcpus
+ * copies them out); *now_ns (if not NULL): the CLOCK_MONOTONIC time the
+ * open states were counted until.  Returns the number of threads.
+ */
+int kvmstat_dur_read_vcpus(struct kvmstat_dur *d, uint64_t *now_ns);
+
+/* Copy up to cap vCPUs of the last kvmstat_dur_read_vcpus; returns how many. */
+int kvmstat_dur_copy_vcpus(const struct kvmstat_dur *d, struct kvmstat_dur_vcpu *out,
+                           unsigned int cap);
+
+/* Drop a thread's entry (a thread that ended: its open state would grow
+ * forever).  0 also when there is none. */
+int kvmstat_dur_forget_vcpu(struct kvmstat_dur *d, uint32_t tid);
 
 /* Read by key iteration from now on, as on kernels without batch lookups
  * (for tests of that path). */

@@ -34,7 +34,7 @@ import os
 from typing import Dict, List, Mapping, Optional, Tuple
 
 from .bpf import _open_error, BpfEventSpec
-from .durations import BUCKETS, DurationEntry, DurationHistogram
+from .durations import BUCKETS, DurationEntry, DurationHistogram, VcpuEntry
 from ..errors import InvalidArgument, NativeError, NotAvailable
 from ..tracefs.events import Event, Field, FormatError, parse_format
 from .native import binding
@@ -166,11 +166,13 @@ def durations_layout(tracefs: str, events: Mapping[str, Event], *, marker: str =
 
 class DurationCounter:
     """The durations engine running on the tracepoints of *layout* (see
-    :func:`durations_layout`).  :meth:`read` gives every raw histogram.
-    Context manager; :meth:`close` releases the descriptors."""
+    :func:`durations_layout`).  :meth:`read` gives every raw histogram,
+    :meth:`read_vcpus` every vCPU thread's times.  With *tgid*, the programs
+    record only that process (they end at once in every other).  Context
+    manager; :meth:`close` releases the descriptors."""
 
     def __init__(self, layout: Mapping[str, DurationTracepoint], *, marker_value: int,
-                 max_entries: int = 0, raw: bool = True):
+                 max_entries: int = 0, raw: bool = True, tgid: Optional[int] = None):
         self._closed = True
         try:
             native = binding()
@@ -197,6 +199,7 @@ class DurationCounter:
         cfg.wakeup_waited_offset = waited.field.offset if waited is not None else -1
         cfg.wakeup_waited_arg = -1 if waited is None or waited.arg is None else waited.arg
         cfg.max_entries = max_entries
+        cfg.tgid = tgid or 0
         cfg.attach = lib.KVMSTAT_DUR_ATTACH_AUTO if raw else lib.KVMSTAT_DUR_ATTACH_PERF
         log = ffi.new("char[]", VERIFIER_LOG_SIZE)
         err = ffi.new("struct kvmstat_bpf_error *")
@@ -213,6 +216,8 @@ class DurationCounter:
         self._closed = False
         self._dropped = ffi.new("uint64_t *")
         self._buf = ffi.new("struct kvmstat_dur_entry[]", 64)
+        self._vcpu_buf = ffi.new("struct kvmstat_dur_vcpu[]", 64)
+        self._now = ffi.new("uint64_t *")
 
     def _check(self, rc: int, action: str) -> int:
         if rc < 0:
@@ -233,6 +238,23 @@ class DurationCounter:
                                                    tuple(e.buckets[0:BUCKETS])))
                    for e in self._buf[0:n]]
         return entries, int(self._dropped[0])
+
+    def read_vcpus(self) -> Tuple[List[VcpuEntry], int]:
+        """Every vCPU thread's cumulative times (:class:`VcpuEntry`, the open
+        state counted until the read) and the CLOCK_MONOTONIC time in ns
+        they were counted until."""
+        if self._closed:
+            raise InvalidArgument("the durations engine is closed")
+        n = self._check(self._lib.kvmstat_dur_read_vcpus(self._eng, self._now), "reading vCPUs")
+        if n > len(self._vcpu_buf):
+            self._vcpu_buf = self._ffi.new("struct kvmstat_dur_vcpu[]", n + 64)
+        n = self._lib.kvmstat_dur_copy_vcpus(self._eng, self._vcpu_buf, len(self._vcpu_buf))
+        return ([VcpuEntry(v.tid, v.tgid, v.run_ns, v.vmm_ns, v.guest_ns, v.halt_ns)
+                 for v in self._vcpu_buf[0:n]], int(self._now[0]))
+
+    def forget(self, tid: int) -> None:
+        """Drop the entry of thread *tid* (one that ended)."""
+        self._check(self._lib.kvmstat_dur_forget_vcpu(self._eng, tid), "forgetting a thread")
 
     def reset(self) -> None:
         """Start again from zero."""
