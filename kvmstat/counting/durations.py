@@ -44,6 +44,9 @@ __all__ = [
     "lower_bound_ns",
     "fold_entries",
     "interval",
+    "VcpuEntry",
+    "VcpuTimes",
+    "vcpu_times",
 ]
 
 #: number of log2 buckets: bucket i counts durations d with 2**i <= d <
@@ -199,6 +202,77 @@ def interval(current: DurationSet, previous: Mapping[str, DurationHistogram]
     return total, delta
 
 
+class VcpuEntry(NamedTuple):
+    """One vCPU thread's cumulative times as the engine reads them (ns,
+    since it first saw the thread, the open state counted until the read):
+    in KVM_RUN (guest and kernel), in the VMM, in the guest (0 where
+    kvm_entry/kvm_exit do not fire), halted (part of KVM_RUN)."""
+
+    tid: int
+    pid: int
+    run_ns: int
+    vmm_ns: int
+    guest_ns: int
+    halt_ns: int
+
+
+@dataclass(frozen=True)
+class VcpuTimes:
+    """Where one vCPU thread's time went over an interval of
+    ``interval_ns``: ``run_ns`` inside KVM_RUN (the guest's and the
+    kernel's time together), ``vmm_ns`` in the VMM handling exits to user
+    space, ``halt_ns`` halted (inside KVM_RUN); ``guest_ns`` in the guest,
+    None where kvm_entry/kvm_exit do not fire (then the guest's and the
+    kernel's time cannot be told apart).  ``name``: the thread's name as
+    the VMM set it (QEMU: ``CPU 0/KVM``; text from outside)."""
+
+    tid: int
+    pid: int
+    interval_ns: int
+    run_ns: int
+    vmm_ns: int
+    halt_ns: int
+    guest_ns: Optional[int] = None
+    name: str = ""
+
+    @property
+    def kernel_ns(self) -> Optional[int]:
+        """In KVM_RUN but not in the guest (halted time included); None
+        where the guest's time is not measured."""
+        return None if self.guest_ns is None else max(0, self.run_ns - self.guest_ns)
+
+    def share(self, ns: Optional[int]) -> Optional[float]:
+        """*ns* as a percentage of the interval (None stays None)."""
+        if ns is None:
+            return None
+        return 100.0 * ns / self.interval_ns if self.interval_ns > 0 else 0.0
+
+
+def vcpu_times(current: Iterable[VcpuEntry], previous: Mapping[int, VcpuEntry],
+               interval_ns: int, guest_measured: bool,
+               names: Optional[Mapping[int, str]] = None) -> List[VcpuTimes]:
+    """The times of each vCPU over an interval of *interval_ns*: *current*
+    minus *previous* (tid -> the entry of the previous read; a thread not
+    in it started within the interval).  A read racing a state change may
+    see a total a little early or late; negative differences count as 0
+    and a share never exceeds the interval.  Sorted by pid, then tid."""
+    def since(value: int, old: int) -> int:
+        return min(max(0, value - old), max(0, interval_ns))
+
+    out = []
+    for entry in current:
+        b = previous.get(entry.tid)
+        if b is None or b.pid != entry.pid:  # new, or the tid reused by another process
+            b = VcpuEntry(entry.tid, entry.pid, 0, 0, 0, 0)
+        out.append(VcpuTimes(
+            entry.tid, entry.pid, interval_ns,
+            since(entry.run_ns, b.run_ns), since(entry.vmm_ns, b.vmm_ns),
+            since(entry.halt_ns, b.halt_ns),
+            since(entry.guest_ns, b.guest_ns) if guest_measured else None,
+            (names or {}).get(entry.tid, "")))
+    return sorted(out, key=lambda v: (v.pid, v.tid))
+
+
 @dataclass
 class Durations:
     """The durations of one :class:`~kvmstat.sampling.sampler.Sample`.
@@ -212,6 +286,10 @@ class Durations:
     that views say so instead of showing zeros.  ``dropped``: durations
     lost since start because the engine's histogram table was full (the
     histograms of exited processes stay in it until a reset).
+    ``vcpus``: where each vCPU thread's time went over the interval
+    (:class:`VcpuTimes`: in the guest, in the kernel, halted, in the VMM),
+    ``vcpus_total``: the same since the sampler was opened (or reset);
+    threads that ended are left out.
     """
 
     total: DurationSet
@@ -220,6 +298,8 @@ class Durations:
     by_vm_delta: Optional[Dict[int, DurationSet]] = None
     unavailable: Dict[str, str] = field(default_factory=dict)
     dropped: int = 0
+    vcpus: List[VcpuTimes] = field(default_factory=list)
+    vcpus_total: List[VcpuTimes] = field(default_factory=list)
 
     def fields(self) -> List[str]:
         """Every field with durations, sorted."""

@@ -13,14 +13,25 @@ with the durations of processes outside the running VMs under
 ``pid="none",guest=""``; otherwise one host series.  Buckets are the engine's
 log2 buckets in seconds (``le`` = 2^(i+1) ns), counted since the exporter
 started; ``_sum`` is in seconds.
+
+Where each vCPU's time went is the counter family
+``kvm_tracepoint_vcpu_time_seconds_total`` (since the exporter started),
+one series per vCPU thread (``pid``, ``guest``, ``vcpu``: the index in
+QEMU's thread name ``CPU N/KVM``, else empty; ``tid``) and ``state``, the
+states partitioning the thread's time: ``guest``, ``kernel`` (in KVM_RUN
+outside the guest, halts excluded), ``halted`` and ``vmm`` where kvm_entry
+and kvm_exit fire; elsewhere ``kvm_run`` (the guest's and the kernel's time
+together, halts excluded), ``halted`` and ``vmm``.  ``rate()`` of a state
+is the share of a CPU the vCPU spends in it.
 """
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Pattern, Tuple
 
 from ..counting.durations import (BUCKETS, EMPTY, DurationHistogram, DurationSet, Durations,
-                                  upper_bound_ns)
+                                  VcpuTimes, upper_bound_ns)
 from ..sampling.fields import parent_of
 from .exporter_names import TRACEPOINT_PREFIX, escape_label_value
 from .exporter_render import OUTSIDE_LABELS, Lines
@@ -28,7 +39,8 @@ from .exporter_render import OUTSIDE_LABELS, Lines
 if TYPE_CHECKING:
     from ..sampling.duration_source import DurationSource
 
-__all__ = ["render_durations", "durations_writer", "family_of", "OTHER_REASON"]
+__all__ = ["render_durations", "render_vcpu_times", "durations_writer", "family_of",
+           "OTHER_REASON", "VCPU_TIME_FAMILY"]
 
 #: the reason label of the durations no shown reason covers
 OTHER_REASON = "other"
@@ -136,6 +148,47 @@ def render_durations(lines: Lines, durations: Durations, scope: str,
     return written
 
 
+#: the counter family of where vCPU threads spend their time
+VCPU_TIME_FAMILY = f"{TRACEPOINT_PREFIX}vcpu_time_seconds"
+
+_QEMU_VCPU = re.compile(r"CPU (\d+)/KVM\Z")
+
+
+def _states(v: VcpuTimes) -> List[Tuple[str, int]]:
+    """The states partitioning *v*'s time, with their ns."""
+    halted = min(v.halt_ns, v.run_ns)
+    if v.guest_ns is None:
+        return [("kvm_run", v.run_ns - halted), ("halted", halted), ("vmm", v.vmm_ns)]
+    kernel = v.kernel_ns or 0
+    return [("guest", v.guest_ns), ("kernel", max(0, kernel - halted)),
+            ("halted", min(halted, kernel)), ("vmm", v.vmm_ns)]
+
+
+def render_vcpu_times(lines: Lines, vcpus: List[VcpuTimes], scope: str,
+                      vm_labels: Mapping[int, str], openmetrics: bool) -> int:
+    """Append :data:`VCPU_TIME_FAMILY` (each vCPU's time by state since
+    start) to *lines*; returns the number of series written.  The VM labels
+    come from *vm_labels* (pid -> label text), else *scope* (``-p``), else
+    the pid alone."""
+    if not vcpus:
+        return 0
+    shown = VCPU_TIME_FAMILY if openmetrics else VCPU_TIME_FAMILY + "_total"
+    lines.append(f"# HELP {shown} Time each vCPU thread spent in each state: in the guest, in "
+                 "the kernel, halted, in the VMM (kvm_run: guest and kernel together where "
+                 "they cannot be told apart)\n"
+                 f"# TYPE {shown} counter\n")
+    written = 0
+    for v in vcpus:
+        labels = vm_labels.get(v.pid) or scope or f'pid="{v.pid}",guest=""'
+        index = _QEMU_VCPU.match(v.name)
+        vcpu = index.group(1) if index else ""
+        for state, ns in _states(v):
+            lines.append(f'{VCPU_TIME_FAMILY}_total{{{labels},vcpu="{vcpu}",tid="{v.tid}",'
+                         f'state="{state}"}} {ns * _NS!r}\n')
+            written += 1
+    return written
+
+
 def durations_writer(source: "DurationSource", scope: str = "",
                      vm_series: "Optional[Pattern[str]]" = None):
     """A family writer for :meth:`~kvmstat.frontends.exporter.KvmCollector.add_families`:
@@ -143,8 +196,11 @@ def durations_writer(source: "DurationSource", scope: str = "",
     watched VM's labels with ``-p`` (else empty); *vm_series*: the ``--vm-series``
     pattern when the collector serves per-VM series (None: host series only)."""
     def write(lines: Lines, openmetrics: bool, vm_labels: Dict[int, str]) -> int:
-        return render_durations(
-            lines, source.sample(), scope, vm_labels if vm_series is not None else None,
+        durations = source.sample()
+        written = render_durations(
+            lines, durations, scope, vm_labels if vm_series is not None else None,
             lambda event: vm_series is not None and vm_series.match(event) is not None)
+        return written + render_vcpu_times(lines, durations.vcpus_total, scope, vm_labels,
+                                           openmetrics)
 
     return write

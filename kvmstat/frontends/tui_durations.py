@@ -3,18 +3,21 @@
 Per field the table of ``kvm_stat -1 --durations`` (count, share of its
 event's time, avg, p50, p99, max), since the sampler was opened or reset,
 events sorted by their total time with their reasons under them; with the
-by-guest view, one such table per VM.  Lines saying which durations this
-host cannot measure (e.g. kvm_exit on paravirtual KVM) come last.
+by-guest view, one such table per VM.  Under them, where each vCPU
+thread's time went over the last interval (in KVM_RUN, in the guest, in
+the kernel, halted, in the VMM), busiest first.  Lines saying which
+durations this host cannot measure (e.g. kvm_exit on paravirtual KVM) come
+last.
 """
 
 from __future__ import annotations
 
 from typing import List, Mapping, Optional
 
-from .formats.durations import durations_notes, tui_rows
+from .formats.durations import durations_notes, tui_rows, tui_vcpu_rows
 from .formats.text import guest_heading
-from .tui_layout import (BOLD, COLLECTING, FIRST_ROW, MAX_REGEX, REGEX_COLUMN, STANDOUT, Line,
-                         View, clip, title)
+from .tui_layout import (BOLD, COLLECTING, FIRST_ROW, MAX_REGEX, NORMAL, REGEX_COLUMN, STANDOUT,
+                         Line, View, clip, title)
 
 __all__ = ["durations_screen", "SORT_LABEL", "NO_DURATIONS"]
 
@@ -60,9 +63,20 @@ def durations_screen(sample, view: View, width: int, height: int,
         room = max(0, bottom - FIRST_ROW - len(notes))
         if not body:
             body = [NO_DURATIONS]
-        for i, text in enumerate(body[:room]):
+        vcpus = tui_vcpu_rows(durations.vcpus, width) if durations.vcpus else []
+        event_room, vcpu_room = min(len(body), room), 0
+        if vcpus and room >= 4:  # a blank line, the vCPU header and a row at least
+            # What the event rows leave, and at least half the room.
+            vcpu_room = min(len(vcpus), max(2, room - len(body) - 1, (room - 1) // 2))
+            event_room = min(len(body), room - vcpu_room - 1)
+        for i, text in enumerate(body[:event_room]):
             lines.append(Line(FIRST_ROW + i, 0, text))
-        y = FIRST_ROW + min(len(body), room)
+        y = FIRST_ROW + event_room
+        if vcpu_room:
+            y += 1
+            for i, text in enumerate(vcpus[:vcpu_room]):
+                lines.append(Line(y + i, 0, text, STANDOUT if i == 0 else NORMAL))
+            y += vcpu_room
         for i, note in enumerate(notes):
             lines.append(Line(y + i, 0, note))
     if view.message:

@@ -8,12 +8,15 @@ every sample (``Sample.durations``).
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Mapping, Optional
+import os
+import time
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 from ..counting.duration_engine import (KVM_RUN, DurationCounter, durations_layout,
                                         kvm_exit_unavailable)
 from ..counting.durations import (HALT_REASONS, KIND_EVENTS, KIND_HALT, KIND_KERNEL, KIND_VMM,
-                                  Durations, DurationSet, fold_entries, interval)
+                                  Durations, DurationSet, VcpuEntry, VcpuTimes, fold_entries,
+                                  interval, vcpu_times)
 from .engine import choose_engine
 from ..errors import Error, NotAvailable
 from ..tracefs.events import Event, detect_vendor, list_event_names, load_events
@@ -35,12 +38,29 @@ def _reason_names(events: Mapping[str, Event]) -> Dict[int, Dict[int, str]]:
     return names
 
 
+def _not_below(entry: VcpuEntry, previous: Optional[VcpuEntry]) -> VcpuEntry:
+    """*entry*, no total below *previous*'s (the same thread's last read).
+
+    A program ends a state by clearing its start, then adding its length to
+    the total: a read in between misses that length once.  Totals must
+    never go down (the exporter serves them as counters), so such a read
+    keeps the previous values until the real ones pass them."""
+    if previous is None or previous.pid != entry.pid:
+        return entry
+    return VcpuEntry(entry.tid, entry.pid, max(entry.run_ns, previous.run_ns),
+                     max(entry.vmm_ns, previous.vmm_ns), max(entry.guest_ns, previous.guest_ns),
+                     max(entry.halt_ns, previous.halt_ns))
+
+
 class DurationSource:
     """Durations for a :class:`~kvmstat.sampling.sampler.Sampler`.
 
     *events*: the kvm events of this host (name -> Event); *wanted*: a
-    predicate on field names (``-f``); *pid*: only that VM process; *by_vm*:
-    a breakdown per process (every process that makes vCPU exits is a VM).
+    predicate on field names (``-f``); *pid*: only that VM process (the
+    programs record nothing for other processes); *by_vm*: a breakdown per
+    process (every process that makes vCPU exits is a VM).  Every sample
+    also says where each vCPU thread's time went (``Durations.vcpus``);
+    *proc_path* is where to see which threads still exist and their names.
     *marker*: see :data:`MARKERS`; *raw*: attach the programs as raw
     tracepoints where the kernel allows (else, and with False, through
     perf events of the tracepoints).  Raises :class:`NotAvailable` (one line
@@ -50,7 +70,7 @@ class DurationSource:
     def __init__(self, tracefs: str, events: Mapping[str, Event], *,
                  wanted: Optional[Callable[[str], bool]] = None, pid: Optional[int] = None,
                  by_vm: bool = False, marker: str = "auto", raw: bool = True,
-                 sys_path: str = "/sys"):
+                 sys_path: str = "/sys", proc_path: str = "/proc"):
         unavailable = kvm_exit_unavailable(sys_path)
         layout = durations_layout(tracefs, events, marker=marker,
                                   kernel_times=unavailable is None)
@@ -66,17 +86,59 @@ class DurationSource:
         self._wanted = wanted
         self._names = _reason_names(events)
         marker_value = 1 if self.marker == "kvm_fpu" else KVM_RUN
-        self._counter = DurationCounter(layout, marker_value=marker_value, raw=raw)
+        self._proc = proc_path
+        self._guest_measured = "kvm_entry" in layout
+        self._start_ns = time.monotonic_ns()  # the programs' clock (CLOCK_MONOTONIC)
+        self._counter = DurationCounter(layout, marker_value=marker_value, raw=raw, tgid=pid)
         self._previous: DurationSet = {}
+        self._previous_vcpus: Dict[int, VcpuEntry] = {}
+        self._previous_ns = self._start_ns
+        self._thread_names: Dict[int, str] = {}
         self._previous_vm: Dict[int, DurationSet] = {}
         #: durations lost because the histogram table was full (since start)
         self.dropped = 0
 
+    def _thread_name(self, entry: VcpuEntry) -> Optional[str]:
+        """The thread's name (read once), None if the thread has ended."""
+        name = self._thread_names.get(entry.tid)
+        if name is None:
+            try:
+                with open(os.path.join(self._proc, str(entry.pid), "task", str(entry.tid), "comm"),
+                          encoding="utf-8", errors="replace") as f:
+                    name = f.read().rstrip("\n")
+            except OSError:
+                return None
+            self._thread_names[entry.tid] = name
+        return name
+
+    def _live_vcpus(self) -> Tuple[List[VcpuEntry], int]:
+        """The engine's vCPU threads that still exist; the entries of ended
+        ones are dropped from the engine (their open state would grow)."""
+        entries, now = self._counter.read_vcpus()
+        live = []
+        for entry in entries:
+            alive = os.path.exists(os.path.join(self._proc, str(entry.pid), "task", str(entry.tid)))
+            if alive and self._thread_name(entry) is not None:
+                live.append(_not_below(entry, self._previous_vcpus.get(entry.tid)))
+            else:
+                self._counter.forget(entry.tid)
+                self._thread_names.pop(entry.tid, None)
+        return live, now
+
+    def _vcpu_times(self) -> Tuple[List[VcpuTimes], List[VcpuTimes]]:
+        """Each live vCPU's times over the interval and since start."""
+        entries, now = self._live_vcpus()
+        names = {e.tid: self._thread_names.get(e.tid, "") for e in entries}
+        delta = vcpu_times(entries, self._previous_vcpus, now - self._previous_ns,
+                           self._guest_measured, names)
+        total = vcpu_times(entries, {}, now - self._start_ns, self._guest_measured, names)
+        self._previous_vcpus = {e.tid: e for e in entries}
+        self._previous_ns = now
+        return delta, total
+
     def sample(self) -> Durations:
         """Read the engine once: since start and since the previous sample."""
         entries, self.dropped = self._counter.read()
-        if self._pid is not None:
-            entries = [e for e in entries if e.tgid == self._pid]
         host, per_pid = fold_entries(entries, self._names, self._wanted)
         total, delta = interval(host, self._previous)
         self._previous = total
@@ -86,8 +148,9 @@ class DurationSource:
             for tgid, fields in per_pid.items():
                 by_total[tgid], by_delta[tgid] = interval(fields, self._previous_vm.get(tgid, {}))
             self._previous_vm = by_total
+        vcpus, vcpus_total = self._vcpu_times()
         return Durations(total, delta, by_total, by_delta, dict(self.unavailable),
-                         self.dropped)
+                         self.dropped, vcpus, vcpus_total)
 
     @property
     def attachments(self) -> Dict[str, str]:
@@ -100,6 +163,8 @@ class DurationSource:
         self._counter.reset()
         self._previous = {}
         self._previous_vm = {}
+        self._previous_vcpus = {}
+        self._start_ns = self._previous_ns = time.monotonic_ns()
 
     def close(self) -> None:
         """Detach the programs."""
@@ -125,7 +190,7 @@ def open_durations(paths: Optional[Paths] = None, *, engine: str = "auto",
                          names=[n for n in list_event_names(tracefs) if n in wanted])
     try:
         return DurationSource(tracefs, {e.name: e for e in events}, sys_path=paths.sys,
-                              **kwargs)
+                              proc_path=paths.proc, **kwargs)
     except NotAvailable:
         raise
     except Error as exc:

@@ -7,13 +7,20 @@ time of their event (a reason's share of all the durations of its event:
 the event's own row), the mean, p50 and p99 (upper estimates from the log2
 buckets, see :meth:`~kvmstat.counting.durations.DurationHistogram.percentile_ns`)
 and the maximum, in microseconds.
+
+The vCPU table under it (``-1`` and the display; ``"vcpus"`` in JSON) has
+one row per vCPU thread: which share of its time it spent in KVM_RUN
+(``run%``), in the guest, in the kernel (``run%`` minus ``guest%``), halted
+(part of the kernel's share) and in the VMM.  Where kvm_entry and kvm_exit
+do not fire, the guest's and the kernel's shares read ``-`` (not measured),
+never 0.
 """
 
 from __future__ import annotations
 
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ...counting.durations import DurationHistogram, Durations, upper_bound_ns
+from ...counting.durations import DurationHistogram, Durations, VcpuTimes, upper_bound_ns
 from ...sampling.fields import parent_of
 from ...textsafe import safe_name, safe_text
 from .log import _csv_line, timestamp
@@ -22,7 +29,8 @@ from .text import guest_heading
 __all__ = ["COLUMNS", "DurationRow", "duration_rows", "table_lines", "batch_duration_lines",
            "by_guest_duration_lines", "durations_object", "note_lines", "durations_notes",
            "log_banner",
-           "plain_log_rows", "csv_log_header", "csv_log_rows", "sort_by_time"]
+           "plain_log_rows", "csv_log_header", "csv_log_rows", "sort_by_time",
+           "VCPU_COLUMNS", "vcpu_lines", "vcpus_object"]
 
 #: the columns after the field name
 COLUMNS = ("count", "time%", "avg(us)", "p50(us)", "p99(us)", "max(us)")
@@ -100,15 +108,78 @@ def durations_notes(durations: Durations) -> List[str]:
     return lines
 
 
+# -- where each vCPU's time went --------------------------------------------
+
+#: the columns of the vCPU table after the thread's name, pid and tid
+VCPU_COLUMNS = ("run%", "guest%", "kernel%", "halted%", "VMM%")
+
+_VCPU_NAME_WIDTH = 24
+_VCPU_HEADER = ("%-24s%9s%9s" % ("vcpu", "pid", "tid")
+                + "%9s" * len(VCPU_COLUMNS) % VCPU_COLUMNS)
+
+
+def _percent(value: Optional[float]) -> str:
+    return "%9s" % "-" if value is None else "%9.1f" % value
+
+
+def _vcpu_shares(v: VcpuTimes) -> Tuple[Optional[float], ...]:
+    return (v.share(v.run_ns), v.share(v.guest_ns), v.share(v.kernel_ns), v.share(v.halt_ns),
+            v.share(v.vmm_ns))
+
+
+def _vcpu_line(v: VcpuTimes, width: int = _VCPU_NAME_WIDTH) -> str:
+    name = safe_text(v.name or f"tid {v.tid}")[:width]
+    return ("%-*s%9d%9d" % (width, name, v.pid, v.tid)
+            + "".join(_percent(x) for x in _vcpu_shares(v)))
+
+
+def vcpu_lines(vcpus: Sequence[VcpuTimes], names: Optional[Mapping[int, Optional[str]]] = None,
+               by_guest: bool = False) -> List[str]:
+    """The vCPU table: a header and a row per vCPU thread (pid, then tid
+    order) with its shares of the time (see the module); with *by_guest*,
+    a heading per VM (*names*: pid -> guest name) before its vCPUs.  No
+    vCPU: no lines."""
+    if not vcpus:
+        return []
+    lines = [_VCPU_HEADER]
+    pid = None
+    for v in vcpus:
+        if by_guest and v.pid != pid:
+            pid = v.pid
+            lines.append(guest_heading(pid, (names or {}).get(pid)))
+        lines.append(_vcpu_line(v))
+    return lines
+
+
+def vcpus_object(vcpus: Sequence[VcpuTimes], pid: Optional[int] = None) -> List[dict]:
+    """The JSON ``"vcpus"`` list (only process *pid*'s, if given): per vCPU
+    thread its ``pid``, ``tid``, ``thread`` name, the ``interval_ns`` and
+    the ns spent in KVM_RUN (``run_ns``), in the guest (``guest_ns``), in
+    the kernel (``kernel_ns``), halted (``halt_ns``) and in the VMM
+    (``vmm_ns``); ``guest_ns`` and ``kernel_ns`` are null where they
+    cannot be measured."""
+    return [{"pid": v.pid, "tid": v.tid, "thread": safe_text(v.name),
+             "interval_ns": v.interval_ns, "run_ns": v.run_ns, "guest_ns": v.guest_ns,
+             "kernel_ns": v.kernel_ns, "halt_ns": v.halt_ns, "vmm_ns": v.vmm_ns}
+            for v in vcpus if pid is None or v.pid == pid]
+
+
+def _with_vcpus(lines: List[str], sample, by_guest: bool) -> List[str]:
+    durations: Durations = sample.durations
+    vcpus = vcpu_lines(durations.vcpus_total, sample.vm_names, by_guest)
+    if vcpus:
+        lines = lines + [""] + vcpus
+    return lines + durations_notes(durations)
+
+
 def batch_duration_lines(sample) -> List[str]:
     """``kvm_stat -1 --durations``: the table of the durations since start
-    (the whole run), then the notes."""
-    durations: Durations = sample.durations
-    return table_lines(durations.total) + durations_notes(durations)
+    (the whole run), the vCPU table over the same time, then the notes."""
+    return _with_vcpus(table_lines(sample.durations.total), sample, False)
 
 def by_guest_duration_lines(sample) -> List[str]:
     """The same per VM: a heading per VM (pid order), its table, an empty
-    line between VMs; the notes at the end."""
+    line between VMs; the vCPU table by VM and the notes at the end."""
     durations: Durations = sample.durations
     lines: List[str] = []
     for pid in sorted(durations.by_vm_total or {}):
@@ -116,7 +187,7 @@ def by_guest_duration_lines(sample) -> List[str]:
             lines.append("")
         lines.append(guest_heading(pid, sample.vm_names.get(pid)))
         lines.extend(table_lines(durations.by_vm_total[pid]))
-    return lines + durations_notes(durations)
+    return _with_vcpus(lines, sample, True)
 
 def _histogram_object(hist: DurationHistogram) -> dict:
     return {"count": hist.count, "sum_ns": hist.sum_ns, "max_ns": hist.max_ns,
@@ -179,6 +250,18 @@ def csv_log_rows(sample, fields: Sequence[str], skip_zero: bool = False,
 _TUI_NUMBERS = "%8d%7.1f%10.1f%10.1f%10.1f%10.1f"
 _TUI_HEADER = "%8s%7s%10s%10s%10s%10s" % COLUMNS
 _TUI_NUMBERS_WIDTH = 55
+
+
+def tui_vcpu_rows(vcpus: Sequence[VcpuTimes], width: int) -> List[str]:
+    """The display's vCPU rows (over the last interval): header and a row
+    per vCPU, busiest (largest share in KVM_RUN) first, names cut to fit
+    *width*."""
+    name_width = max(10, min(_VCPU_NAME_WIDTH, width - 18 - 9 * len(VCPU_COLUMNS)))
+    rows = ["%-*s%9s%9s" % (name_width, "vCPU (last interval)", "pid", "tid")
+            + "%9s" * len(VCPU_COLUMNS) % VCPU_COLUMNS]
+    for v in sorted(vcpus, key=lambda v: (-v.run_ns, v.pid, v.tid)):
+        rows.append(_vcpu_line(v, name_width))
+    return rows
 
 
 def tui_rows(durations: Mapping[str, DurationHistogram], width: int) -> List[str]:

@@ -28,7 +28,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 from ...providers.base import Histograms
 from ...sampling.sampler import Sample
 from ...textsafe import safe_name, safe_text
-from .durations import durations_object
+from .durations import durations_object, vcpus_object
 from .log import all_zero
 
 __all__ = ["sample_object", "sample_json", "json_rows"]
@@ -71,8 +71,10 @@ def sample_object(sample: Sample, fields: Optional[Sequence[str]] = None,
     tracepoints were counted.  With *by_guest*, ``"guests"`` holds every VM of
     ``sample.by_vm`` keyed by pid (as text, JSON keys are strings).
     ``"histograms"`` is there only when the sample carries any, and
-    ``"durations"`` (over the interval, also per guest) when it carries
-    durations (see :func:`~kvmstat.frontends.formats.durations.durations_object`).
+    ``"durations"`` (over the interval, also per guest) and ``"vcpus"``
+    (where each vCPU's time went over the interval, also per guest) when it
+    carries durations (see :func:`~kvmstat.frontends.formats.durations.durations_object`
+    and :func:`~kvmstat.frontends.formats.durations.vcpus_object`).
     """
     names = sorted(sample.values) if fields is None else list(fields)
     obj = {
@@ -87,6 +89,7 @@ def sample_object(sample: Sample, fields: Optional[Sequence[str]] = None,
     durations = sample.durations
     if durations is not None:
         obj["durations"] = durations_object(durations.delta)
+        obj["vcpus"] = vcpus_object(durations.vcpus)
     if by_guest:
         by_vm = sample.by_vm or {}
         vm_histograms = sample.vm_histograms or {}
@@ -98,6 +101,7 @@ def sample_object(sample: Sample, fields: Optional[Sequence[str]] = None,
                 guest["histograms"] = _histograms_object(vm_histograms[pid])
             if durations is not None and durations.by_vm_delta is not None:
                 guest["durations"] = durations_object(durations.by_vm_delta.get(pid, {}))
+                guest["vcpus"] = vcpus_object(durations.vcpus, pid)
     return obj
 
 
