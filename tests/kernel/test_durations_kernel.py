@@ -331,3 +331,13 @@ def test_exporter_serves_duration_histograms_in_seconds(guest_process):
     assert buckets["+Inf"] == N
     below = [v for le, v in buckets.items() if le != "+Inf" and float(le) <= HOLD]
     assert below and max(below) == 0  # every hold is above D: no bucket at or below it counts
+    # Where the vCPU's time went, as counters whose states partition it: the
+    # holds are VMM time; on this host guest and kernel are one state, kvm_run.
+    vcpu = {"pid": str(guest.pid), "guest": "scraped", "vcpu": "", "tid": str(guest.pid)}
+    times = {dict(key)["state"]: v for key, v in
+             series(families, "kvm_tracepoint_vcpu_time_seconds_total").items()
+             if set(vcpu.items()) <= set(key)}
+    assert families["kvm_tracepoint_vcpu_time_seconds"].type == "counter"
+    assert times["vmm"] >= N * HOLD
+    if os.path.isdir("/sys/module/kvm_pvm"):
+        assert set(times) == {"kvm_run", "halted", "vmm"} and times["kvm_run"] > 0

@@ -364,8 +364,13 @@ def test_t_shows_the_durations_view_sorted_by_time_and_back(app):
         ["kvm_userspace_exit", "5", "100.0", "2408.0", "3000.0", "3000.0", "3000.0"],
         ["kvm_userspace_exit(IO)", "4", "99.7", "3000.0", "3000.0", "3000.0", "3000.0"],
         ["kvm_userspace_exit(MMIO)", "1", "0.3", "40.0", "40.0", "40.0", "40.0"]]
-    assert lines[6] == "no durations for kvm_exit: it never fires here"
+    # Where the vCPU's time went; guest and kernel cannot be told apart here.
+    assert lines[7].split() == ["vCPU", "(last", "interval)", "pid", "tid", "run%", "guest%",
+                                "kernel%", "halted%", "VMM%"]
+    assert lines[8].split() == ["CPU", "0/KVM", "1001", "1002", "60.0", "-", "-", "30.0", "40.0"]
+    assert lines[9] == "no durations for kvm_exit: it never fires here"
     assert term.row_style(2, 0) == (False, True)
+    assert term.row_style(7, 0) == (False, True)
     assert opens()[-1]["durations"] is True
     term.send("t")
     term.wait_for(has_total)

@@ -20,7 +20,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # the worktree's kvmstat
 
-from kvmstat.counting.durations import BUCKETS, DurationHistogram, Durations  # noqa: E402
+from kvmstat.counting.durations import BUCKETS, DurationHistogram, Durations, VcpuTimes  # noqa: E402
 from kvmstat.errors import InvalidArgument  # noqa: E402
 from kvmstat.providers.base import Provider, Reading  # noqa: E402
 from kvmstat.sampling.sampler import Sampler  # noqa: E402
@@ -92,7 +92,9 @@ class FakeProvider(Provider):
 
 class FakeDurations:
     """Durations of known histograms (the ``t`` view): 4 port exits of 3 ms
-    and one MMIO exit of 40 us for VM 1001, kvm_exit unavailable."""
+    and one MMIO exit of 40 us for VM 1001, kvm_exit unavailable; its vCPU
+    thread 1002 spent 60% of a second in KVM_RUN (half of it halted) and
+    40% in the VMM."""
 
     def __init__(self, by_vm):
         self._by_vm = by_vm
@@ -103,7 +105,10 @@ class FakeDurations:
         total = {"kvm_userspace_exit": io + mmio, "kvm_userspace_exit(IO)": io,
                  "kvm_userspace_exit(MMIO)": mmio}
         vms = {1001: total} if self._by_vm else None
-        return Durations(total, total, vms, vms, {"kvm_exit": "it never fires here"})
+        vcpus = [VcpuTimes(1002, 1001, 10**9, 600_000_000, 400_000_000, 300_000_000, None,
+                           "CPU 0/KVM")]
+        return Durations(total, total, vms, vms, {"kvm_exit": "it never fires here"},
+                         vcpus=vcpus, vcpus_total=vcpus)
 
     def reset(self):
         pass

@@ -114,12 +114,10 @@ def durations_notes(durations: Durations) -> List[str]:
 VCPU_COLUMNS = ("run%", "guest%", "kernel%", "halted%", "VMM%")
 
 _VCPU_NAME_WIDTH = 24
-_VCPU_HEADER = ("%-24s%9s%9s" % ("vcpu", "pid", "tid")
-                + "%9s" * len(VCPU_COLUMNS) % VCPU_COLUMNS)
 
 
-def _percent(value: Optional[float]) -> str:
-    return "%9s" % "-" if value is None else "%9.1f" % value
+def _percent(value: Optional[float], column: int) -> str:
+    return "%*s" % (column, "-") if value is None else "%*.1f" % (column, value)
 
 
 def _vcpu_shares(v: VcpuTimes) -> Tuple[Optional[float], ...]:
@@ -127,10 +125,15 @@ def _vcpu_shares(v: VcpuTimes) -> Tuple[Optional[float], ...]:
             v.share(v.vmm_ns))
 
 
-def _vcpu_line(v: VcpuTimes, width: int = _VCPU_NAME_WIDTH) -> str:
+def _vcpu_header(label: str, width: int, column: int) -> str:
+    return ("%-*s" % (width, label)
+            + "".join("%*s" % (column, c) for c in ("pid", "tid") + VCPU_COLUMNS))
+
+
+def _vcpu_line(v: VcpuTimes, width: int = _VCPU_NAME_WIDTH, column: int = 9) -> str:
     name = safe_text(v.name or f"tid {v.tid}")[:width]
-    return ("%-*s%9d%9d" % (width, name, v.pid, v.tid)
-            + "".join(_percent(x) for x in _vcpu_shares(v)))
+    return ("%-*s%*d%*d" % (width, name, column, v.pid, column, v.tid)
+            + "".join(_percent(x, column) for x in _vcpu_shares(v)))
 
 
 def vcpu_lines(vcpus: Sequence[VcpuTimes], names: Optional[Mapping[int, Optional[str]]] = None,
@@ -141,7 +144,7 @@ def vcpu_lines(vcpus: Sequence[VcpuTimes], names: Optional[Mapping[int, Optional
     vCPU: no lines."""
     if not vcpus:
         return []
-    lines = [_VCPU_HEADER]
+    lines = [_vcpu_header("vcpu", _VCPU_NAME_WIDTH, 9)]
     pid = None
     for v in vcpus:
         if by_guest and v.pid != pid:
@@ -254,13 +257,13 @@ _TUI_NUMBERS_WIDTH = 55
 
 def tui_vcpu_rows(vcpus: Sequence[VcpuTimes], width: int) -> List[str]:
     """The display's vCPU rows (over the last interval): header and a row
-    per vCPU, busiest (largest share in KVM_RUN) first, names cut to fit
-    *width*."""
-    name_width = max(10, min(_VCPU_NAME_WIDTH, width - 18 - 9 * len(VCPU_COLUMNS)))
-    rows = ["%-*s%9s%9s" % (name_width, "vCPU (last interval)", "pid", "tid")
-            + "%9s" * len(VCPU_COLUMNS) % VCPU_COLUMNS]
+    per vCPU, busiest (largest share in KVM_RUN) first, narrower columns
+    than the table, names cut to fit *width*."""
+    column = 8
+    name_width = max(10, min(_VCPU_NAME_WIDTH, width - 1 - column * (2 + len(VCPU_COLUMNS))))
+    rows = [_vcpu_header("vCPU (last interval)", name_width, column)]
     for v in sorted(vcpus, key=lambda v: (-v.run_ns, v.pid, v.tid)):
-        rows.append(_vcpu_line(v, name_width))
+        rows.append(_vcpu_line(v, name_width, column))
     return rows
 
 
