@@ -29,7 +29,8 @@ from .pidfd import ExitPoll, pidfd_open
 
 __all__ = ["VM", "VMChanges", "VMWatch", "KernelThreads", "list_vms", "find_vm", "process_of",
            "find_vm_by_name", "thread_ids", "guest_name", "vm_name", "GuestNames", "is_vm_process",
-           "start_time", "process_alive", "thread_exiting", "describe_vm", "fd_links"]
+           "start_time", "process_alive", "thread_exiting", "describe_vm", "fd_links",
+           "thread_name", "thread_exists"]
 
 _KVM_VM_LINK = "anon_inode:kvm-vm"
 
@@ -316,6 +317,21 @@ def thread_exiting(tid: int, proc: str = "/proc") -> bool:
         return fields[0] in ("Z", "X") or bool(int(fields[6]) & _PF_EXITING)
     except (IndexError, ValueError):
         return False
+
+
+def thread_exists(pid: int, tid: int, proc: str = "/proc") -> bool:
+    """True if thread *tid* of process *pid* exists (it may be a zombie)."""
+    return os.path.exists(os.path.join(proc, str(pid), "task", str(tid)))
+
+
+def thread_name(pid: int, tid: int, proc: str = "/proc") -> Optional[str]:
+    """The name of thread *tid* of process *pid* (its ``comm``, which the
+    process sets: text from outside), None if the thread does not exist."""
+    try:
+        with open(os.path.join(proc, str(pid), "task", str(tid), "comm"), "rb") as f:
+            return f.read().decode("utf-8", "replace").rstrip("\n")
+    except OSError:
+        return None
 
 
 # ---------------------------------------------------------------------------

@@ -8,7 +8,6 @@ every sample (``Sample.durations``).
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
@@ -21,6 +20,7 @@ from .engine import choose_engine
 from ..errors import Error, NotAvailable
 from ..tracefs.events import Event, detect_vendor, list_event_names, load_events
 from ..host.paths import Paths
+from ..host.vms import thread_exists, thread_name
 
 __all__ = ["DurationSource", "durations_note", "open_durations"]
 
@@ -102,13 +102,9 @@ class DurationSource:
         """The thread's name (read once), None if the thread has ended."""
         name = self._thread_names.get(entry.tid)
         if name is None:
-            try:
-                with open(os.path.join(self._proc, str(entry.pid), "task", str(entry.tid), "comm"),
-                          encoding="utf-8", errors="replace") as f:
-                    name = f.read().rstrip("\n")
-            except OSError:
-                return None
-            self._thread_names[entry.tid] = name
+            name = thread_name(entry.pid, entry.tid, self._proc)
+            if name is not None:
+                self._thread_names[entry.tid] = name
         return name
 
     def _live_vcpus(self) -> Tuple[List[VcpuEntry], int]:
@@ -117,7 +113,7 @@ class DurationSource:
         entries, now = self._counter.read_vcpus()
         live = []
         for entry in entries:
-            alive = os.path.exists(os.path.join(self._proc, str(entry.pid), "task", str(entry.tid)))
+            alive = thread_exists(entry.pid, entry.tid, self._proc)
             if alive and self._thread_name(entry) is not None:
                 live.append(_not_below(entry, self._previous_vcpus.get(entry.tid)))
             else:

@@ -176,3 +176,14 @@ def test_prometheus_openmetrics_names_the_family_without_total():
 
 def test_formats_package_exports_stay_importable():
     assert formats.durations is fmt
+
+
+def test_thread_names_and_existence_come_from_proc(tmp_path):
+    from kvmstat.host.vms import thread_exists, thread_name
+
+    task = tmp_path / "10" / "task" / "11"
+    task.mkdir(parents=True)
+    (task / "comm").write_bytes(b"CPU 0/KVM\xff\n")
+    assert thread_exists(10, 11, str(tmp_path)) and not thread_exists(10, 12, str(tmp_path))
+    assert thread_name(10, 11, str(tmp_path)) == "CPU 0/KVM\ufffd"
+    assert thread_name(10, 12, str(tmp_path)) is None
