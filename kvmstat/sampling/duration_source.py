@@ -206,7 +206,8 @@ def durations_note(paths: Optional[Paths] = None, engine: str = "bpf") -> str:
     finally:
         source.close()
     text = (f"--durations works (BPF): the VMM's time per exit to user space (end of "
-            f"each: the next KVM_RUN, seen at {marker}) and halt times")
+            f"each: the next KVM_RUN, seen at {marker}), halt times and each vCPU's time "
+            "in KVM_RUN and in the VMM")
     if unavailable:
         return f"{text}; {unavailable.get('kvm_exit')}"
     return f"{text}, the kernel's time per exit reason and the guest's time"
