@@ -12,6 +12,7 @@ import re
 
 #: the time column of plain and CSV rows
 ROW_TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
+INTEGER = re.compile(r"-?\d+")
 
 
 def complete_lines(path) -> list:
@@ -35,8 +36,10 @@ def column_sum(path, name: str):
 
 def check_csv(path):
     """Assert *path* is a whole kvm_stat CSV file: exactly one header, first,
-    then rows with a time and one integer per column, the last one complete.
-    Returns (header, rows), rows as lists of cells."""
+    then rows with a time and one integer per column, the last one complete
+    (a level, such as the binary statistic ``blocking``, may go down: its
+    change is negative when another VM's vCPU stops blocking).  Returns
+    (header, rows), rows as lists of cells."""
     with open(path) as f:
         text = f.read()
     assert text.endswith("\n"), f"{path}: the last row is torn"
@@ -49,5 +52,5 @@ def check_csv(path):
     for row in rows:
         assert len(row) == len(header), f"{path}: torn row {row}"
         assert ROW_TIME.fullmatch(row[0]), f"{path}: bad time in {row}"
-        assert all(cell.isdigit() for cell in row[1:]), f"{path}: bad row {row}"
+        assert all(INTEGER.fullmatch(cell) for cell in row[1:]), f"{path}: bad row {row}"
     return header, rows
