@@ -51,11 +51,12 @@ COUNTING = "kvm_stat -l -f kvm_userspace_exit"
 DURATIONS = "kvm_stat -l -f kvm_userspace_exit --durations"
 IOCTL_MARKER = "durations engine, ioctl marker"
 
-def engine_child(marker: str) -> List[str]:
-    """A process running the durations engine alone with *marker* until
-    SIGINT (no command-line option selects the marker)."""
+def engine_child(marker: str, pid: Optional[int] = None) -> List[str]:
+    """A process running the durations engine alone with *marker* (and
+    only for process *pid*, as ``-p``) until SIGINT (no command-line option
+    selects the marker)."""
     code = ("import signal, kvmstat.sampling.duration_source as d\n"
-            f"s = d.open_durations(marker={marker!r})\n"
+            f"s = d.open_durations(marker={marker!r}, pid={pid!r})\n"
             "try:\n    signal.pause()\nexcept KeyboardInterrupt:\n    s.close()\n")
     return [sys.executable, "-c", code]
 
@@ -101,9 +102,13 @@ def program_costs(exits: int, calls: int) -> Dict[str, float]:
     stats = enable_bpf_stats()
     try:
         with Guest("pio") as pio:
-            for name, marker in (("per I/O exit, kvm_fpu marker", "kvm_fpu"),
-                                 ("per I/O exit, ioctl marker", "ioctl")):
-                monitor = Monitor(name, engine_child(marker))
+            # The last: -p of another process (pid 1 is never a VM), so the
+            # programs return at the process check on every exit of this guest.
+            for name, marker, pid in (("per I/O exit, kvm_fpu marker", "kvm_fpu", None),
+                                      ("per I/O exit, ioctl marker", "ioctl", None),
+                                      ("per I/O exit of another VM than -p's, kvm_fpu marker",
+                                       "kvm_fpu", 1)):
+                monitor = Monitor(name, engine_child(marker, pid))
                 try:
                     before = program_run_ns(monitor.proc.pid)
                     io_cost(pio, exits)
