@@ -237,13 +237,32 @@ def test_kernel_time_ends_at_the_exit_to_user_space(guest_process, tracefs):
 
 # -- halts: a QEMU guest halting until each tick of the PIT --------------------------------
 #
-# Each tick wakes the guest, which runs the BIOS's timer handler, a port
-# write (to QEMU) and a cpuid before it halts again: on this host that takes
-# 0.3 to 0.5 ms, so at 1 kHz the halts (0.5 to 0.7 ms) straddle the bucket
-# bound at 0.52 ms.  At 500 Hz they are 1.5 to 1.7 ms, well inside the
-# bucket [1.05 ms, 2.1 ms) that holds the 2 ms tick period.
+# The guest boots the helper's halt sector: woken by a tick, it stays awake
+# until the PIT's counter says a quarter of the period has gone, then halts
+# until the next tick.  Its halts last 3/4 of the 1 ms period plus the time
+# the vCPU takes to wake up for the tick that ends them (0.78 to 0.82 ms on
+# average here), in the middle of the log2 bucket [0.52 ms, 1.05 ms) that
+# holds the period.  Halts leave that bucket only when the host is late:
+# - a wake-up more than ~0.25 ms late makes its halt longer (the next
+#   buckets up); the halt after it starts at the same point of the PIT's
+#   period as ever, unless the lateness passed that point;
+# - when the host holds up the PIT's timer or its kernel thread, the
+#   in-kernel PIT injects the ticks it owes one after the other, each as
+#   soon as the guest acknowledges the last: each gives a halt of tens of us;
+# - the pause at either end of the window cuts a halt in two.
+# Measured, 36 windows of 1 s: 99.3% to 100% in the period's bucket with
+# the host idle, 99.5% to 99.9% beside busy loops on both CPUs, 97.2% to
+# 99.9% at load 10 (six busy loops, a fork loop, a memory copier; the
+# misses were the short halts of owed ticks).  90% leaves room for three
+# times the worst seen, while a duration measured from the wrong event, in
+# the wrong unit or for the wrong thread misses that bucket.  (Halting
+# right after each tick instead puts the halts at 0.985 ms, 60 us under
+# the bucket's upper bound: wake-up jitter sent up to 14% of them to the
+# next bucket under load.)  The vCPU and the PIT's kernel thread run as
+# real-time threads, so the other helpers' work does not make ticks late.
 
-TICK_HZ = 500
+TICK_HZ = 1000
+TICK_BUCKET_SHARE = 0.9
 
 def _stopped(pid):
     for tid in os.listdir(f"/proc/{pid}/task"):
@@ -265,7 +284,7 @@ def _pause(pid):
 
 @pytest.mark.qemu
 def test_halt_durations_match_wakeups_and_sit_in_the_tick_period_bucket():
-    with QemuGuest("kvmstat-halts", vcpus=1, pit_hz=TICK_HZ) as vm:
+    with QemuGuest("kvmstat-halts", vcpus=1, pit_hz=TICK_HZ, halt_only=True) as vm:
         # The vCPU and the PIT's kernel thread wake on time on a busy host.
         realtime(vm.pit_thread(), *(tid for tid, name in vm.threads().items() if "/KVM" in name))
         with kvmstat.open_sampler(fields="kvm_vcpu_wakeup", pid=vm.pid,
@@ -286,7 +305,7 @@ def test_halt_durations_match_wakeups_and_sit_in_the_tick_period_bucket():
     parts = [h for name, h in sample.durations.delta.items() if name != "kvm_vcpu_wakeup"]
     assert sum(h.count for h in parts) == wakeups  # waited + polled
     tick = bucket_of(10**9 // TICK_HZ)
-    assert halts.buckets[tick] >= 0.75 * halts.count, buckets_of(halts)
+    assert halts.buckets[tick] >= TICK_BUCKET_SHARE * halts.count, buckets_of(halts)
 
 
 # -- log mode and the exporter, end to end ---------------------------------------------
