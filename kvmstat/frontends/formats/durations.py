@@ -169,7 +169,7 @@ def vcpus_object(vcpus: Sequence[VcpuTimes], pid: Optional[int] = None) -> List[
 
 def _with_vcpus(lines: List[str], sample, by_guest: bool) -> List[str]:
     durations: Durations = sample.durations
-    vcpus = vcpu_lines(durations.vcpus_total, sample.vm_names, by_guest)
+    vcpus = vcpu_lines(durations.vcpus, sample.vm_names, by_guest)
     if vcpus:
         lines = lines + [""] + vcpus
     return lines + durations_notes(durations)
@@ -177,7 +177,9 @@ def _with_vcpus(lines: List[str], sample, by_guest: bool) -> List[str]:
 
 def batch_duration_lines(sample) -> List[str]:
     """``kvm_stat -1 --durations``: the table of the durations since start
-    (the whole run), the vCPU table over the same time, then the notes."""
+    (the whole run), the vCPU table over the sample's interval (the
+    one-second window: every vCPU that did anything is known by then, so
+    its shares add up to the window), then the notes."""
     return _with_vcpus(table_lines(sample.durations.total), sample, False)
 
 def by_guest_duration_lines(sample) -> List[str]:
