@@ -224,33 +224,41 @@ class DurationCounter:
             raise NativeError(f"durations engine: {action} failed: {os.strerror(-rc)}", -rc)
         return rc
 
+    def _copied(self, n: int, copy, buf_attr: str, ctype: str):
+        """The *n* records of the last read, copied out by *copy* into the
+        buffer kept at *buf_attr* (grown to fit)."""
+        buf = getattr(self, buf_attr)
+        if n > len(buf):
+            buf = self._ffi.new(ctype, n + 64)
+            setattr(self, buf_attr, buf)
+        return buf[0:copy(self._eng, buf, len(buf))]
+
+    def _open_engine(self):
+        if self._closed:
+            raise InvalidArgument("the durations engine is closed")
+        return self._eng
+
     def read(self) -> Tuple[List[DurationEntry], int]:
         """Every histogram (counts since start, ``max_ns`` since the previous
         read) and the number of durations lost to a full table."""
-        if self._closed:
-            raise InvalidArgument("the durations engine is closed")
-        n = self._check(self._lib.kvmstat_dur_read(self._eng, self._dropped), "reading")
-        if n > len(self._buf):
-            self._buf = self._ffi.new("struct kvmstat_dur_entry[]", n + 64)
-        n = self._lib.kvmstat_dur_copy(self._eng, self._buf, len(self._buf))
+        n = self._check(self._lib.kvmstat_dur_read(self._open_engine(), self._dropped), "reading")
         entries = [DurationEntry(e.kind, e.tgid, e.reason,
                                  DurationHistogram(e.count, e.sum_ns, e.max_ns,
                                                    tuple(e.buckets[0:BUCKETS])))
-                   for e in self._buf[0:n]]
+                   for e in self._copied(n, self._lib.kvmstat_dur_copy, "_buf",
+                                         "struct kvmstat_dur_entry[]")]
         return entries, int(self._dropped[0])
 
     def read_vcpus(self) -> Tuple[List[VcpuEntry], int]:
         """Every vCPU thread's cumulative times (:class:`VcpuEntry`, the open
         state counted until the read) and the CLOCK_MONOTONIC time in ns
         they were counted until."""
-        if self._closed:
-            raise InvalidArgument("the durations engine is closed")
-        n = self._check(self._lib.kvmstat_dur_read_vcpus(self._eng, self._now), "reading vCPUs")
-        if n > len(self._vcpu_buf):
-            self._vcpu_buf = self._ffi.new("struct kvmstat_dur_vcpu[]", n + 64)
-        n = self._lib.kvmstat_dur_copy_vcpus(self._eng, self._vcpu_buf, len(self._vcpu_buf))
+        n = self._check(self._lib.kvmstat_dur_read_vcpus(self._open_engine(), self._now),
+                        "reading vCPUs")
         return ([VcpuEntry(v.tid, v.tgid, v.run_ns, v.vmm_ns, v.guest_ns, v.halt_ns)
-                 for v in self._vcpu_buf[0:n]], int(self._now[0]))
+                 for v in self._copied(n, self._lib.kvmstat_dur_copy_vcpus, "_vcpu_buf",
+                                       "struct kvmstat_dur_vcpu[]")],
+                int(self._now[0]))
 
     def forget(self, tid: int) -> None:
         """Drop the entry of thread *tid* (one that ended)."""

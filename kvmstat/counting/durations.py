@@ -259,6 +259,7 @@ def vcpu_times(current: Iterable[VcpuEntry], previous: Mapping[int, VcpuEntry],
     def since(value: int, old: int) -> int:
         return min(max(0, value - old), max(0, interval_ns))
 
+    names = names or {}
     out = []
     for entry in current:
         b = previous.get(entry.tid)
@@ -269,7 +270,7 @@ def vcpu_times(current: Iterable[VcpuEntry], previous: Mapping[int, VcpuEntry],
             since(entry.run_ns, b.run_ns), since(entry.vmm_ns, b.vmm_ns),
             since(entry.halt_ns, b.halt_ns),
             since(entry.guest_ns, b.guest_ns) if guest_measured else None,
-            (names or {}).get(entry.tid, "")))
+            names.get(entry.tid, "")))
     return sorted(out, key=lambda v: (v.pid, v.tid))
 
 

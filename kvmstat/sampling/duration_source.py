@@ -98,13 +98,15 @@ class DurationSource:
         #: durations lost because the histogram table was full (since start)
         self.dropped = 0
 
-    def _thread_name(self, entry: VcpuEntry) -> Optional[str]:
+    def _alive_name(self, entry: VcpuEntry) -> Optional[str]:
         """The thread's name (read once), None if the thread has ended."""
         name = self._thread_names.get(entry.tid)
         if name is None:
             name = thread_name(entry.pid, entry.tid, self._proc)
             if name is not None:
                 self._thread_names[entry.tid] = name
+        elif not thread_exists(entry.pid, entry.tid, self._proc):
+            name = None
         return name
 
     def _live_vcpus(self) -> Tuple[List[VcpuEntry], int]:
@@ -113,8 +115,7 @@ class DurationSource:
         entries, now = self._counter.read_vcpus()
         live = []
         for entry in entries:
-            alive = thread_exists(entry.pid, entry.tid, self._proc)
-            if alive and self._thread_name(entry) is not None:
+            if self._alive_name(entry) is not None:
                 live.append(_not_below(entry, self._previous_vcpus.get(entry.tid)))
             else:
                 self._counter.forget(entry.tid)
@@ -124,10 +125,10 @@ class DurationSource:
     def _vcpu_times(self) -> Tuple[List[VcpuTimes], List[VcpuTimes]]:
         """Each live vCPU's times over the interval and since start."""
         entries, now = self._live_vcpus()
-        names = {e.tid: self._thread_names.get(e.tid, "") for e in entries}
         delta = vcpu_times(entries, self._previous_vcpus, now - self._previous_ns,
-                           self._guest_measured, names)
-        total = vcpu_times(entries, {}, now - self._start_ns, self._guest_measured, names)
+                           self._guest_measured, self._thread_names)
+        total = vcpu_times(entries, {}, now - self._start_ns, self._guest_measured,
+                           self._thread_names)
         self._previous_vcpus = {e.tid: e for e in entries}
         self._previous_ns = now
         return delta, total

@@ -154,8 +154,8 @@ def vcpu_lines(vcpus: Sequence[VcpuTimes], names: Optional[Mapping[int, Optional
     return lines
 
 
-def vcpus_object(vcpus: Sequence[VcpuTimes], pid: Optional[int] = None) -> List[dict]:
-    """The JSON ``"vcpus"`` list (only process *pid*'s, if given): per vCPU
+def vcpus_object(vcpus: Sequence[VcpuTimes]) -> List[dict]:
+    """The JSON ``"vcpus"`` list: per vCPU
     thread its ``pid``, ``tid``, ``thread`` name, the ``interval_ns`` and
     the ns spent in KVM_RUN (``run_ns``), in the guest (``guest_ns``), in
     the kernel (``kernel_ns``), halted (``halt_ns``) and in the VMM
@@ -164,7 +164,7 @@ def vcpus_object(vcpus: Sequence[VcpuTimes], pid: Optional[int] = None) -> List[
     return [{"pid": v.pid, "tid": v.tid, "thread": safe_text(v.name),
              "interval_ns": v.interval_ns, "run_ns": v.run_ns, "guest_ns": v.guest_ns,
              "kernel_ns": v.kernel_ns, "halt_ns": v.halt_ns, "vmm_ns": v.vmm_ns}
-            for v in vcpus if pid is None or v.pid == pid]
+            for v in vcpus]
 
 
 def _with_vcpus(lines: List[str], sample, by_guest: bool) -> List[str]:

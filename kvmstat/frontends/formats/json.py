@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+from ...counting.durations import VcpuTimes
 from ...providers.base import Histograms
 from ...sampling.sampler import Sample
 from ...textsafe import safe_name, safe_text
@@ -91,6 +92,9 @@ def sample_object(sample: Sample, fields: Optional[Sequence[str]] = None,
         obj["durations"] = durations_object(durations.delta)
         obj["vcpus"] = vcpus_object(durations.vcpus)
     if by_guest:
+        vcpus_by_pid: Dict[int, List[VcpuTimes]] = {}
+        for vcpu in (durations.vcpus if durations is not None else ()):
+            vcpus_by_pid.setdefault(vcpu.pid, []).append(vcpu)
         by_vm = sample.by_vm or {}
         vm_histograms = sample.vm_histograms or {}
         guests = obj["guests"] = {}
@@ -101,7 +105,7 @@ def sample_object(sample: Sample, fields: Optional[Sequence[str]] = None,
                 guest["histograms"] = _histograms_object(vm_histograms[pid])
             if durations is not None and durations.by_vm_delta is not None:
                 guest["durations"] = durations_object(durations.by_vm_delta.get(pid, {}))
-                guest["vcpus"] = vcpus_object(durations.vcpus, pid)
+                guest["vcpus"] = vcpus_object(vcpus_by_pid.get(pid, ()))
     return obj
 
 
